@@ -6,7 +6,7 @@
 //!
 //! | op | saves |
 //! |---|---|
-//! | neg, sign, add, sub, affine, views, cast, concat | nothing (shapes only) |
+//! | neg, sign, add, sub, affine, sum, mean, views, cast, concat | nothing (shapes only) |
 //! | abs, sqr, log, gelu, gelu_erf, silu, powf | input x |
 //! | sqrt, rsqrt, recip, exp, tanh, sigmoid, relu | output y |
 //! | mul | the *other* operand, only when this one is tracked |
@@ -63,6 +63,7 @@ pub(crate) enum BackwardOp {
     Permute { perm: Vec<usize> },
     Narrow { dim: usize, start: usize, size: usize },
     Broadcast { from: Shape },
+    Sum { in_shape: Shape },
     Identity,
     Cast { from: DType },
     Concat { dim: usize, sizes: Vec<usize> },
@@ -185,7 +186,8 @@ impl Tensor {
         for node in order.iter().rev() {
             let Some(g) = grads.remove(&node.id) else { continue };
             let Some(op) = &node.op else {
-                GradStore::accumulate(&mut store.0, node.id, g)?;
+                // Leaf gradients are stored contiguous (a broadcast view would alias one value many times).
+                GradStore::accumulate(&mut store.0, node.id, g.contiguous()?)?;
                 continue;
             };
             let op = op
@@ -346,6 +348,7 @@ impl BackwardOp {
                 one(Tensor::cat(&[&before, g, &after], dim as isize))
             }
             BackwardOp::Broadcast { from } => one(sum_to_shape(g, &from)),
+            BackwardOp::Sum { in_shape } => one(g.broadcast_as(in_shape)),
             BackwardOp::Identity => one(Ok(g.clone())),
             BackwardOp::Cast { from } => one(g.to_dtype(from)),
             BackwardOp::Concat { dim, sizes } => {

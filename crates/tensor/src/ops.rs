@@ -235,8 +235,8 @@ impl Tensor {
         let storage = self.storage().reduce(self.layout(), &dims, ReduceOp::Sum)?;
         let mut out = self.dims().to_vec();
         dims.iter().for_each(|&d| out[d] = 1);
-        let grad: Grad = edges(&[self]).map(|e| (BackwardOp::Broadcast { from: Shape::new(out.clone()) }, e));
         // The backward of a keepdim sum is a broadcast back to the input shape.
+        let grad: Grad = edges(&[self]).map(|e| (BackwardOp::Sum { in_shape: self.shape().clone() }, e));
         let t = Tensor::from_op(storage, Shape::new(out), grad);
         if keepdim {
             Ok(t)

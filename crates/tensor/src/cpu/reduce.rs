@@ -62,7 +62,7 @@ impl CpuStorage {
                 let out_l = Layout::contiguous(out_shape.clone()).broadcast_as(in_shape, "reduce")?;
                 // Position of each element along the reduced dims, for argmax/argmin over one dim.
                 let arg_dim = dims.first().copied().unwrap_or(0);
-                let arg_stride: usize = in_shape.dims()[arg_dim + 1..].iter().product();
+                let arg_stride: usize = in_shape.dims().get(arg_dim + 1..).unwrap_or(&[]).iter().product();
                 let arg_size = in_shape.dims().get(arg_dim).copied().unwrap_or(1);
                 for (k, (&v, o)) in x.iter().zip(out_l.offsets()).enumerate() {
                     let v = v.to_f64();

@@ -1,0 +1,68 @@
+//! Helpers shared by the integration tests: tolerance checks, seeded random data, f64 finite differences.
+
+use anyhow::{ensure, Result};
+use rankfold_tensor::{no_grad, DType, Device, Rng, Tensor};
+
+/// Combined tolerance: |x − y| ≤ abs + rel·|y|.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tol {
+    pub(crate) rel: f64,
+    pub(crate) abs: f64,
+}
+
+pub(crate) fn assert_close(got: &[f64], want: &[f64], tol: Tol, what: &str) -> Result<()> {
+    ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        ensure!((g - w).abs() <= tol.abs + tol.rel * w.abs(), "{what}: element {i}: got {g}, want {w} (tol {tol:?})");
+    }
+    Ok(())
+}
+
+/// Uniform values in [lo, hi) from a seeded generator.
+pub(crate) fn uniform(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+    (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect()
+}
+
+/// An f64 CPU tensor.
+pub(crate) fn t64(v: Vec<f64>, dims: &[usize]) -> Tensor {
+    Tensor::from_vec(v, dims.to_vec(), Device::Cpu).expect("element count matches dims")
+}
+
+/// Checks the gradients of `f` at `inputs` (f64 tensors, given as (dims, values)) against central finite
+/// differences of `sum(f(inputs) ⊙ R)` with a fixed random R, so every output element weighs differently.
+pub(crate) fn check_grads(inputs: &[(Vec<usize>, Vec<f64>)], f: impl Fn(&[Tensor]) -> rankfold_tensor::Result<Tensor>) -> Result<()> {
+    let leaves: Vec<Tensor> = inputs.iter().map(|(d, v)| t64(v.clone(), d).with_requires_grad(true)).collect();
+    let y = f(&leaves)?;
+    ensure!(y.dtype() == DType::F64, "the function must keep f64");
+    let mut rng = Rng::new(0xC0FFEE ^ y.elem_count() as u64);
+    let r = t64(uniform(&mut rng, y.elem_count(), -1.0, 1.0), y.dims());
+    let loss = y.mul(&r)?.sum_all()?;
+    let grads = loss.backward()?;
+    let eval = |vals: &[Vec<f64>]| -> Result<f64> {
+        no_grad(|| {
+            let ts: Vec<Tensor> = inputs.iter().zip(vals).map(|((d, _), v)| t64(v.clone(), d)).collect();
+            Ok(f(&ts)?.mul(&r)?.sum_all()?.to_scalar()?)
+        })
+    };
+    let h = 1e-6;
+    for (i, leaf) in leaves.iter().enumerate() {
+        let analytic = match grads.get(leaf) {
+            Some(g) => g.to_vec::<f64>()?,
+            None => vec![0.0; inputs[i].1.len()],
+        };
+        ensure!(analytic.len() == inputs[i].1.len(), "input {i}: gradient has {} elements", analytic.len());
+        let mut vals: Vec<Vec<f64>> = inputs.iter().map(|(_, v)| v.clone()).collect();
+        for j in 0..vals[i].len() {
+            let x0 = vals[i][j];
+            vals[i][j] = x0 + h;
+            let up = eval(&vals)?;
+            vals[i][j] = x0 - h;
+            let down = eval(&vals)?;
+            vals[i][j] = x0;
+            let num = (up - down) / (2.0 * h);
+            let a = analytic[j];
+            ensure!((a - num).abs() <= 1e-6 + 1e-5 * num.abs(), "input {i} element {j}: analytic {a}, numeric {num}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `cargo xtask bench`: runs the criterion benches in benches/, reads what criterion saved, and prints one table.
+//!
+//! Every bench records its work per call as a criterion throughput (FLOPs for matmul, bytes for softmax and
+//! rms_norm, parameters for adamw). A row's value is that work divided by the **median** time per call, which
+//! criterion estimates from its samples (`new/estimates.json`); the work and the bench's id come from
+//! `new/benchmark.json`. Only results written by this run are read, so stale directories never leak in.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::peers;
+
+/// A bench file in benches/ and the criterion groups it defines.
+struct BenchFile {
+    file: &'static str,
+    groups: &'static [&'static str],
+}
+
+/// The bench files, in the order they run and their rows print.
+const BENCH_FILES: [BenchFile; 3] = [
+    BenchFile { file: "matmul", groups: &["matmul"] },
+    BenchFile { file: "ops", groups: &["softmax", "rms_norm"] },
+    BenchFile { file: "optim", groups: &["adamw"] },
+];
+
+/// The options of `cargo xtask bench`.
+#[derive(Debug)]
+pub(crate) struct Options {
+    quick: bool,
+    filter: Option<String>,
+    json: Option<PathBuf>,
+    peers: bool,
+    threads: usize,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> Result<Options> {
+        let mut o = Options { quick: false, filter: None, json: None, peers: false, threads: 2 };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--quick" => o.quick = true,
+                "--peers" => o.peers = true,
+                "--filter" => o.filter = Some(crate::flag_value(arg, &mut it)?),
+                "--json" => o.json = Some(PathBuf::from(crate::flag_value(arg, &mut it)?)),
+                "--threads" => {
+                    let v = crate::flag_value(arg, &mut it)?;
+                    o.threads = v.parse().ok().filter(|&n| n > 0).with_context(|| format!("bad --threads `{v}`"))?;
+                }
+                other => bail!("unknown bench option `{other}` (see `cargo xtask help`)"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// One result row; its JSON form `{name, shape, metric, value, unit}` is a stable interface (DESIGN.md §6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Row {
+    pub(crate) name: String,
+    pub(crate) shape: String,
+    pub(crate) metric: String,
+    pub(crate) value: f64,
+    pub(crate) unit: String,
+}
+
+/// A bench's measured result: its row, the work per call and the median seconds per call.
+#[derive(Debug, Clone)]
+pub(crate) struct Measured {
+    pub(crate) row: Row,
+    pub(crate) work: f64,
+    pub(crate) seconds: f64,
+}
+
+/// The parts of criterion's `new/benchmark.json` that are read here.
+#[derive(Debug, Deserialize)]
+struct SavedId {
+    group_id: String,
+    function_id: Option<String>,
+    value_str: Option<String>,
+    throughput: Option<serde_json::Value>,
+}
+
+/// The parts of criterion's `new/estimates.json` that are read here (times in nanoseconds).
+#[derive(Debug, Deserialize)]
+struct SavedEstimates {
+    median: SavedEstimate,
+}
+
+#[derive(Debug, Deserialize)]
+struct SavedEstimate {
+    point_estimate: f64,
+}
+
+pub(crate) fn run(root: &Path, o: Options) -> Result<()> {
+    let criterion_home = target_dir(root).join("criterion");
+    let files = selected_files(o.filter.as_deref());
+    let start = SystemTime::now();
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).arg("bench");
+    for f in &files {
+        cmd.args(["--bench", f.file]);
+    }
+    cmd.arg("--").arg("--noplot");
+    if o.quick {
+        cmd.arg("--quick");
+    }
+    cmd.args(o.filter.iter());
+    // Criterion writes where it is told; rankfold's GEMM and row ops use rayon's pool of `threads`.
+    cmd.env("CRITERION_HOME", &criterion_home).env("RAYON_NUM_THREADS", o.threads.to_string());
+    // Criterion's own report goes to stderr, so that stdout carries only the table.
+    cmd.stdout(Stdio::from(std::io::stderr()));
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().context("running cargo bench")?;
+    if !status.success() {
+        bail!("cargo bench failed: {status}");
+    }
+
+    let measured = collect(&criterion_home, &files, start)?;
+    if measured.is_empty() {
+        bail!("no benchmark matched {:?}; the groups are {}", o.filter, all_groups().join(", "));
+    }
+
+    let peers = if o.peers { peers::run(root, &measured, o.quick, o.threads)? } else { None };
+    if let Some(p) = &peers {
+        println!("peers: {}", p.describe());
+    }
+    print!("{}", table(&measured, peers.as_ref()));
+
+    if let Some(path) = &o.json {
+        let mut rows: Vec<Row> = measured.iter().map(|m| m.row.clone()).collect();
+        if let Some(p) = &peers {
+            rows.extend(measured.iter().filter_map(|m| p.row_for(m)));
+        }
+        let text = serde_json::to_string_pretty(&rows)? + "\n";
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask: wrote {} rows to {}", rows.len(), path.display());
+    }
+    Ok(())
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` under the root.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+fn all_groups() -> Vec<&'static str> {
+    BENCH_FILES.iter().flat_map(|f| f.groups.iter().copied()).collect()
+}
+
+/// The bench files to run: those with a group that the filter names (or that names the filter), else all of
+/// them, leaving the filtering to criterion (a filter such as `1024x1024` matches ids in any group).
+fn selected_files(filter: Option<&str>) -> Vec<&'static BenchFile> {
+    let all: Vec<&BenchFile> = BENCH_FILES.iter().collect();
+    let Some(filter) = filter else { return all };
+    let some: Vec<&BenchFile> =
+        all.iter().copied().filter(|f| f.groups.iter().any(|g| filter.contains(g) || g.contains(filter))).collect();
+    if some.is_empty() {
+        all
+    } else {
+        some
+    }
+}
+
+/// How a group's throughput is reported: (metric, unit). A value is work per nanosecond, i.e. giga-work per second.
+fn metric_of(group: &str, throughput_kind: &str) -> (&'static str, &'static str) {
+    match (group, throughput_kind) {
+        ("matmul", _) => ("compute", "GFLOP/s"),
+        ("adamw", _) => ("update rate", "Gparam/s"),
+        (_, "Bytes" | "BytesDecimal") => ("bandwidth", "GB/s"),
+        (_, "Bits") => ("bandwidth", "Gbit/s"),
+        _ => ("throughput", "Gelem/s"),
+    }
+}
+
+/// Reads the results that criterion saved after `start` under the selected files' groups.
+fn collect(home: &Path, files: &[&BenchFile], start: SystemTime) -> Result<Vec<Measured>> {
+    let mut found = Vec::new();
+    for (gi, group) in files.iter().flat_map(|f| f.groups.iter()).enumerate() {
+        let mut saved = Vec::new();
+        find_saved(&home.join(group), &mut saved)?;
+        for path in saved {
+            let modified = fs::metadata(&path)?.modified()?;
+            if modified < start {
+                continue;
+            }
+            let m = read_measured(&path).with_context(|| format!("reading {}", path.display()))?;
+            found.push((gi, modified, m));
+        }
+    }
+    // Criterion saves each bench as it finishes, so the write times give the order in which they ran.
+    found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    Ok(found.into_iter().map(|(_, _, m)| m).collect())
+}
+
+/// Every `new/benchmark.json` below `dir` (none when `dir` does not exist).
+fn find_saved(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            find_saved(&path, out)?;
+        } else if path.ends_with("new/benchmark.json") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn read_measured(benchmark_json: &Path) -> Result<Measured> {
+    let id: SavedId = serde_json::from_str(&fs::read_to_string(benchmark_json)?)?;
+    let est_path = benchmark_json.with_file_name("estimates.json");
+    let est: SavedEstimates = serde_json::from_str(&fs::read_to_string(&est_path)?)?;
+    let (kind, work) = throughput(id.throughput.as_ref())
+        .with_context(|| format!("bench {} records no throughput", id.group_id))?;
+    let ns = est.median.point_estimate;
+    let (metric, unit) = metric_of(&id.group_id, &kind);
+    let name = match &id.function_id {
+        Some(f) => format!("{}/{f}", id.group_id),
+        None => id.group_id.clone(),
+    };
+    let row = Row {
+        name,
+        shape: id.value_str.unwrap_or_default(),
+        metric: metric.into(),
+        value: work / ns,
+        unit: unit.into(),
+    };
+    Ok(Measured { row, work, seconds: ns * 1e-9 })
+}
+
+/// Criterion's serialized `Throughput` (e.g. `{"Elements": 2147483648}`) as (kind, amount).
+fn throughput(v: Option<&serde_json::Value>) -> Option<(String, f64)> {
+    let obj = v?.as_object()?;
+    let (kind, amount) = obj.iter().next()?;
+    let amount = match amount {
+        serde_json::Value::Number(n) => n.as_f64()?,
+        // `ElementsAndBytes { elements, bytes }` counts elements, as criterion does.
+        serde_json::Value::Object(o) => o.get("elements")?.as_f64()?,
+        _ => return None,
+    };
+    Some((kind.clone(), amount))
+}
+
+/// Seconds as a short human-readable duration.
+fn fmt_time(s: f64) -> String {
+    match s {
+        s if s >= 1.0 => format!("{s:.2} s"),
+        s if s >= 1e-3 => format!("{:.2} ms", s * 1e3),
+        s if s >= 1e-6 => format!("{:.1} µs", s * 1e6),
+        s => format!("{:.0} ns", s * 1e9),
+    }
+}
+
+/// The table: one line per bench, with the peer's value and rankfold/peer beside the rows that have one.
+fn table(measured: &[Measured], peers: Option<&peers::Report>) -> String {
+    let mut header = vec!["name", "shape", "metric", "value", "unit", "median time"];
+    if let Some(p) = peers {
+        header.extend([p.label(), "ratio"]);
+    }
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for m in measured {
+        let r = &m.row;
+        let mut cells =
+            vec![r.name.clone(), r.shape.clone(), r.metric.clone(), format!("{:.2}", r.value), r.unit.clone(), fmt_time(m.seconds)];
+        if let Some(p) = peers {
+            match p.row_for(m) {
+                Some(pr) => cells.extend([format!("{:.2}", pr.value), format!("{:.2}x", r.value / pr.value)]),
+                None => cells.extend(["-".to_string(), "-".to_string()]),
+            }
+        }
+        lines.push(cells);
+    }
+    let widths: Vec<usize> =
+        (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
+    let numeric = |c: usize| c == 3 || c >= 5;
+    let mut out = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        let cells: Vec<String> = l
+            .iter()
+            .enumerate()
+            .map(|(c, s)| if numeric(c) { format!("{s:>w$}", w = widths[c]) } else { format!("{s:<w$}", w = widths[c]) })
+            .collect();
+        out += cells.join("  ").trim_end();
+        out.push('\n');
+        if i == 0 {
+            out += &widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>().join("  ");
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_selects_files() {
+        let names = |f: Option<&str>| selected_files(f).iter().map(|b| b.file).collect::<Vec<_>>();
+        assert_eq!(names(None), ["matmul", "ops", "optim"]);
+        assert_eq!(names(Some("matmul")), ["matmul"]);
+        assert_eq!(names(Some("rms")), ["ops"]);
+        assert_eq!(names(Some("adamw/f32")), ["optim"]);
+        assert_eq!(names(Some("4096x1024")), ["matmul", "ops", "optim"]);
+    }
+
+    #[test]
+    fn reads_criterion_throughput() {
+        let v: serde_json::Value = serde_json::from_str(r#"{"Elements": 2147483648}"#).unwrap();
+        assert_eq!(throughput(Some(&v)), Some(("Elements".into(), 2147483648.0)));
+        let v: serde_json::Value = serde_json::from_str(r#"{"ElementsAndBytes": {"elements": 3, "bytes": 12}}"#).unwrap();
+        assert_eq!(throughput(Some(&v)), Some(("ElementsAndBytes".into(), 3.0)));
+        assert_eq!(throughput(None), None);
+    }
+
+    #[test]
+    fn reads_a_saved_result() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        let new = dir.join("matmul/f32/8x8x8/new");
+        fs::create_dir_all(&new).unwrap();
+        let id = r#"{"group_id":"matmul","function_id":"f32","value_str":"8x8x8","throughput":{"Elements":1024},
+            "full_id":"matmul/f32/8x8x8","directory_name":"matmul/f32/8x8x8","title":"matmul/f32/8x8x8"}"#;
+        fs::write(new.join("benchmark.json"), id).unwrap();
+        let est = r#"{"mean":{"point_estimate":600.0},"median":{"point_estimate":512.0}}"#;
+        fs::write(new.join("estimates.json"), est).unwrap();
+        let files = selected_files(Some("matmul"));
+        let got = collect(&dir, &files, SystemTime::UNIX_EPOCH).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(got.len(), 1);
+        let r = &got[0].row;
+        assert_eq!((r.name.as_str(), r.shape.as_str(), r.unit.as_str(), r.value), ("matmul/f32", "8x8x8", "GFLOP/s", 2.0));
+        assert!(table(&got, None).contains("512 ns"));
+    }
+}

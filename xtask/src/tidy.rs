@@ -1,0 +1,199 @@
+//! `cargo xtask tidy`, also run by `cargo test -p xtask`: checks the house rules of STYLE.md §7 over the repository.
+//!
+//! - every `.rs` file opens with a `//!` doc line within its first 3 lines;
+//! - no `.rs`, `.cu` or `.cuh` file is longer than 800 lines (the generated `crates/kernels/ptx/` is exempt);
+//! - ARCHITECTURE.md names every crate directory under `crates/` (as `crates/<dir>` or by its package name) and
+//!   `xtask`;
+//! - every `.cu` under `kernels/` opens with a header comment that has `Math:`, `Traffic:` and `Reference:` lines
+//!   and a `Test:` entry, and the files that `Reference:` and `Test:` name exist.
+//!
+//! Directories named `target` and hidden directories are skipped. A failure lists every offending file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// The most lines a source file may have.
+const MAX_LINES: usize = 800;
+
+/// Runs every check and fails with the full list of problems.
+pub(crate) fn check(root: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    walk(root, &mut files)?;
+    files.sort();
+    let mut problems = Vec::new();
+    for path in &files {
+        let rel = path.strip_prefix(root).unwrap_or(path);
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !matches!(ext, "rs" | "cu" | "cuh") {
+            continue;
+        }
+        let text = fs::read_to_string(path)?;
+        if ext == "rs" && !has_module_doc(&text) {
+            problems.push(format!("{}: no `//!` doc line within the first 3 lines", rel.display()));
+        }
+        let lines = text.lines().count();
+        if lines > MAX_LINES && !rel.starts_with("crates/kernels/ptx") {
+            problems.push(format!("{}: {lines} lines, more than {MAX_LINES}", rel.display()));
+        }
+        if ext == "cu" && rel.starts_with("kernels") {
+            problems.extend(cu_header_problems(&text, root).into_iter().map(|p| format!("{}: {p}", rel.display())));
+        }
+    }
+    problems.extend(architecture_problems(root)?);
+    if !problems.is_empty() {
+        bail!("tidy found {} problem(s):\n  {}", problems.len(), problems.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Every file below `dir`, skipping `target` and hidden directories.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if entry.file_type()?.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                walk(&path, out)?;
+            }
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn has_module_doc(text: &str) -> bool {
+    text.lines().take(3).any(|l| l.trim_start().starts_with("//!"))
+}
+
+/// The problems with a `.cu` file's header: the first `/* … */` comment.
+fn cu_header_problems(text: &str, root: &Path) -> Vec<String> {
+    let header = text
+        .trim_start()
+        .strip_prefix("/*")
+        .and_then(|rest| rest.split_once("*/"))
+        .map(|(h, _)| h)
+        .unwrap_or("");
+    if header.is_empty() {
+        return vec!["does not open with a `/* … */` header (STYLE.md §2)".into()];
+    }
+    let lines: Vec<&str> = header.lines().map(|l| l.trim_start_matches([' ', '\t', '*'])).collect();
+    let mut problems = Vec::new();
+    for label in ["Math:", "Traffic:", "Reference:"] {
+        if !lines.iter().any(|l| l.starts_with(label)) {
+            problems.push(format!("header has no `{label}` line"));
+        }
+    }
+    // The entries `Reference: crates/…/cpu.rs::twin` and `Test: tests/it/….rs` name files that must exist.
+    for label in ["Reference:", "Test:"] {
+        let named = lines.iter().find_map(|l| l.split_once(label).map(|(_, rest)| rest.split_whitespace().next()));
+        match named {
+            Some(Some(entry)) => {
+                let file = entry.split("::").next().unwrap_or(entry);
+                if !root.join(file).is_file() {
+                    problems.push(format!("header names `{file}` after `{label}`, which does not exist"));
+                }
+            }
+            _ if label == "Test:" => problems.push("header names no `Test:` file".into()),
+            _ => {}
+        }
+    }
+    problems
+}
+
+/// The crate directories and xtask that ARCHITECTURE.md does not name.
+fn architecture_problems(root: &Path) -> Result<Vec<String>> {
+    let Ok(doc) = fs::read_to_string(root.join("ARCHITECTURE.md")) else {
+        return Ok(vec!["ARCHITECTURE.md: missing".into()]);
+    };
+    let mut crate_dirs: Vec<(String, Option<String>)> = Vec::new();
+    if let Ok(entries) = fs::read_dir(root.join("crates")) {
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                let dir = entry.file_name().to_string_lossy().into_owned();
+                let package = fs::read_to_string(entry.path().join("Cargo.toml")).ok().and_then(|t| package_name(&t));
+                crate_dirs.push((dir, package));
+            }
+        }
+    }
+    crate_dirs.sort();
+    let mut problems = Vec::new();
+    for (dir, package) in crate_dirs {
+        let path = format!("crates/{dir}");
+        if !mentions(&doc, &path) && !package.as_deref().is_some_and(|p| mentions(&doc, p)) {
+            let also = package.map(|p| format!(" or `{p}`")).unwrap_or_default();
+            problems.push(format!("ARCHITECTURE.md: does not name `{path}`{also}"));
+        }
+    }
+    if !mentions(&doc, "xtask") {
+        problems.push("ARCHITECTURE.md: does not name `xtask`".into());
+    }
+    Ok(problems)
+}
+
+/// The `name` in a Cargo.toml's `[package]` table.
+fn package_name(toml: &str) -> Option<String> {
+    let package = toml.split("[package]").nth(1)?;
+    let package = package.split("\n[").next()?;
+    package.lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        (key.trim() == "name").then(|| value.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Whether `doc` contains `name` as a whole word: not inside a longer identifier or path segment.
+fn mentions(doc: &str, name: &str) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    doc.match_indices(name).any(|(i, _)| {
+        let before = doc[..i].chars().next_back();
+        let after = doc[i + name.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The repository's own tidy check: `cargo test -p xtask` fails while any house rule is broken.
+    #[test]
+    fn tidy() {
+        if let Err(e) = check(&crate::project_root()) {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
+    fn module_doc_within_three_lines() {
+        assert!(has_module_doc("//! Docs.\nfn f() {}\n"));
+        assert!(has_module_doc("#![allow(x)]\n\n//! Docs.\n"));
+        assert!(!has_module_doc("/// Item docs.\nfn f() {}\n"));
+        assert!(!has_module_doc("\n\n\n//! Too late.\n"));
+    }
+
+    #[test]
+    fn cu_headers() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let good = "/*\nx.cu: y.\nMath:      a\nTraffic:   b\nReference: src/main.rs::main   Test: src/tidy.rs\n*/\n";
+        assert_eq!(cu_header_problems(good, root), Vec::<String>::new());
+        let bad = "/*\nMath: a\nReference: src/nope.rs::f\n*/\n";
+        let p = cu_header_problems(bad, root);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains("Traffic:") && p[1].contains("src/nope.rs") && p[2].contains("Test:"));
+        assert_eq!(cu_header_problems("// Not a header.\n", root).len(), 1);
+    }
+
+    #[test]
+    fn names_are_whole_words() {
+        assert!(mentions("The `crates/tensor` crate.", "crates/tensor"));
+        assert!(mentions("see crates/tensor/src", "crates/tensor"));
+        assert!(!mentions("crates/tensors", "crates/tensor"));
+        assert!(!mentions("rankfold-tensor-extra", "rankfold-tensor"));
+        assert_eq!(package_name("[package]\nname = \"rankfold-x\"\n[deps]\nname = \"no\""), Some("rankfold-x".into()));
+    }
+}
