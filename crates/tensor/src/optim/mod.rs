@@ -265,6 +265,14 @@ pub(crate) fn par_chunks3(a: &mut [f32], b: &[f32], c: &mut [f32], k: impl Fn(&m
     a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).zip(c.par_chunks_mut(CHUNK)).for_each(|((a, b), c)| k(a, b, c));
 }
 
+/// [`par_chunks4`] for two arrays.
+pub(crate) fn par_chunks2(a: &mut [f32], b: &[f32], k: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if a.len() <= CHUNK {
+        return k(a, b);
+    }
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(a, b)| k(a, b));
+}
+
 /// Validates a learning rate or another non-negative hyperparameter.
 pub(crate) fn check_nonneg(op: &'static str, what: &str, v: f64) -> Result<()> {
     if !(v.is_finite() && v >= 0.0) {
