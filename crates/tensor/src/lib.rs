@@ -39,3 +39,8 @@ pub use rng::Rng;
 pub use shape::Shape;
 pub use storage::Storage;
 pub use tensor::{Tensor, TensorId};
+
+/// The README's library example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
