@@ -133,6 +133,10 @@ pub(crate) fn run(root: &Path, o: Options) -> Result<()> {
         println!("peers: {}", p.describe());
     }
     print!("{}", table(&measured, peers.as_ref()));
+    println!(
+        "value = work per call / median time per call{}",
+        if peers.is_some() { "; ratio = rankfold / numpy, above 1 when rankfold is faster" } else { "" }
+    );
 
     if let Some(path) = &o.json {
         let mut rows: Vec<Row> = measured.iter().map(|m| m.row.clone()).collect();
@@ -196,7 +200,7 @@ fn collect(home: &Path, files: &[&BenchFile], start: SystemTime) -> Result<Vec<M
         }
     }
     // Criterion saves each bench as it finishes, so the write times give the order in which they ran.
-    found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    found.sort_by_key(|&(gi, modified, _)| (gi, modified));
     Ok(found.into_iter().map(|(_, _, m)| m).collect())
 }
 
@@ -218,8 +222,8 @@ fn read_measured(benchmark_json: &Path) -> Result<Measured> {
     let id: SavedId = serde_json::from_str(&fs::read_to_string(benchmark_json)?)?;
     let est_path = benchmark_json.with_file_name("estimates.json");
     let est: SavedEstimates = serde_json::from_str(&fs::read_to_string(&est_path)?)?;
-    let (kind, work) = throughput(id.throughput.as_ref())
-        .with_context(|| format!("bench {} records no throughput", id.group_id))?;
+    let (kind, work) =
+        throughput(id.throughput.as_ref()).with_context(|| format!("bench {} records no throughput", id.group_id))?;
     let ns = est.median.point_estimate;
     let (metric, unit) = metric_of(&id.group_id, &kind);
     let name = match &id.function_id {
@@ -268,8 +272,14 @@ fn table(measured: &[Measured], peers: Option<&peers::Report>) -> String {
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for m in measured {
         let r = &m.row;
-        let mut cells =
-            vec![r.name.clone(), r.shape.clone(), r.metric.clone(), format!("{:.2}", r.value), r.unit.clone(), fmt_time(m.seconds)];
+        let mut cells = vec![
+            r.name.clone(),
+            r.shape.clone(),
+            r.metric.clone(),
+            format!("{:.2}", r.value),
+            r.unit.clone(),
+            fmt_time(m.seconds),
+        ];
         if let Some(p) = peers {
             match p.row_for(m) {
                 Some(pr) => cells.extend([format!("{:.2}", pr.value), format!("{:.2}x", r.value / pr.value)]),
@@ -286,7 +296,9 @@ fn table(measured: &[Measured], peers: Option<&peers::Report>) -> String {
         let cells: Vec<String> = l
             .iter()
             .enumerate()
-            .map(|(c, s)| if numeric(c) { format!("{s:>w$}", w = widths[c]) } else { format!("{s:<w$}", w = widths[c]) })
+            .map(
+                |(c, s)| if numeric(c) { format!("{s:>w$}", w = widths[c]) } else { format!("{s:<w$}", w = widths[c]) },
+            )
             .collect();
         out += cells.join("  ").trim_end();
         out.push('\n');
@@ -316,7 +328,8 @@ mod tests {
     fn reads_criterion_throughput() {
         let v: serde_json::Value = serde_json::from_str(r#"{"Elements": 2147483648}"#).unwrap();
         assert_eq!(throughput(Some(&v)), Some(("Elements".into(), 2147483648.0)));
-        let v: serde_json::Value = serde_json::from_str(r#"{"ElementsAndBytes": {"elements": 3, "bytes": 12}}"#).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"ElementsAndBytes": {"elements": 3, "bytes": 12}}"#).unwrap();
         assert_eq!(throughput(Some(&v)), Some(("ElementsAndBytes".into(), 3.0)));
         assert_eq!(throughput(None), None);
     }
@@ -336,7 +349,10 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(got.len(), 1);
         let r = &got[0].row;
-        assert_eq!((r.name.as_str(), r.shape.as_str(), r.unit.as_str(), r.value), ("matmul/f32", "8x8x8", "GFLOP/s", 2.0));
+        assert_eq!(
+            (r.name.as_str(), r.shape.as_str(), r.unit.as_str(), r.value),
+            ("matmul/f32", "8x8x8", "GFLOP/s", 2.0)
+        );
         assert!(table(&got, None).contains("512 ns"));
     }
 }

@@ -141,10 +141,8 @@ fn python_command(python: &Path, threads: usize) -> Command {
 
 /// The first of $RANKFOLD_PEERS_PYTHON, ~/.cache/rankfold-peers/bin/python and python3 that imports numpy.
 fn find_python(threads: usize) -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("RANKFOLD_PEERS_PYTHON") {
-        candidates.push(PathBuf::from(p));
-    }
+    let chosen = std::env::var_os("RANKFOLD_PEERS_PYTHON").map(PathBuf::from);
+    let mut candidates: Vec<PathBuf> = chosen.iter().cloned().collect();
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(PathBuf::from(home).join(".cache/rankfold-peers/bin/python"));
     }
@@ -156,8 +154,9 @@ fn find_python(threads: usize) -> Option<PathBuf> {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !ok && py.is_absolute() && py.exists() {
-            eprintln!("xtask: {} cannot import numpy; trying the next Python", py.display());
+        // A Python that was asked for, or that exists where the default one lives, deserves a word when it fails.
+        if !ok && (chosen.as_ref() == Some(py) || (py.is_absolute() && py.exists())) {
+            eprintln!("xtask: {} cannot run or cannot import numpy; trying the next Python", py.display());
         }
         ok
     })

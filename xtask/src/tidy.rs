@@ -72,12 +72,8 @@ fn has_module_doc(text: &str) -> bool {
 
 /// The problems with a `.cu` file's header: the first `/* … */` comment.
 fn cu_header_problems(text: &str, root: &Path) -> Vec<String> {
-    let header = text
-        .trim_start()
-        .strip_prefix("/*")
-        .and_then(|rest| rest.split_once("*/"))
-        .map(|(h, _)| h)
-        .unwrap_or("");
+    let header =
+        text.trim_start().strip_prefix("/*").and_then(|rest| rest.split_once("*/")).map(|(h, _)| h).unwrap_or("");
     if header.is_empty() {
         return vec!["does not open with a `/* … */` header (STYLE.md §2)".into()];
     }
