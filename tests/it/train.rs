@@ -100,7 +100,7 @@ impl Model {
 
 /// A batch of (inputs [b, T], targets [b, T]); only the reversed half is scored.
 fn batch(rng: &mut Rng, b: usize) -> Result<(Tensor, Tensor)> {
-    let mut ids = Vec::with_capacity(b * T);
+    let mut ids: Vec<u32> = Vec::with_capacity(b * T);
     let mut tg = Vec::with_capacity(b * T);
     for _ in 0..b {
         let x: Vec<u32> = (0..L).map(|_| rng.below(DIGITS as u64) as u32).collect();

@@ -108,7 +108,7 @@ pub trait Float:
 }
 
 /// The handful of float functions the kernels need, implemented for f32 and f64 by the standard library.
-pub mod num_traits_lite {
+pub(crate) mod num_traits_lite {
     /// Transcendental and rounding functions shared by f32 and f64.
     pub trait FloatOps: Sized {
         fn exp(self) -> Self;

@@ -5,6 +5,7 @@ mod elementwise;
 mod index;
 mod matmul;
 mod reduce;
+mod vecmath;
 
 pub(crate) use matmul::MatmulDims;
 

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::vecmath as vm;
 use super::{float_dispatch, float_into_data, CpuData, CpuStorage};
 use crate::{Error, Float, Layout, Result, Shape};
 
@@ -101,20 +102,25 @@ impl CpuStorage {
             let cols = l.dims().last().copied().unwrap_or(1);
             let mut out = x.to_vec();
             for_rows(&mut out, cols, |row| {
-                let max = row.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v));
-                // A row of -inf (fully masked) gives a uniform softmax of NaN in PyTorch; here it gives 0s.
+                let max = vm::max(row);
+                // A fully masked row (all −inf) gives zeros rather than PyTorch's NaNs.
                 let max = if max == T::NEG_INFINITY { T::ZERO } else { max };
-                let mut sum = T::ZERO;
-                for v in row.iter_mut() {
-                    *v = *v - max;
-                    sum += v.exp();
-                }
                 if log {
+                    let mut sum = T::ZERO;
+                    for v in row.iter_mut() {
+                        *v = *v - max;
+                    }
+                    for v in row.iter() {
+                        sum += vm::exp(*v);
+                    }
                     let lse = sum.ln();
                     row.iter_mut().for_each(|v| *v = *v - lse);
                 } else {
-                    let inv = T::ONE / sum;
-                    row.iter_mut().for_each(|v| *v = v.exp() * inv);
+                    for v in row.iter_mut() {
+                        *v = vm::exp(*v - max);
+                    }
+                    let inv = T::ONE / vm::sum(row);
+                    row.iter_mut().for_each(|v| *v = *v * inv);
                 }
             });
             Ok(CpuStorage::new(float_into_data(out, s.dtype())))
@@ -130,10 +136,10 @@ impl CpuStorage {
             let mut out = gs.float_slice::<T>(gl).into_owned();
             for_rows_with(&mut out, &y, cols, |g, y| {
                 if log {
-                    let s: T = g.iter().copied().sum();
-                    g.iter_mut().zip(y).for_each(|(g, &y)| *g = *g - y.exp() * s);
+                    let s: T = vm::sum(g);
+                    g.iter_mut().zip(y).for_each(|(g, &y)| *g = *g - vm::exp(y) * s);
                 } else {
-                    let s: T = g.iter().zip(y).map(|(&g, &y)| g * y).sum();
+                    let s: T = vm::dot(g, y);
                     g.iter_mut().zip(y).for_each(|(g, &y)| *g = y * (*g - s));
                 }
             });
@@ -183,18 +189,16 @@ pub(crate) fn norm_fwd(a: NormArgs<'_>) -> Result<NormOut> {
         let eps = T::from_f64(a.eps);
         let inv_n = T::ONE / T::from_f64(cols as f64);
         let work = |((yr, xr), st): ((&mut [T], &[T]), &mut (T, T))| {
-            let mean = if a.rms { T::ZERO } else { xr.iter().copied().sum::<T>() * inv_n };
-            let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() * inv_n;
+            let mean = if a.rms { T::ZERO } else { vm::sum(xr) * inv_n };
+            // Centre into the output row first, so the variance is a lane-split dot product.
+            yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v - mean);
+            let var = vm::dot(yr, yr) * inv_n;
             let rstd = T::ONE / (var + eps).sqrt();
-            for (i, (o, &v)) in yr.iter_mut().zip(xr).enumerate() {
-                let mut h = (v - mean) * rstd;
-                if let Some(w) = &w {
-                    h = h * w[i];
-                }
-                if let Some(b) = &b {
-                    h = h + b[i];
-                }
-                *o = h;
+            match (&w, &b) {
+                (Some(w), Some(b)) => yr.iter_mut().zip(w.iter().zip(b.iter())).for_each(|(o, (&w, &b))| *o = *o * rstd * w + b),
+                (Some(w), None) => yr.iter_mut().zip(w.iter()).for_each(|(o, &w)| *o = *o * rstd * w),
+                (None, Some(b)) => yr.iter_mut().zip(b.iter()).for_each(|(o, &b)| *o = *o * rstd + b),
+                (None, None) => yr.iter_mut().for_each(|o| *o = *o * rstd),
             }
             *st = (mean, rstd);
         };
@@ -302,27 +306,32 @@ pub(crate) fn cross_entropy_fwd(
     fn go<T: Float>(logits: (&CpuStorage, &Layout), t: &[i64], args: CeArgs) -> Result<(f64, CpuStorage, usize)> {
         let x = logits.0.float_slice::<T>(logits.1);
         let c = logits.1.dims()[1];
-        let mut lse = vec![T::ZERO; t.len()];
-        let mut total = 0f64;
-        let mut count = 0usize;
         let eps = args.label_smoothing;
-        for (r, l) in lse.iter_mut().enumerate() {
-            let row = &x[r * c..(r + 1) * c];
-            let max = row.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v));
-            let s: f64 = row.iter().map(|&v| (v - max).exp().to_f64()).sum();
-            let lse_r = max.to_f64() + s.ln();
-            *l = T::from_f64(lse_r);
-            if Some(t[r]) == args.ignore_index {
-                continue;
-            }
-            if t[r] < 0 || t[r] as usize >= c {
-                return Err(Error::IndexOutOfRange { op: "cross_entropy", index: t[r], size: c });
-            }
-            let nll = lse_r - row[t[r] as usize].to_f64();
-            let smooth = if eps > 0.0 { lse_r - row.iter().map(|v| v.to_f64()).sum::<f64>() / c as f64 } else { 0.0 };
-            total += (1.0 - eps) * nll + eps * smooth;
-            count += 1;
+        if let Some(&bad) = t.iter().find(|&&v| Some(v) != args.ignore_index && (v < 0 || v as usize >= c)) {
+            return Err(Error::IndexOutOfRange { op: "cross_entropy", index: bad, size: c });
         }
+        // Per row: (log-sum-exp, loss contribution, counted).
+        let row = |r: usize| -> (T, f64, usize) {
+            let row = &x[r * c..(r + 1) * c];
+            let max = vm::max(row);
+            let max = if max == T::NEG_INFINITY { T::ZERO } else { max };
+            let s: T = row.iter().map(|&v| vm::exp(v - max)).fold(T::ZERO, |a, b| a + b);
+            let lse = max + s.ln();
+            if Some(t[r]) == args.ignore_index {
+                return (lse, 0.0, 0);
+            }
+            let nll = (lse - row[t[r] as usize]).to_f64();
+            let smooth = if eps > 0.0 { lse.to_f64() - vm::sum(row).to_f64() / c as f64 } else { 0.0 };
+            (lse, (1.0 - eps) * nll + eps * smooth, 1)
+        };
+        let rows: Vec<(T, f64, usize)> = if x.len() >= PAR_ELEMS {
+            (0..t.len()).into_par_iter().with_min_len(rows_per_task(c)).map(row).collect()
+        } else {
+            (0..t.len()).map(row).collect()
+        };
+        let lse: Vec<T> = rows.iter().map(|r| r.0).collect();
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        let count: usize = rows.iter().map(|r| r.2).sum();
         let loss = if count == 0 { 0.0 } else { total / count as f64 };
         Ok((loss, CpuStorage::new(float_into_data(lse, T::DTYPE)), count))
     }
@@ -360,7 +369,7 @@ pub(crate) fn cross_entropy_bwd(
             let row = &x[r * c..(r + 1) * c];
             for (j, (o, &v)) in o.iter_mut().zip(row).enumerate() {
                 let target = if j as i64 == t[r] { on } else { off };
-                *o = ((v - lse[r]).exp() - target) * s;
+                *o = (vm::exp(v - lse[r]) - target) * s;
             }
         };
         if x.len() >= PAR_ELEMS {
