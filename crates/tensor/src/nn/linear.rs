@@ -3,7 +3,7 @@
 use super::{check_float, init, with_trainable};
 use crate::{DType, Device, Error, Result, Rng, Tensor};
 
-/// A fully connected layer: weight [out, in], optional bias [out]; `forward` maps [.., in] to [.., out].
+/// A fully connected layer: weight [out, in], optional bias `[out]`; `forward` maps [.., in] to [.., out].
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -24,7 +24,7 @@ impl Linear {
     }
 
     /// A layer over existing tensors, kept as given (a frozen tensor stays frozen, a trainable leaf keeps its
-    /// id): `weight` [out, in] and optional `bias` [out] of the same float dtype and device.
+    /// id): `weight` [out, in] and optional `bias` `[out]` of the same float dtype and device.
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         check_float("Linear::from_weights", "weight", &weight)?;
         let (out, _) = weight.dims2("Linear::from_weights")?;
@@ -69,7 +69,7 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
-    /// The bias [out], if any.
+    /// The bias `[out]`, if any.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -22,7 +22,7 @@ fn check_eps(op: &'static str, eps: f64) -> Result<()> {
     Ok(())
 }
 
-/// Layer normalization with a weight (init ones) and an optional bias (init zeros), both [d].
+/// Layer normalization with a weight (init ones) and an optional bias (init zeros), both `[d]`.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -40,7 +40,7 @@ impl LayerNorm {
         Ok(LayerNorm { weight, bias: Some(bias), eps })
     }
 
-    /// A layer norm over existing [d] tensors, kept as given.
+    /// A layer norm over existing `[d]` tensors, kept as given.
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>, eps: f64) -> Result<Self> {
         check_eps("LayerNorm::from_weights", eps)?;
         let d = check_vector("LayerNorm::from_weights", "weight", &weight)?;
@@ -89,7 +89,7 @@ impl LayerNorm {
     }
 }
 
-/// RMS normalization with a weight [d] (init ones).
+/// RMS normalization with a weight `[d]` (init ones).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
@@ -103,7 +103,7 @@ impl RmsNorm {
         Ok(RmsNorm { weight: Tensor::ones(dim, dtype, device)?.with_requires_grad(true), eps })
     }
 
-    /// An RMS norm over an existing [d] weight, kept as given.
+    /// An RMS norm over an existing `[d]` weight, kept as given.
     pub fn from_weight(weight: Tensor, eps: f64) -> Result<Self> {
         check_eps("RmsNorm::from_weight", eps)?;
         check_vector("RmsNorm::from_weight", "weight", &weight)?;

@@ -37,7 +37,7 @@ pub fn grad_norm(grads: &GradStore, params: &[(String, Tensor)]) -> Result<f64> 
 /// max_norm/(norm + 1e-6), only when that is below 1) and returns the norm before clipping. A non-finite
 /// norm is returned as is (and scales the gradients to NaN or zero, as PyTorch does by default).
 pub fn clip_grad_norm(grads: &mut GradStore, params: &[(String, Tensor)], max_norm: f64) -> Result<f64> {
-    if !(max_norm >= 0.0) {
+    if max_norm.is_nan() || max_norm < 0.0 {
         return Err(Error::invalid("clip_grad_norm", format!("max_norm = {max_norm} must be non-negative")));
     }
     let norm = grad_norm(grads, params)?;

@@ -25,15 +25,16 @@ pub use sgd::{Sgd, SgdConfig};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, RwLockReadGuard};
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::memory::MemoryCharge;
-use crate::{CpuData, Device, Error, GradStore, Result, Storage, Tensor};
+use crate::{CpuData, Device, Error, GradStore, Layout, Result, Storage, Tensor};
 
 /// Elements per parallel task of an update: 16K f32 = 64 KiB per array, so the four arrays AdamW streams
-/// (p, g, m, v) stay within L2 while a task runs. Smaller tensors are updated by one task.
+/// (p, g, m, v) stay within L2 while a task runs. Smaller tensors are updated by one task each.
 pub(crate) const CHUNK: usize = 1 << 14;
 
 /// The metadata key of the learning rate in a state file.
@@ -177,15 +178,32 @@ pub(crate) fn check_state_keys<S>(op: &'static str, slots: &[Slot<S>], fields: &
     }
 }
 
+/// The key of a tensor's storage: equal for every handle and view that shares the buffer.
+fn storage_key(t: &Tensor) -> usize {
+    Arc::as_ptr(&t.0.storage) as usize
+}
+
+/// Where a task reads a gradient from: a copy made up front, or a storage read-locked up front.
+enum GradSrc<'a> {
+    Owned(Vec<f32>),
+    Locked(&'a RwLockReadGuard<'a, Storage>, &'a Layout),
+}
+
 /// Runs `update(state, p, g)` for every slot with a gradient, with p the parameter's elements (in place for
-/// F32) and g its gradient, both f32. Gradient shapes are checked first, so an error changes nothing.
-/// Tensors of up to [`CHUNK`] elements are spread over threads one tensor per task; a larger one is
-/// updated alone, and `update` parallelizes within it (see [`par_chunks4`]). No task that holds a
-/// parameter's lock ever waits on rayon, so tensors sharing one storage cannot deadlock.
+/// F32) and g its gradient, both f32. `prepare(state, n)` runs first for each of them on the calling thread
+/// (so state allocated there is counted by that thread's memory scopes). Gradient shapes are checked before
+/// anything changes, so an error leaves everything as it was.
+///
+/// Parallelism and locking: parameters are grouped by storage, and the groups run as rayon tasks; a group
+/// write-locks its storage once and updates its parameters in turn, each split further into [`CHUNK`]s by
+/// `update` (see [`par_chunks4`]). Each storage is locked by exactly one task, and every gradient is
+/// read-locked (or, when it aliases a parameter, copied) on the calling thread before any task starts, so a
+/// worker that steals another group while waiting inside a parallel loop never waits on a lock.
 pub(crate) fn update_each<S: Send>(
     op: &'static str,
     slots: &mut [Slot<S>],
     grads: &GradStore,
+    mut prepare: impl FnMut(&mut S, usize),
     update: impl Fn(&mut S, &mut [f32], &[f32]) + Sync,
 ) -> Result<()> {
     for s in slots.iter() {
@@ -196,40 +214,62 @@ pub(crate) fn update_each<S: Send>(
             }
         }
     }
-    let run = |s: &mut Slot<S>| -> Result<()> {
-        match grads.get(&s.tensor) {
-            Some(g) => update_param(&s.tensor, g, |p, g| update(&mut s.state, p, g)),
-            None => Ok(()),
-        }
-    };
-    slots.par_iter_mut().filter(|s| s.tensor.elem_count() <= CHUNK).try_for_each(|s| run(s))?;
-    slots.iter_mut().filter(|s| s.tensor.elem_count() > CHUNK).try_for_each(run)
+    let param_keys: HashSet<usize> = slots.iter().map(|s| storage_key(&s.tensor)).collect();
+    let mut guards: HashMap<usize, RwLockReadGuard<'_, Storage>> = HashMap::new();
+    let mut copies: Vec<Option<Vec<f32>>> = Vec::with_capacity(slots.len());
+    for s in slots.iter() {
+        let copy = match grads.get(&s.tensor) {
+            Some(g) if param_keys.contains(&storage_key(g)) => Some(g.to_vec_f32()?),
+            Some(g) => {
+                guards.entry(storage_key(g)).or_insert_with(|| g.storage());
+                None
+            }
+            None => None,
+        };
+        copies.push(copy);
+    }
+    let mut groups: Vec<Vec<(&mut Slot<S>, GradSrc<'_>)>> = Vec::new();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    for (s, copy) in slots.iter_mut().zip(copies) {
+        let Some(g) = grads.get(&s.tensor) else { continue };
+        prepare(&mut s.state, s.tensor.elem_count());
+        let src = match copy {
+            Some(v) => GradSrc::Owned(v),
+            None => GradSrc::Locked(&guards[&storage_key(g)], g.layout()),
+        };
+        let i = *group_of.entry(storage_key(&s.tensor)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push((s, src));
+    }
+    groups.into_par_iter().for_each(|group| update_group(group, &update));
+    Ok(())
 }
 
-/// Applies `f(p, g)` to the elements of a contiguous CPU parameter (F32 in place; other float dtypes through
-/// an f32 copy written back with rounding) and its same-shaped gradient as f32.
-fn update_param(param: &Tensor, grad: &Tensor, f: impl FnOnce(&mut [f32], &[f32])) -> Result<()> {
-    let range = param.layout().contiguous_range().expect("optimizer parameters are checked to be contiguous");
-    // The parameter's storage is locked for writing below, so a gradient that aliases it is copied first.
-    let guard;
-    let g: Cow<'_, [f32]> = if grad.same_storage(param) {
-        Cow::Owned(grad.to_vec_f32()?)
-    } else {
-        guard = grad.storage();
-        guard.cpu().float_slice::<f32>(grad.layout())
-    };
-    let mut st = param.storage_mut();
+/// Updates parameters that share one storage under a single write lock: F32 in place; other float dtypes
+/// through an f32 copy written back with rounding.
+fn update_group<S>(group: Vec<(&mut Slot<S>, GradSrc<'_>)>, update: &(impl Fn(&mut S, &mut [f32], &[f32]) + Sync)) {
+    let Some(first) = group.first().map(|(s, _)| s.tensor.clone()) else { return };
+    let mut st = first.storage_mut();
     let data = match &mut *st {
         Storage::Cpu(s) => s.data_mut(),
     };
-    match data {
-        CpuData::F32(v) => f(&mut v[range], &g),
-        CpuData::F64(v) => with_f32_copy(&mut v[range], &g, f, |x| x as f32, |x| x as f64),
-        CpuData::F16(v) => with_f32_copy(&mut v[range], &g, f, f16::to_f32, f16::from_f32),
-        CpuData::BF16(v) => with_f32_copy(&mut v[range], &g, f, bf16::to_f32, bf16::from_f32),
-        d => unreachable!("optimizer parameters are checked to be float, got {}", d.dtype()),
+    for (slot, src) in group {
+        let g: Cow<'_, [f32]> = match &src {
+            GradSrc::Owned(v) => Cow::Borrowed(v),
+            GradSrc::Locked(guard, layout) => guard.cpu().float_slice::<f32>(layout),
+        };
+        let range = slot.tensor.layout().contiguous_range().expect("optimizer parameters are checked to be contiguous");
+        let mut f = |p: &mut [f32], g: &[f32]| update(&mut slot.state, p, g);
+        match &mut *data {
+            CpuData::F32(v) => f(&mut v[range], &g),
+            CpuData::F64(v) => with_f32_copy(&mut v[range], &g, f, |x| x as f32, |x| x as f64),
+            CpuData::F16(v) => with_f32_copy(&mut v[range], &g, f, f16::to_f32, f16::from_f32),
+            CpuData::BF16(v) => with_f32_copy(&mut v[range], &g, f, bf16::to_f32, bf16::from_f32),
+            d => unreachable!("optimizer parameters are checked to be float, got {}", d.dtype()),
+        }
     }
-    Ok(())
 }
 
 fn with_f32_copy<T: Copy>(p: &mut [T], g: &[f32], f: impl FnOnce(&mut [f32], &[f32]), to: fn(T) -> f32, from: fn(f32) -> T) {

@@ -50,10 +50,12 @@ impl SgdConfig {
     }
 }
 
-/// The momentum buffer of one parameter (empty until its first gradient, or always without momentum).
+/// The momentum buffer of one parameter (none without momentum; allocated on its first gradient) and
+/// whether it holds a value yet.
 #[derive(Debug, Clone)]
 struct SgdState {
     buf: Option<StateBuf>,
+    started: bool,
 }
 
 /// SGD over named parameters; see the module docs for the update.
@@ -69,7 +71,7 @@ impl Sgd {
     /// An optimizer over `params` (unique names and handles; contiguous float CPU tensors).
     pub fn new(params: Vec<(String, Tensor)>, config: SgdConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Sgd { config, slots: make_slots("Sgd::new", params, || SgdState { buf: None })? })
+        Ok(Sgd { config, slots: make_slots("Sgd::new", params, || SgdState { buf: None, started: false })? })
     }
 
     pub fn config(&self) -> &SgdConfig {
@@ -86,20 +88,22 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
         let (lr, wd, mu) = (c.lr as f32, c.weight_decay as f32, c.momentum as f32);
-        update_each("Sgd::step", &mut self.slots, grads, |st, p, g| {
-            if c.momentum == 0.0 {
+        let prepare = |st: &mut SgdState, n: usize| {
+            if c.momentum != 0.0 && st.buf.is_none() {
+                *st = SgdState { buf: Some(StateBuf::zeros(n)), started: false };
+            }
+        };
+        update_each("Sgd::step", &mut self.slots, grads, prepare, |st, p, g| {
+            let Some(buf) = st.buf.as_mut() else {
                 return par_chunks2(p, g, |p, g| {
                     for (p, &g) in p.iter_mut().zip(g) {
                         *p -= lr * (g + wd * *p);
                     }
                 });
-            }
-            // On the first step the buffer starts as d itself: b = 0·b + 1·d.
-            let (keep, add) = match st.buf {
-                None => (0.0, 1.0),
-                Some(_) => (mu, (1.0 - c.dampening) as f32),
             };
-            let buf = st.buf.get_or_insert_with(|| StateBuf::zeros(p.len()));
+            // On the first step the buffer starts as d itself: b = 0·b + 1·d.
+            let (keep, add) = if st.started { (mu, (1.0 - c.dampening) as f32) } else { (0.0, 1.0) };
+            st.started = true;
             let nesterov = c.nesterov;
             par_chunks3(p, g, buf.as_mut_slice(), |p, g, b| {
                 for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
@@ -121,7 +125,7 @@ impl Optimizer for Sgd {
     }
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let with_buf = self.slots.iter().filter_map(|s| s.state.buf.as_ref().map(|b| (s, b)));
+        let with_buf = self.slots.iter().filter(|s| s.state.started).filter_map(|s| s.state.buf.as_ref().map(|b| (s, b)));
         with_buf.map(|(s, b)| (state_key(&s.name, FIELD), b.to_tensor(&s.tensor).expect("the buffer matches the parameter"))).collect()
     }
 
@@ -134,7 +138,7 @@ impl Optimizer for Sgd {
             bufs.push(map.get(&key).map(|t| StateBuf::from_tensor(OP, &key, t, &s.tensor)).transpose()?);
         }
         for (s, buf) in self.slots.iter_mut().zip(bufs) {
-            s.state.buf = buf;
+            s.state = SgdState { started: buf.is_some(), buf };
         }
         Ok(())
     }
