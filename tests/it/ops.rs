@@ -186,3 +186,23 @@ fn errors_are_typed_not_panics() -> Result<()> {
     assert!(x.sum_all()?.backward().unwrap_err().to_string().contains("backward"));
     Ok(())
 }
+
+#[test]
+fn gradients_accumulate_across_steps() -> Result<()> {
+    let mut rng = Rng::new(21);
+    let w = rng.uniform_tensor(-1.0, 1.0, (3, 4), DType::F64, Device::Cpu)?.with_requires_grad(true);
+    let xs: Vec<Tensor> = (0..2).map(|_| rng.uniform_tensor(-1.0, 1.0, (5, 4), DType::F64, Device::Cpu)).collect::<rankfold_tensor::Result<_>>()?;
+    let loss = |x: &Tensor| -> rankfold_tensor::Result<Tensor> { x.matmul(&w.t()?)?.tanh()?.sum_all() };
+    let mut acc = rankfold_tensor::GradStore::new();
+    for x in &xs {
+        loss(x)?.backward_into(&mut acc)?;
+    }
+    let (g0, g1) = (loss(&xs[0])?.backward()?, loss(&xs[1])?.backward()?);
+    let want: Vec<f64> = g0.get(&w).unwrap().add(g1.get(&w).unwrap())?.to_vec()?;
+    assert_close(&acc.get(&w).unwrap().to_vec()?, &want, Tol { rel: 1e-14, abs: 1e-14 }, "accumulated gradient")?;
+    // A graph is used once: its saved tensors are released by the first backward pass.
+    let l = loss(&xs[0])?;
+    l.backward()?;
+    assert!(l.backward().unwrap_err().to_string().contains("already"));
+    Ok(())
+}

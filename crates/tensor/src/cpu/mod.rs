@@ -125,14 +125,26 @@ impl CpuData {
     }
 }
 
-/// Conversion of a compute-type vector into storage of a given float dtype.
+/// Conversion of a compute-type vector into storage of a given dtype. When `T` is the storage type the vector
+/// is moved, not copied (a checked downcast, no unsafe).
 pub(crate) fn float_into_data<T: Float>(v: Vec<T>, dtype: DType) -> CpuData {
-    match (T::DTYPE, dtype) {
-        (DType::F32, DType::F32) => CpuData::F32(bytemuck::cast_slice(&v).to_vec()),
-        (DType::F64, DType::F64) => CpuData::F64(bytemuck::cast_slice(&v).to_vec()),
-        (_, DType::F16) => CpuData::F16(v.iter().map(|x| f16::from_f32(x.to_f32())).collect()),
-        (_, DType::BF16) => CpuData::BF16(v.iter().map(|x| bf16::from_f32(x.to_f32())).collect()),
-        (_, d) => CpuData::from_f64_iter(d, v.iter().map(|x| x.to_f64())),
+    let any = match (Box::new(v) as Box<dyn std::any::Any>).downcast::<Vec<f32>>() {
+        Ok(f) => return f32_into_data(*f, dtype),
+        Err(any) => any,
+    };
+    match any.downcast::<Vec<f64>>() {
+        Ok(f) if dtype == DType::F64 => CpuData::F64(*f),
+        Ok(f) => CpuData::from_f64_iter(dtype, f.into_iter()),
+        Err(_) => unreachable!("Float is implemented for f32 and f64 only"),
+    }
+}
+
+fn f32_into_data(v: Vec<f32>, dtype: DType) -> CpuData {
+    match dtype {
+        DType::F32 => CpuData::F32(v),
+        DType::F16 => CpuData::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+        DType::BF16 => CpuData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+        d => CpuData::from_f64_iter(d, v.iter().map(|&x| x as f64)),
     }
 }
 

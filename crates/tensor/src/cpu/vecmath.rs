@@ -13,7 +13,12 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + 0.5).floor();
+    // Round to nearest by adding and subtracting 1.5·2²³ (plain SSE2 adds; `floor` would be a libm call
+    // without SSE4.1 and stop the loop from vectorizing).
+    // The integer n also sits in the low mantissa bits of t, which gives 2ⁿ without a float→int conversion.
+    const MAGIC: f32 = 12_582_912.0;
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -22,7 +27,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23);
     let v = y * scale;
     let v = if x < -87.3 { 0.0 } else { v };
     let v = if x > 88.7 { f32::INFINITY } else { v };
