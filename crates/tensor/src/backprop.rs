@@ -68,7 +68,7 @@ pub(crate) enum BackwardOp {
     Cast { from: DType },
     Concat { dim: usize, sizes: Vec<usize> },
     Softmax { y: Tensor, log: bool },
-    Norm { x: Tensor, w: Option<Tensor>, has_b: bool, mean: Tensor, rstd: Tensor, eps: f64, rms: bool },
+    Norm { x: Tensor, w: Option<Tensor>, mean: Tensor, rstd: Tensor, eps: f64, rms: bool },
     IndexSelect { ids: Arc<Vec<i64>>, dim: usize, size: usize },
     Gather { ids: Arc<Vec<i64>>, dim: usize, dims: Vec<usize> },
     CrossEntropy { logits: Tensor, lse: Tensor, targets: Arc<Vec<i64>>, args: cpu::CeArgs, count: usize },
@@ -364,8 +364,8 @@ impl BackwardOp {
                 let storage = y.storage().softmax_last_bwd(y.layout(), &g.storage(), g.layout(), log)?;
                 one(Ok(Tensor::from_op(storage, g.shape().clone(), None)))
             }
-            BackwardOp::Norm { x, w, has_b, mean, rstd, eps, rms } => crate::nn_ops::norm_backward(
-                crate::nn_ops::NormSaved { x, w, has_b, mean, rstd, eps, rms },
+            BackwardOp::Norm { x, w, mean, rstd, eps, rms } => crate::nn_ops::norm_backward(
+                crate::nn_ops::NormSaved { x, w, mean, rstd, eps, rms },
                 g,
                 need,
             ),

@@ -52,23 +52,21 @@ fn fold_batch(lhs: &Layout, rhs: &Layout, d: &MatmulDims) -> bool {
     (0..lr - 2).all(|i| dims[i] == 1 || strides[i] == strides[i + 1] * dims[i + 1])
 }
 
+/// The operand in compute type `T` with the layout to index it by: the whole buffer and the original
+/// (strided) layout when it already is `T`, else a widened contiguous copy.
+fn widen<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> (std::borrow::Cow<'a, [T]>, Layout) {
+    if s.dtype() == T::DTYPE {
+        (super::elementwise::full_float::<T>(s), l.clone())
+    } else {
+        (s.float_slice::<T>(l), Layout::contiguous(l.shape().clone()))
+    }
+}
+
 impl CpuStorage {
     pub(crate) fn matmul(&self, ll: &Layout, rhs: &CpuStorage, rl: &Layout, d: &MatmulDims) -> Result<CpuStorage> {
         fn go<T: Float>(a: &CpuStorage, ll: &Layout, b: &CpuStorage, rl: &Layout, d: &MatmulDims) -> Result<CpuStorage> {
             // Half-precision operands are widened once; f32/f64 are used in place with their own strides.
-            let (la, lb);
-            let (xa, al) = if a.dtype() == T::DTYPE {
-                (super::elementwise::full_float::<T>(a), ll.clone())
-            } else {
-                la = Layout::contiguous(ll.shape().clone());
-                (a.float_slice::<T>(ll), la)
-            };
-            let (xb, bl) = if b.dtype() == T::DTYPE {
-                (super::elementwise::full_float::<T>(b), rl.clone())
-            } else {
-                lb = Layout::contiguous(rl.shape().clone());
-                (b.float_slice::<T>(rl), lb)
-            };
+            let ((xa, al), (xb, bl)) = (widen::<T>(a, ll), widen::<T>(b, rl));
             let nb = d.batch.elem_count();
             let mut out = vec![T::ZERO; nb * d.m * d.n];
             if out.is_empty() {

@@ -278,12 +278,13 @@ pub(crate) fn norm_bwd(
         };
         let gw = (need[1] && a.w.is_some())
             .then(|| col_sum(&|r, c| gy[r * cols + c] * (x[r * cols + c] - mean[r]) * rstd[r]));
-        let gb = (need[2] && a.b.is_some()).then(|| col_sum(&|r, c| gy[r * cols + c]));
+        // Forward checked that weight and bias share x's dtype; `need[2]` is only set when there is a bias.
+        let gb = need[2].then(|| col_sum(&|r, c| gy[r * cols + c]));
         let mk = |v: Vec<T>, dt| CpuStorage::new(float_into_data(v, dt));
         Ok(NormGrads {
             gx: mk(gx, a.x.0.dtype()),
-            gw: gw.map(|v| mk(v, a.w.map_or(T::DTYPE, |w| w.0.dtype()))),
-            gb: gb.map(|v| mk(v, a.b.map_or(T::DTYPE, |b| b.0.dtype()))),
+            gw: gw.map(|v| mk(v, a.x.0.dtype())),
+            gb: gb.map(|v| mk(v, a.x.0.dtype())),
         })
     }
     float_dispatch!(a.x.0.dtype(), "norm_bwd", go(a, mean, rstd, g, need))
