@@ -1,0 +1,110 @@
+/*
+softmax.cu: row softmax over the last dim, forward and backward, f32 and bf16 (bf16 storage, f32 math).
+Math:      forward  y_rc = exp(x_rc − m_r) / Σ_c exp(x_rc − m_r), m_r = max_c x_rc (online: one pass for m and Σ);
+           backward dx_rc = y_rc·(dy_rc − Σ_c dy_rc·y_rc).
+Layout:    x, y, dy, dx [rows, cols] row-major, contiguous.
+Traffic:   forward reads x twice and writes y → 3·s B/elem; backward reads y, dy twice and writes dx → 5·s B/elem
+           (s = 4 for f32, 2 for bf16; the second read of a short row hits L1/L2) → memory-bound.
+Launch:    one warp per row, 256 threads (8 rows) per block, grid = ceil(rows/8); any cols ≥ 1.
+Reference: crates/kernels/src/softmax/cpu.rs::{forward, backward}   Test: tests/it/softmax.rs
+*/
+#include "common.cuh"
+
+namespace {
+
+using rf::from_f32;
+using rf::to_f32;
+using bf16 = __nv_bfloat16;
+
+constexpr unsigned kWarpsPerBlock = 8;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Device helpers.
+
+// Merges two online-softmax partials (max m, Σ exp(x − m) s) into `m`, `s`. A partial that saw no element has
+// m = −inf and s = 0; scaling it by exp(−inf − m) would be NaN when both are empty, so it is skipped instead.
+__device__ __forceinline__ void merge(float& m, float& s, float mo, float so) {
+    const float mn = fmaxf(m, mo);
+    if (mn == rf::neg_inf()) return;
+    s = (m == rf::neg_inf() ? 0.0f : s * expf(m - mn)) + (mo == rf::neg_inf() ? 0.0f : so * expf(mo - mn));
+    m = mn;
+}
+
+// The row this thread's warp owns, or `rows` when the warp has none.
+__device__ __forceinline__ unsigned warp_row() { return blockIdx.x * kWarpsPerBlock + threadIdx.x / 32; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kernels.
+
+template <typename T>
+__device__ __forceinline__ void forward(const T* __restrict__ x,  // [rows, cols] row-major
+                                        T* __restrict__ y,        // [rows, cols] row-major
+                                        unsigned rows, unsigned cols) {
+    const unsigned row = warp_row();
+    if (row >= rows) return;  // Uniform across the warp: the shuffles below see all 32 lanes.
+    const unsigned lane = threadIdx.x % 32;
+    const T* xr = x + (unsigned long long)row * cols;
+    T* yr = y + (unsigned long long)row * cols;
+
+    float m = rf::neg_inf(), s = 0.0f;
+    for (unsigned c = lane; c < cols; c += 32) {
+        // One exp per element: rescale the sum only when the max grows. An element ≤ m = −∞ is itself −∞ and
+        // adds nothing (exp(−∞ − (−∞)) would be NaN).
+        const float v = to_f32(xr[c]);
+        if (v > m) {
+            s = s * expf(m - v) + 1.0f;
+            m = v;
+        } else if (m != rf::neg_inf()) {
+            s += expf(v - m);
+        }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float mo = __shfl_xor_sync(0xffffffffu, m, offset);
+        const float so = __shfl_xor_sync(0xffffffffu, s, offset);
+        merge(m, s, mo, so);
+    }
+    const float inv = 1.0f / s;
+    for (unsigned c = lane; c < cols; c += 32) yr[c] = from_f32<T>(expf(to_f32(xr[c]) - m) * inv);
+}
+
+template <typename T>
+__device__ __forceinline__ void backward(const T* __restrict__ y,   // [rows, cols] row-major (forward output)
+                                         const T* __restrict__ dy,  // [rows, cols] row-major
+                                         T* __restrict__ dx,        // [rows, cols] row-major
+                                         unsigned rows, unsigned cols) {
+    const unsigned row = warp_row();
+    if (row >= rows) return;  // Uniform across the warp.
+    const unsigned lane = threadIdx.x % 32;
+    const unsigned long long base = (unsigned long long)row * cols;
+
+    float dot = 0.0f;
+    for (unsigned c = lane; c < cols; c += 32) dot += to_f32(dy[base + c]) * to_f32(y[base + c]);
+    dot = rf::warp_sum(dot);
+    for (unsigned c = lane; c < cols; c += 32) {
+        const float yc = to_f32(y[base + c]);
+        dx[base + c] = from_f32<T>(yc * (to_f32(dy[base + c]) - dot));
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Entry points.
+
+extern "C" __global__ void __launch_bounds__(256) softmax_forward_f32(const float* x, float* y, unsigned rows,
+                                                                      unsigned cols) {
+    forward<float>(x, y, rows, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) softmax_forward_bf16(const bf16* x, bf16* y, unsigned rows,
+                                                                       unsigned cols) {
+    forward<bf16>(x, y, rows, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) softmax_backward_f32(const float* y, const float* dy, float* dx,
+                                                                       unsigned rows, unsigned cols) {
+    backward<float>(y, dy, dx, rows, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) softmax_backward_bf16(const bf16* y, const bf16* dy, bf16* dx,
+                                                                        unsigned rows, unsigned cols) {
+    backward<bf16>(y, dy, dx, rows, cols);
+}
