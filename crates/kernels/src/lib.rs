@@ -6,10 +6,13 @@
 //! and the CUDA driver is loaded at run time.
 
 mod cuda;
+pub mod elementwise;
 mod error;
+pub mod gemm;
 mod id;
 mod launch;
 mod runtime;
+pub mod softmax;
 #[cfg(test)]
 mod tests;
 
