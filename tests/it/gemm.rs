@@ -1,0 +1,90 @@
+//! `kernels/gemm.cu` on every runtime against its CPU twin: both B layouts, bf16 and f32 outputs, M/N not
+//! multiples of the 128 tile, K not a multiple of 16 or 8, padded strides (aligned and not), alpha/beta, and
+//! typed errors for bad shapes.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use half::bf16;
+use rankfold_kernels::elementwise::{Element, FloatType};
+use rankfold_kernels::gemm::{self, cpu, GemmLayout, GemmParams};
+use rankfold_kernels::{Error, GpuBuffer, GpuRuntime};
+use rankfold_tensor::Rng;
+
+use crate::gpu::{check_frobenius, random, runtimes};
+
+/// (m, n, k, extra elements per row of A and B, alpha, beta).
+const CASES: [(usize, usize, usize, usize, f32, f32); 7] = [
+    (1, 1, 1, 0, 1.0, 0.0),
+    // K = 29: rows are not 16-byte aligned, so the scalar load path runs.
+    (37, 45, 29, 0, 1.0, 0.0),
+    // M and N cross the 128 tile; K = 40 is a multiple of 8 but not of 16 or 32 (zero-filled k tail).
+    (130, 70, 40, 0, 1.0, 0.0),
+    (64, 136, 64, 0, 0.5, 0.0),
+    // Padded rows: +8 keeps 16-byte alignment (cp.async), +3 does not (scalar path).
+    (33, 17, 48, 8, 1.0, 0.0),
+    (20, 21, 22, 3, 1.0, 0.0),
+    // Accumulate into C.
+    (45, 130, 35, 0, 0.75, -1.25),
+];
+
+fn gemm_on<O: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, layout: GemmLayout, rng: &mut Rng) -> Result<()> {
+    for (m, n, k, pad, alpha, beta) in CASES {
+        let ldb = match layout {
+            GemmLayout::Nt => k + pad,
+            GemmLayout::Nn => n + pad,
+        };
+        let p = GemmParams { lda: k + pad, ldb, ldc: n + pad, alpha, beta, ..GemmParams::packed(layout, m, n, k) };
+        let (na, nb, nc) = p.min_lens();
+        let a: Vec<bf16> = random(rng, na, -1.0, 1.0);
+        let b: Vec<bf16> = random(rng, nb, -1.0, 1.0);
+        let c0: Vec<O> = random(rng, nc, -1.0, 1.0);
+        let mut want = c0.clone();
+        cpu::gemm(&p, &a, &b, &mut want)?;
+        let (ga, gb, gc) = (GpuBuffer::from_slice(rt, &a)?, GpuBuffer::from_slice(rt, &b)?, GpuBuffer::from_slice(rt, &c0)?);
+        gemm::gemm(rt, &p, O::TYPE, &ga, &gb, &gc)?;
+        let got: Vec<O> = gc.to_vec()?;
+        // bf16 output rounds each element once (relative 2⁻⁹); f32 output differs from f64 only in summation order.
+        let tol = match O::TYPE {
+            FloatType::Bf16 => 1e-2,
+            FloatType::F32 => 1e-5,
+        };
+        let what = format!("{rt_name} {layout:?} out {:?} m={m} n={n} k={k} pad={pad} alpha={alpha} beta={beta}", O::TYPE);
+        check_frobenius(&got, &want, tol, &what)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn gemm_matches_the_cpu_twin() -> Result<()> {
+    let mut rng = Rng::new(0x6E33);
+    for (name, rt) in runtimes()? {
+        for layout in [GemmLayout::Nt, GemmLayout::Nn] {
+            gemm_on::<f32>(&rt, name, layout, &mut rng)?;
+            gemm_on::<bf16>(&rt, name, layout, &mut rng)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
+    for (_, rt) in runtimes()? {
+        let a = GpuBuffer::zeroed(&rt, 2 * 6 * 8)?;
+        let b = GpuBuffer::zeroed(&rt, 2 * 5 * 8)?;
+        let c = GpuBuffer::zeroed(&rt, 4 * 6 * 5)?;
+        let ok = GemmParams::packed(GemmLayout::Nt, 6, 5, 8);
+        gemm::gemm(&rt, &ok, FloatType::F32, &a, &b, &c)?;
+        // lda shorter than a row of A.
+        let r = gemm::gemm(&rt, &GemmParams { lda: 7, ..ok }, FloatType::F32, &a, &b, &c);
+        assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+        // B too short for n = 6 rows.
+        let r = gemm::gemm(&rt, &GemmParams { n: 6, ldc: 6, m: 5, ..ok }, FloatType::F32, &a, &b, &c);
+        assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+        // C too short for f32 output of [6, 6] once B fits.
+        let b6 = GpuBuffer::zeroed(&rt, 2 * 6 * 8)?;
+        let r = gemm::gemm(&rt, &GemmParams { n: 6, ldc: 6, ..ok }, FloatType::F32, &a, &b6, &c);
+        assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+    }
+    Ok(())
+}
