@@ -3,8 +3,9 @@ softmax.cu: row softmax over the last dim, forward and backward, f32 and bf16 (b
 Math:      forward  y_rc = exp(x_rc − m_r) / Σ_c exp(x_rc − m_r), m_r = max_c x_rc (online: one pass for m and Σ);
            backward dx_rc = y_rc·(dy_rc − Σ_c dy_rc·y_rc).
 Layout:    x, y, dy, dx [rows, cols] row-major, contiguous.
-Traffic:   forward reads x twice and writes y → 3·s B/elem; backward reads y, dy twice and writes dx → 5·s B/elem
-           (s = 4 for f32, 2 for bf16; the second read of a short row hits L1/L2) → memory-bound.
+Traffic:   minimum: forward reads x and writes y → 2·s B/elem; backward reads y, dy and writes dx → 3·s B/elem
+           (s = 4 for f32, 2 for bf16). The kernels read each row twice; the second read hits L1/L2 for rows up to
+           tens of KiB → memory-bound, ~1 exp per element forward.
 Launch:    one warp per row, 256 threads (8 rows) per block, grid = ceil(rows/8); any cols ≥ 1.
 Reference: crates/kernels/src/softmax/cpu.rs::{forward, backward}   Test: tests/it/softmax.rs
 */

@@ -25,11 +25,25 @@ fn dense(dims: &[usize]) -> (Vec<usize>, usize) {
 
 /// The layouts each op runs on (`inputs` entries: 1 for unary, 2 for binary).
 fn cases(inputs: usize) -> Vec<Case> {
-    let two = |a: (Vec<usize>, usize), b: (Vec<usize>, usize)| if inputs == 2 { vec![a, b] } else { vec![a] };
+    let two = |a: (Vec<usize>, usize), b: (Vec<usize>, usize)| {
+        if inputs == 2 {
+            vec![a, b]
+        } else {
+            vec![a]
+        }
+    };
     vec![
         // 703 elements: not a multiple of the 256-thread block.
-        Case { name: "contiguous 37x19", dims: vec![37, 19], inputs: two(dense(&[37, 19]), dense(&[37, 19])) },
-        Case { name: "one element", dims: vec![1], inputs: two(dense(&[1]), dense(&[1])) },
+        Case {
+            name: "contiguous 37x19",
+            dims: vec![37, 19],
+            inputs: two(dense(&[37, 19]), dense(&[37, 19])),
+        },
+        Case {
+            name: "one element",
+            dims: vec![1],
+            inputs: two(dense(&[1]), dense(&[1])),
+        },
         // a is the transpose of a [33, 7] buffer; b is a [7] row broadcast over dims 0 and 2 (stride 0).
         Case {
             name: "transposed and broadcast 7x33x3",
@@ -62,10 +76,19 @@ fn binary_on<T: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, rng: &mut Rng)
             // Divisors keep away from zero; the sign still varies.
             let b: Vec<T> = random::<T>(rng, case.inputs[1].1, 0.25, 4.0)
                 .into_iter()
-                .map(|v| if rng.uniform() < 0.5 { T::from_f32(-v.to_f32()) } else { v })
+                .map(|v| {
+                    if rng.uniform() < 0.5 {
+                        T::from_f32(-v.to_f32())
+                    } else {
+                        v
+                    }
+                })
                 .collect();
             let want = cpu::binary(op, &case.dims, &a, &case.inputs[0].0, &b, &case.inputs[1].0)?;
-            let (ga, gb) = (GpuBuffer::from_slice(rt, &a)?, GpuBuffer::from_slice(rt, &b)?);
+            let (ga, gb) = (
+                GpuBuffer::from_slice(rt, &a)?,
+                GpuBuffer::from_slice(rt, &b)?,
+            );
             let gy = GpuBuffer::zeroed(rt, want.len() * std::mem::size_of::<T>())?;
             elementwise::binary(rt, op, T::TYPE, &ga, &gb, &gy, &layout)?;
             let got: Vec<T> = gy.to_vec()?;
@@ -120,7 +143,14 @@ fn empty_outputs_launch_nothing() -> Result<()> {
         let layout = DeviceLayout::new(&rt, &[0, 4], &[&[4, 1]])?;
         let x = GpuBuffer::zeroed(&rt, 0)?;
         let y = GpuBuffer::zeroed(&rt, 0)?;
-        elementwise::unary(&rt, UnaryOp::Exp, elementwise::FloatType::F32, &x, &y, &layout)?;
+        elementwise::unary(
+            &rt,
+            UnaryOp::Exp,
+            elementwise::FloatType::F32,
+            &x,
+            &y,
+            &layout,
+        )?;
     }
     Ok(())
 }
@@ -131,21 +161,36 @@ fn bad_layouts_and_buffers_are_typed_errors() -> Result<()> {
     for (_, rt) in runtimes()? {
         // Rank 7, and strides that do not match the rank.
         let seven = [1usize; 7];
-        assert!(matches!(DeviceLayout::new(&rt, &seven, &[&seven]), Err(Error::Shape { .. })));
-        assert!(matches!(DeviceLayout::new(&rt, &[2, 3], &[&[3]]), Err(Error::Shape { .. })));
+        assert!(matches!(
+            DeviceLayout::new(&rt, &seven, &[&seven]),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            DeviceLayout::new(&rt, &[2, 3], &[&[3]]),
+            Err(Error::Shape { .. })
+        ));
         // A view that reaches past its buffer: [4, 5] padded to 6 columns needs 23 elements, the buffer has 20.
         let layout = DeviceLayout::new(&rt, &[4, 5], &[&[6, 1]])?;
         let x = GpuBuffer::from_slice(&rt, &[0.0f32; 20])?;
         let y = GpuBuffer::zeroed(&rt, 20 * 4)?;
-        assert!(matches!(elementwise::unary(&rt, UnaryOp::Neg, F32, &x, &y, &layout), Err(Error::Shape { .. })));
+        assert!(matches!(
+            elementwise::unary(&rt, UnaryOp::Neg, F32, &x, &y, &layout),
+            Err(Error::Shape { .. })
+        ));
         // An output one element short.
         let layout = DeviceLayout::contiguous(&[4, 5], 2)?;
         let a = GpuBuffer::from_slice(&rt, &[0.0f32; 20])?;
         let short = GpuBuffer::zeroed(&rt, 19 * 4)?;
         let r = elementwise::binary(&rt, BinaryOp::Add, F32, &a, &a, &short, &layout);
-        assert!(matches!(r, Err(Error::BufferTooSmall { name: "y", .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(Error::BufferTooSmall { name: "y", .. })),
+            "{r:?}"
+        );
         // A unary op handed a two-input layout.
-        assert!(matches!(elementwise::unary(&rt, UnaryOp::Neg, F32, &a, &y, &layout), Err(Error::Shape { .. })));
+        assert!(matches!(
+            elementwise::unary(&rt, UnaryOp::Neg, F32, &a, &y, &layout),
+            Err(Error::Shape { .. })
+        ));
     }
     Ok(())
 }

@@ -13,9 +13,11 @@ use rankfold_tensor::Rng;
 
 /// The runtimes to test on, each with a short name for messages.
 pub(crate) fn runtimes() -> Result<Vec<(&'static str, Arc<dyn GpuRuntime>)>> {
-    let mut all: Vec<(&'static str, Arc<dyn GpuRuntime>)> = vec![("ptxsim", Arc::new(SimRuntime::new()))];
+    let mut all: Vec<(&'static str, Arc<dyn GpuRuntime>)> =
+        vec![("ptxsim", Arc::new(SimRuntime::new()))];
     if std::env::var("RANKFOLD_GPU_CHECK").is_ok_and(|v| v == "1") {
-        let cuda = CudaRuntime::new(0).context("RANKFOLD_GPU_CHECK=1, but CUDA device 0 is not usable")?;
+        let cuda =
+            CudaRuntime::new(0).context("RANKFOLD_GPU_CHECK=1, but CUDA device 0 is not usable")?;
         all.push(("cuda", Arc::new(cuda)));
     }
     Ok(all)
@@ -23,7 +25,12 @@ pub(crate) fn runtimes() -> Result<Vec<(&'static str, Arc<dyn GpuRuntime>)>> {
 
 /// `‖got − want‖₂ / ‖want‖₂` (or the plain norm of the difference when `want` is all zeros).
 pub(crate) fn rel_frobenius(got: &[f64], want: &[f64]) -> f64 {
-    let diff: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum::<f64>().sqrt();
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w) * (g - w))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
     if norm > 0.0 {
         diff / norm
@@ -33,16 +40,33 @@ pub(crate) fn rel_frobenius(got: &[f64], want: &[f64]) -> f64 {
 }
 
 /// Fails unless `got` has `want`'s length, is finite where `want` is, and lies within `tol` relative Frobenius.
-pub(crate) fn check_frobenius<T: Element>(got: &[T], want: &[T], tol: f64, what: &str) -> Result<()> {
-    ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
+pub(crate) fn check_frobenius<T: Element>(
+    got: &[T],
+    want: &[T],
+    tol: f64,
+    what: &str,
+) -> Result<()> {
+    ensure!(
+        got.len() == want.len(),
+        "{what}: {} values, want {}",
+        got.len(),
+        want.len()
+    );
     let got = widen(got);
     let want = widen(want);
     if let Some(i) = (0..got.len()).find(|&i| want[i].is_finite() != got[i].is_finite()) {
         anyhow::bail!("{what}: element {i} is {}, want {}", got[i], want[i]);
     }
-    let finite = |v: &[f64]| v.iter().map(|x| if x.is_finite() { *x } else { 0.0 }).collect::<Vec<_>>();
+    let finite = |v: &[f64]| {
+        v.iter()
+            .map(|x| if x.is_finite() { *x } else { 0.0 })
+            .collect::<Vec<_>>()
+    };
     let err = rel_frobenius(&finite(&got), &finite(&want));
-    ensure!(err <= tol, "{what}: relative Frobenius error {err:.3e} exceeds {tol:.0e}");
+    ensure!(
+        err <= tol,
+        "{what}: relative Frobenius error {err:.3e} exceeds {tol:.0e}"
+    );
     Ok(())
 }
 
@@ -53,7 +77,9 @@ pub(crate) fn widen<T: Element>(v: &[T]) -> Vec<f64> {
 
 /// `n` uniform values in [lo, hi), rounded to `T`.
 pub(crate) fn random<T: Element>(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<T> {
-    (0..n).map(|_| T::from_f32((lo + (hi - lo) * rng.uniform()) as f32)).collect()
+    (0..n)
+        .map(|_| T::from_f32((lo + (hi - lo) * rng.uniform()) as f32))
+        .collect()
 }
 
 /// The tolerance of a storage type: 1e-5 for f32, and for bf16 a few units of its 2⁻⁸ rounding (both sides

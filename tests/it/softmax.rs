@@ -14,10 +14,21 @@ use crate::gpu::{check_frobenius, random, runtimes, tol_of};
 
 /// (rows, cols, logit scale): one element, short rows, rows not multiples of 32 or of 8 rows per block, a long
 /// row, and logits of ±1e4 that overflow exp without the max subtraction.
-const SHAPES: [(usize, usize, f64); 7] =
-    [(1, 1, 3.0), (3, 5, 3.0), (13, 31, 3.0), (9, 33, 3.0), (5, 100, 8.0), (2, 1025, 3.0), (11, 40, 1e4)];
+const SHAPES: [(usize, usize, f64); 7] = [
+    (1, 1, 3.0),
+    (3, 5, 3.0),
+    (13, 31, 3.0),
+    (9, 33, 3.0),
+    (5, 100, 8.0),
+    (2, 1025, 3.0),
+    (11, 40, 1e4),
+];
 
-fn forward_and_backward_on<T: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, rng: &mut Rng) -> Result<()> {
+fn forward_and_backward_on<T: Element>(
+    rt: &Arc<dyn GpuRuntime>,
+    rt_name: &str,
+    rng: &mut Rng,
+) -> Result<()> {
     for (rows, cols, scale) in SHAPES {
         let shape = SoftmaxShape { rows, cols };
         let what = format!("{rt_name} {:?} {rows}x{cols} scale {scale}", T::TYPE);
@@ -28,15 +39,28 @@ fn forward_and_backward_on<T: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, 
         let gx = GpuBuffer::from_slice(rt, &x)?;
         let gy = GpuBuffer::zeroed(rt, bytes)?;
         softmax::forward(rt, T::TYPE, shape, &gx, &gy)?;
-        check_frobenius(&gy.to_vec::<T>()?, &want_y, tol_of::<T>(), &format!("forward {what}"))?;
+        check_frobenius(
+            &gy.to_vec::<T>()?,
+            &want_y,
+            tol_of::<T>(),
+            &format!("forward {what}"),
+        )?;
 
         // The backward pass starts from the twin's y, so it is tested on its own.
         let dy: Vec<T> = random(rng, rows * cols, -1.0, 1.0);
         let want_dx = cpu::backward(shape, &want_y, &dy)?;
-        let (gy, gdy) = (GpuBuffer::from_slice(rt, &want_y)?, GpuBuffer::from_slice(rt, &dy)?);
+        let (gy, gdy) = (
+            GpuBuffer::from_slice(rt, &want_y)?,
+            GpuBuffer::from_slice(rt, &dy)?,
+        );
         let gdx = GpuBuffer::zeroed(rt, bytes)?;
         softmax::backward(rt, T::TYPE, shape, &gy, &gdy, &gdx)?;
-        check_frobenius(&gdx.to_vec::<T>()?, &want_dx, tol_of::<T>(), &format!("backward {what}"))?;
+        check_frobenius(
+            &gdx.to_vec::<T>()?,
+            &want_dx,
+            tol_of::<T>(),
+            &format!("backward {what}"),
+        )?;
     }
     Ok(())
 }
@@ -57,12 +81,21 @@ fn bad_softmax_shapes_are_typed_errors() -> Result<()> {
         let x = GpuBuffer::zeroed(&rt, 4 * 12)?;
         let y = GpuBuffer::zeroed(&rt, 4 * 11)?;
         let zero_cols = SoftmaxShape { rows: 3, cols: 0 };
-        assert!(matches!(softmax::forward(&rt, FloatType::F32, zero_cols, &x, &x), Err(Error::Shape { .. })));
+        assert!(matches!(
+            softmax::forward(&rt, FloatType::F32, zero_cols, &x, &x),
+            Err(Error::Shape { .. })
+        ));
         let shape = SoftmaxShape { rows: 3, cols: 4 };
         let r = softmax::forward(&rt, FloatType::F32, shape, &x, &y);
-        assert!(matches!(r, Err(Error::BufferTooSmall { name: "y", .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(Error::BufferTooSmall { name: "y", .. })),
+            "{r:?}"
+        );
         let r = softmax::backward(&rt, FloatType::F32, shape, &x, &y, &x);
-        assert!(matches!(r, Err(Error::BufferTooSmall { name: "dy", .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(Error::BufferTooSmall { name: "dy", .. })),
+            "{r:?}"
+        );
     }
     Ok(())
 }

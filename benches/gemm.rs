@@ -1,0 +1,153 @@
+//! Criterion bench of the tiled bf16 GEMM (`kernels/gemm.cu`): its CPU twin, the kernel on ptxsim, and on a GPU
+//! the kernel against cuBLAS (`GpuRuntime::gemm`) on the same operands.
+//!
+//! One product costs 2·m·n·k FLOPs (the header's FLOP line); criterion records that as elements, which
+//! `cargo xtask bench` turns into FLOP/s. On ptxsim the throughput is the kernel's thread-instructions instead,
+//! so the figure is the simulator's speed, not the kernel's. GPU timings synchronize before the clock stops and
+//! flush the L2 cache (a 256 MiB memset) before each launch, outside the timed region.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::bf16;
+use rankfold_kernels::elementwise::FloatType;
+use rankfold_kernels::gemm::{self, cpu, GemmLayout, GemmParams};
+use rankfold_kernels::{CudaRuntime, GemmConfig, GemmDType, GpuBuffer, GpuRuntime};
+use rankfold_ptxsim::SimRuntime;
+use rankfold_tensor::Rng;
+
+/// GPU shapes (m, n, k): square, a Llama-like projection, and a tall-skinny LoRA-sized one.
+const GPU_SHAPES: [(usize, usize, usize); 3] =
+    [(4096, 4096, 4096), (8192, 2048, 2048), (4096, 576, 576)];
+/// The CPU twin's shape (a triple loop: kept small).
+const CPU_SHAPE: (usize, usize, usize) = (96, 96, 96);
+/// The simulated shape: two CTAs along n, two k tiles.
+const SIM_SHAPE: (usize, usize, usize) = (128, 256, 64);
+/// Bytes overwritten to evict the H200's 60 MiB L2 between GPU launches.
+const FLUSH_BYTES: usize = 256 << 20;
+
+fn random_bf16(rng: &mut Rng, n: usize) -> Vec<bf16> {
+    (0..n)
+        .map(|_| bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32))
+        .collect()
+}
+
+/// Device operands A [m, k], B [n, k] and C [m, n] bf16 for the "nt" layout.
+fn operands(
+    rt: &Arc<dyn GpuRuntime>,
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+) -> Result<[GpuBuffer; 3]> {
+    Ok([
+        GpuBuffer::from_slice(rt, &random_bf16(rng, m * k))?,
+        GpuBuffer::from_slice(rt, &random_bf16(rng, n * k))?,
+        GpuBuffer::zeroed(rt, 2 * m * n)?,
+    ])
+}
+
+fn cpu_twin(c: &mut Criterion) {
+    let (m, n, k) = CPU_SHAPE;
+    let mut rng = Rng::new(1);
+    let (a, b) = (random_bf16(&mut rng, m * k), random_bf16(&mut rng, n * k));
+    let p = GemmParams::packed(GemmLayout::Nt, m, n, k);
+    let mut out = vec![0.0f32; m * n];
+    let mut group = c.benchmark_group("gemm");
+    group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+    group.bench_function(
+        BenchmarkId::new("cpu_twin", format!("{m}x{n}x{k}")),
+        |bench| bench.iter(|| cpu::gemm(&p, &a, &b, &mut out).expect("valid shapes")),
+    );
+    group.finish();
+}
+
+fn sim(c: &mut Criterion) {
+    let sim = Arc::new(SimRuntime::new());
+    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let (m, n, k) = SIM_SHAPE;
+    let [a, b, out] = operands(&rt, &mut Rng::new(2), SIM_SHAPE).expect("simulated operands");
+    let p = GemmParams::packed(GemmLayout::Nt, m, n, k);
+    // One counted launch gives the thread-instructions per launch that the throughput is quoted in.
+    let before = sim.counters().total_thread_insts();
+    gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("simulated gemm");
+    let insts = sim.counters().total_thread_insts() - before;
+    let mut group = c.benchmark_group("gemm");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(insts));
+    group.bench_function(
+        BenchmarkId::new("ptxsim_thread_insts", format!("{m}x{n}x{k}")),
+        |bench| {
+            bench.iter(|| {
+                gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("simulated gemm")
+            })
+        },
+    );
+    group.finish();
+}
+
+fn cuda(c: &mut Criterion) {
+    let Ok(cuda) = CudaRuntime::new(0) else {
+        eprintln!("gemm bench: no CUDA device, GPU rows skipped");
+        return;
+    };
+    let rt: Arc<dyn GpuRuntime> = Arc::new(cuda);
+    let flush = GpuBuffer::zeroed(&rt, FLUSH_BYTES).expect("L2 flush buffer");
+    let mut rng = Rng::new(3);
+    let mut group = c.benchmark_group("gemm");
+    group.sample_size(10);
+    for (m, n, k) in GPU_SHAPES {
+        let [a, b, out] = operands(&rt, &mut rng, (m, n, k)).expect("device operands");
+        let p = GemmParams::packed(GemmLayout::Nt, m, n, k);
+        let blas = GemmConfig {
+            dtype: GemmDType::Bf16,
+            m,
+            n,
+            k,
+            a: a.ptr(),
+            lda: k,
+            trans_a: false,
+            b: b.ptr(),
+            ldb: k,
+            trans_b: true,
+            c: out.ptr(),
+            ldc: n,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        let timed = |run: &dyn Fn()| {
+            move |iters: u64| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // SAFETY: the range is the flush buffer's own allocation.
+                    unsafe { rt.memset(flush.ptr(), 1, FLUSH_BYTES) }.expect("flush L2");
+                    rt.synchronize().expect("synchronize");
+                    let start = Instant::now();
+                    run();
+                    rt.synchronize().expect("synchronize");
+                    total += start.elapsed();
+                }
+                total
+            }
+        };
+        let ours = || gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("gemm kernel");
+        // SAFETY: a, b and out were allocated for exactly these shapes and strides on this runtime.
+        let cublas = || unsafe { rt.gemm(&blas) }.expect("cuBLAS gemm");
+        let shape = format!("{m}x{n}x{k}");
+        group.bench_function(BenchmarkId::new("cuda_nt_bf16", &shape), |bench| {
+            bench.iter_custom(timed(&ours))
+        });
+        group.bench_function(BenchmarkId::new("cublas_bf16", &shape), |bench| {
+            bench.iter_custom(timed(&cublas))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = cpu_twin, sim, cuda
+}
+criterion_main!(benches);
