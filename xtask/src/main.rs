@@ -3,11 +3,18 @@
 //! Commands:
 //! - `bench [--quick] [--filter NAME] [--json PATH] [--peers] [--threads N]`: runs the criterion benches and
 //!   prints one table of throughputs, optionally beside the same workloads in numpy (see `bench.rs`, `peers.rs`).
+//! - `cuda-toolchain`: installs the pinned NVRTC 12.4 and CUDA headers from PyPI wheels (see `toolchain.rs`).
+//! - `kernels [--check]`: compiles `kernels/*.cu` to the committed PTX and `RESOURCES.md` (see `kernels.rs`).
+//! - `gpu-check`: runs the kernel tests and benches on a CUDA GPU, failing when there is none (`gpu_check.rs`).
 //! - `tidy`: checks the repository's house rules (see `tidy.rs`); `cargo test -p xtask` runs the same checks.
 
 mod bench;
+mod gpu_check;
+mod kernels;
+mod nvrtc;
 mod peers;
 mod tidy;
+mod toolchain;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +32,17 @@ commands:
         --peers      run the same workloads in numpy (Python from $RANKFOLD_PEERS_PYTHON,
                      ~/.cache/rankfold-peers/bin/python or python3) and print the ratios
         --threads N  threads for rankfold (RAYON_NUM_THREADS) and for the peers' BLAS [default: 2]
+  cuda-toolchain
+        Install the pinned NVRTC 12.4 and CUDA headers (PyPI wheels, sha256-checked) into
+        $RANKFOLD_CUDA_HOME or ~/.cache/rankfold/cuda-12.4.127 and print the folder. Idempotent.
+        $RANKFOLD_CUDA_WHEELS: a folder that already holds the wheels (no download).
+  kernels [--check]
+        Compile kernels/*.cu to crates/kernels/ptx/<stem>.ptx (compute_80) and write the sm_80/sm_90a
+        register/spill/shared-memory table to crates/kernels/ptx/RESOURCES.md; fails if a kernel spills.
+        --check      compare instead of writing; fail when a file is stale
+  gpu-check
+        Run the kernel tests and benches on CUDA device 0 (fails when there is no GPU) and print
+        one time per kernel bench.
   tidy  Check the house rules: //! docs, file lengths, ARCHITECTURE.md, .cu headers.
 ";
 
@@ -36,6 +54,9 @@ fn main() -> Result<()> {
     };
     match cmd.as_str() {
         "bench" => bench::run(&project_root(), bench::Options::parse(rest)?),
+        "cuda-toolchain" => toolchain::run(rest),
+        "kernels" => kernels::run(&project_root(), rest),
+        "gpu-check" => gpu_check::run(&project_root(), rest),
         "tidy" => {
             if let Some(extra) = rest.first() {
                 bail!("tidy takes no arguments, got `{extra}`");

@@ -16,7 +16,10 @@ use cudarc::cublas::result as blas;
 use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 
-use crate::{DevicePtr, Error, GemmConfig, GemmDType, GpuRuntime, KernelId, Launch, MemoryInfo, PtxModule, Result};
+use crate::{
+    DevicePtr, Error, GemmConfig, GemmDType, GpuRuntime, KernelId, Launch, MemoryInfo, PtxModule,
+    Result,
+};
 
 /// Dynamic shared memory a kernel may use without opting in through a function attribute.
 const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
@@ -63,11 +66,19 @@ impl Allocations {
             .live
             .range(..=ptr.0)
             .next_back()
-            .is_some_and(|(&start, &len)| ptr.0.checked_add(bytes as u64).is_some_and(|end| end <= start + len as u64));
+            .is_some_and(|(&start, &len)| {
+                ptr.0
+                    .checked_add(bytes as u64)
+                    .is_some_and(|end| end <= start + len as u64)
+            });
         if inside {
             Ok(())
         } else {
-            Err(Error::InvalidPointer { op, ptr: ptr.0, bytes })
+            Err(Error::InvalidPointer {
+                op,
+                ptr: ptr.0,
+                bytes,
+            })
         }
     }
 }
@@ -82,7 +93,10 @@ unsafe impl Send for CublasHandle {}
 impl std::fmt::Debug for CudaRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let live_bytes = self.memory.lock().map(|m| m.live_bytes).unwrap_or(0);
-        f.debug_struct("CudaRuntime").field("name", &self.name).field("live_bytes", &live_bytes).finish()
+        f.debug_struct("CudaRuntime")
+            .field("name", &self.name)
+            .field("live_bytes", &live_bytes)
+            .finish()
     }
 }
 
@@ -97,10 +111,15 @@ impl CudaRuntime {
                     .into(),
             ));
         }
-        let count = CudaContext::device_count()
-            .map_err(|e| Error::NoDevice(format!("the CUDA driver did not initialize ({e}); is a GPU visible?")))?;
+        let count = CudaContext::device_count().map_err(|e| {
+            Error::NoDevice(format!(
+                "the CUDA driver did not initialize ({e}); is a GPU visible?"
+            ))
+        })?;
         if ordinal >= count.max(0) as usize {
-            return Err(Error::NoDevice(format!("device {ordinal} was asked for, the driver sees {count}")));
+            return Err(Error::NoDevice(format!(
+                "device {ordinal} was asked for, the driver sees {count}"
+            )));
         }
         let ctx = CudaContext::new(ordinal)?;
         let stream = ctx.default_stream();
@@ -109,7 +128,10 @@ impl CudaRuntime {
         Ok(Self {
             name: format!("cuda:{ordinal} ({device}, sm_{major}{minor})"),
             stream,
-            kernels: Mutex::new(Kernels { modules: vec![None; PtxModule::ALL.len()], functions: HashMap::new() }),
+            kernels: Mutex::new(Kernels {
+                modules: vec![None; PtxModule::ALL.len()],
+                functions: HashMap::new(),
+            }),
             memory: Mutex::new(Allocations::default()),
             cublas: Mutex::new(None),
             ctx,
@@ -161,13 +183,24 @@ impl CudaRuntime {
                     m
                 }
             };
-            let name = CString::new(kernel.name()).expect("kernel names are C identifiers without NUL bytes");
+            let name = CString::new(kernel.name())
+                .expect("kernel names are C identifiers without NUL bytes");
             // SAFETY: `loaded` is a live module of the current context.
             let handle = unsafe { result::module::get_function(loaded, name) }?;
             let param_sizes = entry_param_sizes(module.ptx(), kernel.name());
-            kernels.functions.insert(kernel, Function { handle, param_sizes, max_dynamic_shared: DEFAULT_DYNAMIC_SHARED });
+            kernels.functions.insert(
+                kernel,
+                Function {
+                    handle,
+                    param_sizes,
+                    max_dynamic_shared: DEFAULT_DYNAMIC_SHARED,
+                },
+            );
         }
-        Ok(kernels.functions.get_mut(&kernel).expect("the function was inserted just above"))
+        Ok(kernels
+            .functions
+            .get_mut(&kernel)
+            .expect("the function was inserted just above"))
     }
 
     /// The cuBLAS handle, created on first use.
@@ -185,7 +218,8 @@ impl CudaRuntime {
             self.ctx.bind_to_thread()?;
             let handle = blas::create_handle().map_err(Error::Cublas)?;
             // SAFETY: `handle` was just created and the stream belongs to the current context.
-            unsafe { blas::set_stream(handle, self.stream.cu_stream() as _) }.map_err(Error::Cublas)?;
+            unsafe { blas::set_stream(handle, self.stream.cu_stream() as _) }
+                .map_err(Error::Cublas)?;
             *guard = Some(CublasHandle(handle));
         }
         Ok(guard)
@@ -201,7 +235,13 @@ impl Drop for CudaRuntime {
             let _ = unsafe { blas::destroy_handle(handle) };
         }
         let _ = self.stream.synchronize();
-        let kernels = std::mem::replace(&mut *lock(&self.kernels), Kernels { modules: Vec::new(), functions: HashMap::new() });
+        let kernels = std::mem::replace(
+            &mut *lock(&self.kernels),
+            Kernels {
+                modules: Vec::new(),
+                functions: HashMap::new(),
+            },
+        );
         for module in kernels.modules.into_iter().flatten() {
             // SAFETY: each module was loaded once by `function` and no launch uses it after the synchronize above.
             let _ = unsafe { result::module::unload(module) };
@@ -226,7 +266,11 @@ impl GpuRuntime for CudaRuntime {
             Ok(p) => p,
             Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
                 let (free, total) = result::mem_get_info().unwrap_or((0, 0));
-                return Err(Error::OutOfMemory { requested: bytes, free, total });
+                return Err(Error::OutOfMemory {
+                    requested: bytes,
+                    free,
+                    total,
+                });
             }
             Err(e) => return Err(e.into()),
         };
@@ -239,7 +283,11 @@ impl GpuRuntime for CudaRuntime {
     unsafe fn free(&self, ptr: DevicePtr) -> Result<()> {
         let mut memory = lock(&self.memory);
         let Some(bytes) = memory.live.remove(&ptr.0) else {
-            return Err(Error::InvalidPointer { op: "free", ptr: ptr.0, bytes: 0 });
+            return Err(Error::InvalidPointer {
+                op: "free",
+                ptr: ptr.0,
+                bytes: 0,
+            });
         };
         memory.live_bytes -= bytes;
         self.ctx.bind_to_thread()?;
@@ -290,10 +338,16 @@ impl GpuRuntime for CudaRuntime {
 
     unsafe fn launch(&self, launch: &Launch) -> Result<()> {
         let kernel = launch.kernel;
-        let arguments = |msg: String| Error::Arguments { kernel: kernel.name().into(), msg };
+        let arguments = |msg: String| Error::Arguments {
+            kernel: kernel.name().into(),
+            msg,
+        };
         let cfg = launch.config;
         if cfg.grid.count() == 0 || cfg.block.count() == 0 {
-            return Err(arguments(format!("empty launch: grid {:?}, block {:?}", cfg.grid, cfg.block)));
+            return Err(arguments(format!(
+                "empty launch: grid {:?}, block {:?}",
+                cfg.grid, cfg.block
+            )));
         }
         self.ctx.bind_to_thread()?;
         let mut kernels = lock(&self.kernels);
@@ -301,12 +355,16 @@ impl GpuRuntime for CudaRuntime {
         if let Some(sizes) = &function.param_sizes {
             let given: Vec<usize> = launch.args.iter().map(|a| a.size()).collect();
             if &given != sizes {
-                return Err(arguments(format!("the PTX declares parameters of {sizes:?} bytes, the launch passes {given:?}")));
+                return Err(arguments(format!(
+                    "the PTX declares parameters of {sizes:?} bytes, the launch passes {given:?}"
+                )));
             }
         }
         if cfg.shared_bytes > function.max_dynamic_shared {
-            function
-                .handle_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_bytes)?;
+            function.handle_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_bytes,
+            )?;
             function.max_dynamic_shared = cfg.shared_bytes;
         }
         // Each argument sits in its own 8-byte slot (every kernel argument is at most 8 bytes); the driver copies
@@ -321,7 +379,10 @@ impl GpuRuntime for CudaRuntime {
                 u64::from_le_bytes(bytes)
             })
             .collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast::<c_void>()).collect();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| (s as *mut u64).cast::<c_void>())
+            .collect();
         // SAFETY: the function handle is live, `params` holds one pointer per declared parameter (sizes checked
         // above against the PTX), and the slots outlive the call (the driver copies them before returning). The
         // caller guarantees that the pointer arguments cover what the kernel touches.
@@ -361,7 +422,13 @@ impl GpuRuntime for CudaRuntime {
         // cuBLAS is column-major: a row-major matrix with row stride `ld` is its transpose, column-major with
         // leading dimension `ld`. So the row-major C = op(A)·op(B) is computed as the column-major
         // Cᵀ = op(B)ᵀ·op(A)ᵀ, i.e. with the operands swapped and m and n exchanged.
-        let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
         let (m, n, k) = (plan.n, plan.m, plan.k);
         // SAFETY: the three matrices lie inside live allocations (checked above from the shapes and strides),
         // the dimensions fit in i32 (checked by `GemmPlan`), alpha and beta are host f32 values that outlive the
@@ -446,19 +513,35 @@ struct GemmPlan {
 impl GemmPlan {
     fn new(cfg: &GemmConfig) -> Result<Self> {
         let shape = |msg: String| Error::Shape { op: "gemm", msg };
-        let int = |name: &str, v: usize| i32::try_from(v).map_err(|_| shape(format!("{name} = {v} does not fit in i32")));
+        let int = |name: &str, v: usize| {
+            i32::try_from(v).map_err(|_| shape(format!("{name} = {v} does not fit in i32")))
+        };
         let elem = match cfg.dtype {
             GemmDType::F32 => 4,
             GemmDType::Bf16 => 2,
         };
         // Rows and columns of each matrix as stored (row-major).
-        let (a_rows, a_cols) = if cfg.trans_a { (cfg.k, cfg.m) } else { (cfg.m, cfg.k) };
-        let (b_rows, b_cols) = if cfg.trans_b { (cfg.n, cfg.k) } else { (cfg.k, cfg.n) };
+        let (a_rows, a_cols) = if cfg.trans_a {
+            (cfg.k, cfg.m)
+        } else {
+            (cfg.m, cfg.k)
+        };
+        let (b_rows, b_cols) = if cfg.trans_b {
+            (cfg.n, cfg.k)
+        } else {
+            (cfg.k, cfg.n)
+        };
         let extent = |name: &str, rows: usize, cols: usize, ld: usize| -> Result<usize> {
             if ld < cols.max(1) {
-                return Err(shape(format!("{name}: row stride {ld} is less than its {cols} columns")));
+                return Err(shape(format!(
+                    "{name}: row stride {ld} is less than its {cols} columns"
+                )));
             }
-            let elems = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
+            let elems = if rows == 0 || cols == 0 {
+                0
+            } else {
+                (rows - 1) * ld + cols
+            };
             Ok(elems * elem)
         };
         Ok(Self {
