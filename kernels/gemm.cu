@@ -81,6 +81,45 @@ template <typename OutT> struct Args {
     float alpha, beta;
 };
 
+// Writes v0, v1 (+ beta times the old values when beta ≠ 0) to dst[0] and, when `second`, dst[1]; `pair` selects
+// one 2-element access (dst is then 2-element aligned and both columns are in range).
+__device__ __forceinline__ void store_pair(float* dst, float v0, float v1, float beta, bool pair, bool second) {
+    if (pair) {
+        float2* d2 = reinterpret_cast<float2*>(dst);
+        if (beta != 0.0f) {
+            const float2 old = *d2;
+            v0 += beta * old.x;
+            v1 += beta * old.y;
+        }
+        *d2 = make_float2(v0, v1);
+        return;
+    }
+    if (beta != 0.0f) v0 += beta * dst[0];
+    dst[0] = v0;
+    if (second) {
+        if (beta != 0.0f) v1 += beta * dst[1];
+        dst[1] = v1;
+    }
+}
+__device__ __forceinline__ void store_pair(bf16* dst, float v0, float v1, float beta, bool pair, bool second) {
+    if (pair) {
+        __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(dst);
+        if (beta != 0.0f) {
+            const float2 old = __bfloat1622float2(*d2);
+            v0 += beta * old.x;
+            v1 += beta * old.y;
+        }
+        *d2 = __floats2bfloat162_rn(v0, v1);
+        return;
+    }
+    if (beta != 0.0f) v0 += beta * __bfloat162float(dst[0]);
+    dst[0] = __float2bfloat16_rn(v0);
+    if (second) {
+        if (beta != 0.0f) v1 += beta * __bfloat162float(dst[1]);
+        dst[1] = __float2bfloat16_rn(v1);
+    }
+}
+
 // Fills one k-major tile [rows = BM or BN][BK] from rows r0.. and columns k0.. of a [rows_total, k] matrix.
 template <bool ALIGNED>
 __device__ __forceinline__ void load_kmajor(bf16* tile, const bf16* __restrict__ g, unsigned ld, unsigned rows_total,
@@ -216,21 +255,20 @@ __device__ __forceinline__ void gemm_body(const Args<OutT>& p, bf16* smem) {
         __syncthreads();
     }
 
-    // Epilogue: lane l holds rows l/4 and l/4 + 8, columns 2·(l % 4) + {0, 1} of each m16n8 fragment.
+    // Epilogue: lane l holds rows l/4 and l/4 + 8, columns 2·(l % 4) + {0, 1} of each m16n8 fragment; the two
+    // columns go out as one 2-element store when C's rows and base allow it.
+    const bool pairs = p.ldc % 2 == 0 && (reinterpret_cast<unsigned long long>(p.c) % (2 * sizeof(OutT))) == 0;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const unsigned r = m0 + warp_m * WM + mt * 16 + lane / 4 + (e >= 2 ? 8 : 0);
-                const unsigned c = n0 + warp_n * WN + nt * 8 + 2 * (lane % 4) + (e & 1);
-                if (r < p.m && c < p.n) {
-                    OutT* dst = p.c + (unsigned long long)r * p.ldc + c;
-                    float v = p.alpha * acc[mt][nt][e];
-                    if (p.beta != 0.0f) v += p.beta * rf::to_f32(*dst);
-                    *dst = rf::from_f32<OutT>(v);
-                }
+            for (int half = 0; half < 2; ++half) {
+                const unsigned r = m0 + warp_m * WM + mt * 16 + lane / 4 + half * 8;
+                const unsigned c = n0 + warp_n * WN + nt * 8 + 2 * (lane % 4);
+                if (r < p.m && c < p.n)
+                    store_pair(p.c + (unsigned long long)r * p.ldc + c, p.alpha * acc[mt][nt][2 * half],
+                               p.alpha * acc[mt][nt][2 * half + 1], p.beta, pairs && c + 1 < p.n, c + 1 < p.n);
             }
 }
 
