@@ -103,6 +103,7 @@ pub(crate) fn ldmatrix(num: usize, trans: bool, rows: &[[u8; 16]]) -> [[u32; 4];
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // Matrix loops read best with explicit indices.
 mod tests {
     use super::*;
 

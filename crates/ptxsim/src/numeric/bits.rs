@@ -140,6 +140,7 @@ pub(crate) fn int_cmp(op: CmpOp, ty: ScalarType, a: u64, b: u64) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // Byte loops read best with explicit indices.
 mod tests {
     use super::*;
     use crate::numeric::test_rng::Rng;

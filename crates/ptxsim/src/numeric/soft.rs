@@ -51,7 +51,8 @@ impl Format {
     }
 
     /// The canonical NaN GPUs produce: sign clear, every exponent and fraction bit set (0x7fffffff for f32,
-    /// 0x7fff for f16 and bf16).
+    /// 0x7fff for f16 and bf16). For f64 the same rule gives 0x7fffffffffffffff; that f64 pattern is an
+    /// assumption (the ISA documents the f32 one), and no test should depend on NaN payloads.
     pub(crate) const fn canonical_nan(self) -> u64 {
         self.sign_bit() - 1
     }

@@ -5,7 +5,10 @@ use super::*;
 use crate::numeric::test_rng::Rng;
 use std::cmp::Ordering;
 
-const IRND: [(Rounding, fn(f64) -> f64); 4] = [
+/// An integral rounding modifier and the f64 function that rounds the same way.
+type IntegralRounding = (Rounding, fn(f64) -> f64);
+
+const IRND: [IntegralRounding; 4] = [
     (Rounding::Rni, f64::round_ties_even),
     (Rounding::Rzi, f64::trunc),
     (Rounding::Rmi, f64::floor),
