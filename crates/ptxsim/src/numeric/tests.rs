@@ -265,6 +265,48 @@ fn directed_rounding_f64_add_and_mul() {
 }
 
 #[test]
+fn directed_rounding_f64_div_and_fma() {
+    let mut rng = Rng::new(28);
+    let f = soft::F64;
+    for _ in 0..20_000 {
+        let (a, b, c) = (rng.f64_bits(), rng.f64_bits(), rng.f64_bits());
+        let (x, y, z) = (f64::from_bits(a), f64::from_bits(b), f64::from_bits(c));
+        if !(x.is_finite() && y.is_finite() && z.is_finite()) {
+            continue;
+        }
+        let q = x / y;
+        if y != 0.0 && q.is_finite() && (q == 0.0 || q.abs() > 1e-290) && x.abs() > 1e-290 && x.abs() < 1e300 {
+            // v ≤ x / y ⇔ v·y ≤ x (y > 0), with v·y = p + e exactly by TwoProd.
+            let r = all_modes(|m| float_binop(FloatBinOp::Div, ScalarType::F64, a, b, m));
+            check_modes(f, &format!("{x:e} / {y:e}"), r, |v| {
+                if v.is_infinite() {
+                    return if v > 0.0 { Ordering::Greater } else { Ordering::Less };
+                }
+                let p = v * y;
+                let e = v.mul_add(y, -p);
+                let o = (p - x).partial_cmp(&-e).expect("finite");
+                if y > 0.0 {
+                    o
+                } else {
+                    o.reverse()
+                }
+            });
+        }
+        // With 26-bit mantissas the product is exact in f64, so TwoSum gives the exact fma.
+        let (a26, b26) = (a & !((1 << 27) - 1), b & !((1 << 27) - 1));
+        let (x26, y26) = (f64::from_bits(a26), f64::from_bits(b26));
+        let p = x26 * y26;
+        if p.is_finite() && (p == 0.0 || p.abs() > 1e-290) && (x26 == 0.0 || y26 == 0.0 || p != 0.0) {
+            let (hi, lo) = two_sum(p, z);
+            if hi.is_finite() {
+                let r = all_modes(|m| float_fma(ScalarType::F64, a26, b26, c, m));
+                check_modes(f, &format!("fma {x26:e} {y26:e} {z:e}"), r, |v| cmp_exact(v, hi, lo));
+            }
+        }
+    }
+}
+
+#[test]
 fn half_nearest_matches_the_half_crate() {
     let mut rng = Rng::new(23);
     for _ in 0..20_000 {
