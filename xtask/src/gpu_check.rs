@@ -3,8 +3,9 @@
 //! It fails, rather than skips, when no GPU can be opened. Otherwise it (1) checks the runtime itself: copies,
 //! memset and the cuBLAS GEMM (f32 and bf16, all transposes, awkward shapes) against a CPU loop; (2) runs the
 //! kernel integration tests with `RANKFOLD_GPU_CHECK=1`, which adds CUDA to the runtimes of
-//! `tests/it/gpu.rs::runtimes()`; (3) runs the kernel benches with the same variable and the criterion filter
-//! `cuda` (bench ids of CUDA runs contain `cuda`), in criterion's quick mode, and prints one time per bench.
+//! `tests/it/gpu.rs::runtimes()`; (3) runs the kernel benches in criterion's quick mode with the filter
+//! `cuda|cublas` (the benches add CUDA rows whenever a device opens, and cuBLAS baselines beside them), and
+//! prints one time and throughput per bench.
 //! It needs neither the network nor the NVRTC toolchain: the PTX is committed.
 
 use std::path::Path;
@@ -19,6 +20,8 @@ use rankfold_kernels::{CudaRuntime, GemmConfig, GemmDType, GpuBuffer, GpuRuntime
 const TEST_FILTERS: [&str; 4] = ["elementwise", "softmax", "gemm", "ptxsim"];
 /// The bench files (benches/<name>.rs) of the kernel families, run when present.
 const BENCHES: [&str; 3] = ["elementwise", "softmax", "gemm"];
+/// The criterion filter (a regex) that selects the GPU rows of those benches.
+const BENCH_FILTER: &str = "cuda|cublas";
 
 /// `cargo xtask gpu-check`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
@@ -62,11 +65,11 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             eprintln!("gpu-check: benches/{bench}.rs does not exist yet; skipped");
             continue;
         }
-        eprintln!("gpu-check: cargo bench --bench {bench} -- --quick cuda");
+        eprintln!("gpu-check: cargo bench --bench {bench} -- --quick '{BENCH_FILTER}'");
         let out = Command::new(&cargo)
             .current_dir(root)
             .env("RANKFOLD_GPU_CHECK", "1")
-            .args(["bench", "--bench", bench, "--", "--quick", "cuda"])
+            .args(["bench", "--bench", bench, "--", "--quick", BENCH_FILTER])
             .stderr(Stdio::inherit())
             .output()
             .context("running cargo bench")?;
@@ -239,12 +242,26 @@ impl Lcg {
     }
 }
 
-/// The (bench id, time estimate) pairs of criterion's stdout: `ID  time: [low est high]`, where a long id
-/// stands on its own line before the `time:` line.
-fn criterion_times(stdout: &str) -> Vec<(String, String)> {
-    let mut rows = Vec::new();
+/// One criterion result: the bench id, its time estimate and, when the bench sets one, its throughput.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BenchRow {
+    id: String,
+    time: String,
+    throughput: Option<String>,
+}
+
+/// The results in criterion's stdout: `ID  time: [low est high]` (a long id stands on its own line before
+/// the `time:` line), optionally followed by `thrpt: [low est high]`.
+fn criterion_times(stdout: &str) -> Vec<BenchRow> {
+    let mut rows: Vec<BenchRow> = Vec::new();
     let mut last_id = String::new();
     for line in stdout.lines() {
+        if let Some((_, after)) = line.split_once("thrpt:") {
+            if let Some(row) = rows.last_mut() {
+                row.throughput = Some(middle_estimate(after));
+            }
+            continue;
+        }
         let Some((before, after)) = line.split_once("time:") else {
             if !line.starts_with(char::is_whitespace) && !line.trim().is_empty() {
                 last_id = line.trim().to_string();
@@ -256,33 +273,36 @@ fn criterion_times(stdout: &str) -> Vec<(String, String)> {
         } else {
             before.trim().to_string()
         };
-        let inside = after.trim().trim_start_matches('[').trim_end_matches(']');
-        let words: Vec<&str> = inside.split_whitespace().collect();
-        // Three estimates of two words each (`1.23 ms`); the middle one is criterion's point estimate.
-        let estimate = if words.len() == 6 {
-            format!("{} {}", words[2], words[3])
-        } else {
-            inside.to_string()
-        };
-        rows.push((id, estimate));
+        rows.push(BenchRow {
+            id,
+            time: middle_estimate(after),
+            throughput: None,
+        });
     }
     rows
 }
 
-/// One line per bench: id and time.
-fn time_table(rows: &[(String, String)]) -> String {
-    if rows.is_empty() {
-        return "gpu-check: no CUDA bench rows (no kernel bench ids containing `cuda`)".into();
+/// The point estimate of `[low est high]`, each a number and a unit; the whole text if it has another form.
+fn middle_estimate(text: &str) -> String {
+    let inside = text.trim().trim_start_matches('[').trim_end_matches(']');
+    let words: Vec<&str> = inside.split_whitespace().collect();
+    if words.len() == 6 {
+        format!("{} {}", words[2], words[3])
+    } else {
+        inside.to_string()
     }
-    let width = rows
-        .iter()
-        .map(|(id, _)| id.len())
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    let mut s = format!("{:<width$}  time (criterion estimate)\n", "bench");
-    for (id, t) in rows {
-        s.push_str(&format!("{id:<width$}  {t}\n"));
+}
+
+/// One line per bench: id, time and throughput.
+fn time_table(rows: &[BenchRow]) -> String {
+    if rows.is_empty() {
+        return "gpu-check: no CUDA bench rows (no kernel bench id matched `cuda|cublas`)".into();
+    }
+    let width = rows.iter().map(|r| r.id.len()).max().unwrap_or(0).max(5);
+    let mut s = format!("{:<width$}  {:>12}  throughput\n", "bench", "time");
+    for r in rows {
+        let thrpt = r.throughput.as_deref().unwrap_or("");
+        s.push_str(&format!("{:<width$}  {:>12}  {thrpt}\n", r.id, r.time));
     }
     s
 }
@@ -293,19 +313,20 @@ mod tests {
 
     #[test]
     fn reads_criterion_times_on_one_and_two_lines() {
-        let out = "softmax/forward_f32/cuda/1024x1000\n                        time:   [10.1 µs 10.2 µs 10.4 µs]\n\
-                   thrpt:  [1.0 TB/s 1.1 TB/s 1.2 TB/s]\n\
-                   gemm/cuda/256   time:   [1.00 ms 1.10 ms 1.20 ms]\n";
+        let out = "gemm/cuda_nt_bf16/1024x1000x512\n                        time:   [10.1 µs 10.2 µs 10.4 µs]\n\
+                   \x20                       thrpt:  [1.0 TFLOP/s 1.1 TFLOP/s 1.2 TFLOP/s]\n\
+                   gemm/cublas/256   time:   [1.00 ms 1.10 ms 1.20 ms]\n";
+        let rows = criterion_times(out);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, "gemm/cuda_nt_bf16/1024x1000x512");
+        assert_eq!(rows[0].time, "10.2 µs");
+        assert_eq!(rows[0].throughput.as_deref(), Some("1.1 TFLOP/s"));
         assert_eq!(
-            criterion_times(out),
-            vec![
-                (
-                    "softmax/forward_f32/cuda/1024x1000".to_string(),
-                    "10.2 µs".to_string()
-                ),
-                ("gemm/cuda/256".to_string(), "1.10 ms".to_string())
-            ]
+            (rows[1].id.as_str(), rows[1].time.as_str()),
+            ("gemm/cublas/256", "1.10 ms")
         );
+        assert_eq!(rows[1].throughput, None);
+        assert!(time_table(&rows).contains("1.1 TFLOP/s"));
     }
 
     #[test]

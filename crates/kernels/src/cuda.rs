@@ -60,17 +60,18 @@ struct Allocations {
 }
 
 impl Allocations {
-    /// Whether `ptr..ptr + bytes` lies inside one live allocation.
+    /// Whether `ptr..ptr + bytes` lies inside one live allocation (an empty range touches nothing and passes).
     fn check(&self, op: &'static str, ptr: DevicePtr, bytes: usize) -> Result<()> {
-        let inside = self
-            .live
-            .range(..=ptr.0)
-            .next_back()
-            .is_some_and(|(&start, &len)| {
-                ptr.0
-                    .checked_add(bytes as u64)
-                    .is_some_and(|end| end <= start + len as u64)
-            });
+        let inside = bytes == 0
+            || self
+                .live
+                .range(..=ptr.0)
+                .next_back()
+                .is_some_and(|(&start, &len)| {
+                    ptr.0
+                        .checked_add(bytes as u64)
+                        .is_some_and(|end| end <= start + len as u64)
+                });
         if inside {
             Ok(())
         } else {
@@ -291,8 +292,8 @@ impl GpuRuntime for CudaRuntime {
         };
         memory.live_bytes -= bytes;
         self.ctx.bind_to_thread()?;
-        // SAFETY: `ptr` starts a live allocation of this context (just checked and removed from the table);
-        // `cuMemFree` waits for work that still uses it.
+        // SAFETY: `ptr` starts a live allocation of this context (just checked and removed from the table), and
+        // the caller promises that no pending launch still uses it (the trait's contract).
         unsafe { result::free_sync(ptr.0) }?;
         Ok(())
     }
@@ -658,5 +659,9 @@ mod tests {
         assert!(a.check("t", DevicePtr(1050), 51).is_err());
         assert!(a.check("t", DevicePtr(999), 1).is_err());
         assert!(a.check("t", DevicePtr(u64::MAX), 2).is_err());
+        assert!(
+            a.check("t", DevicePtr(0), 0).is_ok(),
+            "an empty range touches no memory"
+        );
     }
 }

@@ -86,3 +86,17 @@ fn entries_reader_finds_only_entries() {
         ".visible .func helper(\n)\n.visible .entry first(\n\t.param .u64 p\n)\n.entry second()\n";
     assert_eq!(entries(ptx), ["first", "second"]);
 }
+
+#[test]
+fn every_kernel_has_a_readable_parameter_list() {
+    // CudaRuntime checks each launch's argument sizes against these lists; a `None` would skip that check.
+    let unreadable: Vec<&str> = KernelId::ALL
+        .iter()
+        .filter(|k| crate::cuda::entry_param_sizes(k.module().ptx(), k.name()).is_none())
+        .map(|k| k.name())
+        .collect();
+    assert!(
+        unreadable.is_empty(),
+        "parameter lists not understood: {unreadable:?}"
+    );
+}
