@@ -51,9 +51,8 @@ fn sim(c: &mut Criterion) {
         elementwise::unary(&rt, UnaryOp::Gelu, FloatType::F32, &x, &y, &layout)
             .expect("simulated gelu")
     };
-    let before = sim.counters().total_thread_insts();
     run();
-    let insts = sim.counters().total_thread_insts() - before;
+    let insts = sim.last_counters().total_thread_insts();
     let mut group = c.benchmark_group("elementwise");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));

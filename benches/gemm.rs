@@ -69,9 +69,8 @@ fn sim(c: &mut Criterion) {
     let [a, b, out] = operands(&rt, &mut Rng::new(2), SIM_SHAPE).expect("simulated operands");
     let p = GemmParams::packed(GemmLayout::Nt, m, n, k);
     // One counted launch gives the thread-instructions per launch that the throughput is quoted in.
-    let before = sim.counters().total_thread_insts();
     gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("simulated gemm");
-    let insts = sim.counters().total_thread_insts() - before;
+    let insts = sim.last_counters().total_thread_insts();
     let mut group = c.benchmark_group("gemm");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));

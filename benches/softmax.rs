@@ -60,9 +60,8 @@ fn sim(c: &mut Criterion) {
     let x = GpuBuffer::from_slice(&rt, &random_f32(&mut Rng::new(2), s.rows * s.cols))
         .expect("simulated input");
     let y = GpuBuffer::zeroed(&rt, 4 * s.rows * s.cols).expect("simulated output");
-    let before = sim.counters().total_thread_insts();
     softmax::forward(&rt, FloatType::F32, s, &x, &y).expect("simulated softmax");
-    let insts = sim.counters().total_thread_insts() - before;
+    let insts = sim.last_counters().total_thread_insts();
     let mut group = c.benchmark_group("softmax");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));

@@ -12,3 +12,13 @@ mod ops;
 mod io;
 // A tiny causal transformer LM built from these ops learns to reverse sequences.
 mod train;
+// The runtimes GPU-path kernel tests loop over (ptxsim; CUDA with RANKFOLD_GPU_CHECK=1) and shared comparisons.
+mod gpu;
+// kernels/elementwise.cu against its CPU twin: every op, f32/bf16, strided and broadcast views.
+mod elementwise;
+// kernels/softmax.cu against its CPU twin: forward and backward, awkward row lengths, ±1e4 logits.
+mod softmax;
+// kernels/gemm.cu against its CPU twin: nt/nn, bf16/f32 out, edge tiles, unaligned K, alpha/beta.
+mod gemm;
+// ptxsim: small kernels against Rust references, planted bugs, counters.
+mod ptxsim;
