@@ -1,0 +1,503 @@
+//! Memory instructions (ld, st, atom/red, cp.async, ldmatrix) with bounds, alignment, race and initialization
+//! checks, and the traffic counters: global bytes and 32-byte sectors, shared requests and bank conflicts.
+
+use super::{lanes, Block, Ctx, Warp, MULTI};
+use crate::error::{Result, SimError};
+use crate::ir::{AtomOp, Class, Inst, Op, Opnd, Space};
+use crate::memory::{read_le, write_le, LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
+use crate::numeric::{self, FloatBinOp, FloatMods};
+use crate::types::ScalarType;
+
+/// A resolved per-lane address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Global(u64),
+    Shared(u64),
+    Local(u64),
+    Param(u64),
+}
+
+impl Target {
+    fn offset(self, d: u64) -> Self {
+        match self {
+            Target::Global(a) => Target::Global(a + d),
+            Target::Shared(a) => Target::Shared(a + d),
+            Target::Local(a) => Target::Local(a + d),
+            Target::Param(a) => Target::Param(a + d),
+        }
+    }
+
+    fn addr(self) -> u64 {
+        match self {
+            Target::Global(a) | Target::Shared(a) | Target::Local(a) | Target::Param(a) => a,
+        }
+    }
+
+    fn space_name(self) -> &'static str {
+        match self {
+            Target::Global(_) => "global",
+            Target::Shared(_) => "shared",
+            Target::Local(_) => "local",
+            Target::Param(_) => "param",
+        }
+    }
+}
+
+fn target(space: Space, a: u64) -> Target {
+    match space {
+        Space::Global | Space::Const => Target::Global(a),
+        Space::Shared => Target::Shared(a),
+        Space::Local => Target::Local(a),
+        Space::Param => Target::Param(a),
+        Space::Generic => {
+            if a.wrapping_sub(SHARED_WINDOW) < WINDOW_SIZE {
+                Target::Shared(a - SHARED_WINDOW)
+            } else if a.wrapping_sub(LOCAL_WINDOW) < WINDOW_SIZE {
+                Target::Local(a - LOCAL_WINDOW)
+            } else {
+                Target::Global(a)
+            }
+        }
+    }
+}
+
+/// Kinds of access, for checks and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Load,
+    Store,
+    Atomic,
+}
+
+impl Access {
+    fn name(self) -> &'static str {
+        match self {
+            Access::Load => "load",
+            Access::Store => "store",
+            Access::Atomic => "atomic",
+        }
+    }
+}
+
+impl Warp {
+    fn addr_of(&self, o: &Opnd, l: usize) -> u64 {
+        match o {
+            Opnd::Addr(base, off) => self.get(base, l).wrapping_add(*off as u64),
+            o => self.get(o, l),
+        }
+    }
+
+    pub(super) fn mem_op(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<()> {
+        let a = &inst.args;
+        let mut tg = [Target::Global(0); 32];
+        match inst.op {
+            Op::Ld { space, ty, nvec } | Op::St { space, ty, nvec } => {
+                let store = matches!(inst.op, Op::St { .. });
+                let (ao, vo) = if store { (&a[0], &a[1]) } else { (&a[1], &a[0]) };
+                for l in lanes(exec) {
+                    tg[l] = target(space, self.addr_of(ao, l));
+                }
+                let esz = ty.size();
+                let total = esz * nvec as usize;
+                self.account(inst, ctx, space, &tg, exec, total, store);
+                let access = if store { Access::Store } else { Access::Load };
+                let vals: &[Opnd] = match vo {
+                    Opnd::Vec(v) => v,
+                    o => std::slice::from_ref(o),
+                };
+                for l in lanes(exec) {
+                    self.check_align(ctx, inst, l, tg[l], total, access)?;
+                    for (i, v) in vals.iter().enumerate() {
+                        let t = tg[l].offset((i * esz) as u64);
+                        if store {
+                            let x = self.get(v, l);
+                            self.write(ctx, blk, inst, l, t, esz, x, Access::Store)?;
+                        } else {
+                            let mut x = self.read(ctx, blk, inst, l, t, esz, Access::Load)?;
+                            if ty.is_signed() {
+                                let s = 64 - ty.bits();
+                                x = (((x << s) as i64) >> s) as u64;
+                            }
+                            self.set(v, l, x);
+                        }
+                    }
+                }
+            }
+            Op::Atom { space, op, ty, ret } => {
+                let (ao, rest) = if ret { (&a[1], &a[2..]) } else { (&a[0], &a[1..]) };
+                for l in lanes(exec) {
+                    tg[l] = target(space, self.addr_of(ao, l));
+                }
+                let size = ty.size();
+                self.account(inst, ctx, space, &tg, exec, size, true);
+                for l in lanes(exec) {
+                    self.check_align(ctx, inst, l, tg[l], size, Access::Atomic)?;
+                    let old = self.read(ctx, blk, inst, l, tg[l], size, Access::Atomic)?;
+                    let b = self.get(&rest[0], l);
+                    let c = rest.get(1).map_or(0, |o| self.get(o, l));
+                    let new = atom_apply(op, ty, old, b, c);
+                    self.write(ctx, blk, inst, l, tg[l], size, new, Access::Atomic)?;
+                    if ret {
+                        self.set(&a[0], l, old);
+                    }
+                }
+            }
+            Op::CpAsync { size } => {
+                let size = usize::from(size);
+                let mut src = [Target::Global(0); 32];
+                for l in lanes(exec) {
+                    tg[l] = target(Space::Shared, self.addr_of(&a[0], l));
+                    src[l] = target(Space::Global, self.addr_of(&a[1], l));
+                }
+                self.account(inst, ctx, Space::Global, &src, exec, size, false);
+                for l in lanes(exec) {
+                    let n = a.get(3).map_or(size, |o| self.get(o, l) as usize).min(size);
+                    self.check_align(ctx, inst, l, src[l], size, Access::Load)?;
+                    self.check_align(ctx, inst, l, tg[l], size, Access::Store)?;
+                    let mut buf = [0u8; 16];
+                    for (i, b) in buf.iter_mut().enumerate().take(n) {
+                        *b = self.read(ctx, blk, inst, l, src[l].offset(i as u64), 1, Access::Load)? as u8;
+                    }
+                    for (i, b) in buf.iter().enumerate().take(size) {
+                        self.write(ctx, blk, inst, l, tg[l].offset(i as u64), 1, u64::from(*b), Access::Store)?;
+                    }
+                }
+                ctx.counters.shared_requests += 1;
+            }
+            Op::Ldmatrix { num, trans } => {
+                let nrows = 8 * usize::from(num);
+                let need = if nrows == 32 { u32::MAX } else { (1u32 << nrows) - 1 };
+                if exec & need != need {
+                    return Err(self.exec_err(ctx, inst, exec, "ldmatrix needs every lane that supplies a row address"));
+                }
+                for l in lanes(need) {
+                    tg[l] = target(Space::Shared, self.addr_of(&a[1], l));
+                }
+                self.account(inst, ctx, Space::Shared, &tg, need, 16, false);
+                let mut rows = vec![[0u8; 16]; nrows];
+                for (l, row) in rows.iter_mut().enumerate() {
+                    self.check_align(ctx, inst, l, tg[l], 16, Access::Load)?;
+                    for (i, b) in row.iter_mut().enumerate() {
+                        *b = self.read(ctx, blk, inst, l, tg[l].offset(i as u64), 1, Access::Load)? as u8;
+                    }
+                }
+                let frags = crate::mma::ldmatrix(usize::from(num), trans, &rows);
+                let Opnd::Vec(dst) = &a[0] else {
+                    return Err(self.exec_err(ctx, inst, exec, "ldmatrix destination must be a vector"));
+                };
+                for l in lanes(exec) {
+                    for (i, d) in dst.iter().enumerate() {
+                        self.set(d, l, u64::from(frags[l][i]));
+                    }
+                }
+            }
+            _ => return Err(self.exec_err(ctx, inst, exec, "not a memory instruction")),
+        }
+        Ok(())
+    }
+
+    /// Counts one warp-level access: global bytes and sectors, or shared requests and bank conflicts.
+    #[allow(clippy::too_many_arguments)]
+    fn account(&self, inst: &Inst, ctx: &mut Ctx<'_>, space: Space, tg: &[Target; 32], exec: u32, size: usize, store: bool) {
+        let c = &mut ctx.counters;
+        let mut sectors = [0u64; 64];
+        let mut ns = 0;
+        let mut shared = [0u64; 32];
+        let mut nsh = 0u32;
+        let mut global_lanes = 0u64;
+        let mut first = None;
+        for l in lanes(exec) {
+            match tg[l] {
+                Target::Global(addr) => {
+                    global_lanes += 1;
+                    let (s0, s1) = (addr >> 5, (addr + size as u64 - 1) >> 5);
+                    for s in s0..=s1.min(s0 + 1) {
+                        if ns < sectors.len() {
+                            sectors[ns] = s;
+                            ns += 1;
+                        }
+                    }
+                }
+                Target::Shared(off) => {
+                    shared[l] = off;
+                    nsh |= 1 << l;
+                }
+                _ => {}
+            }
+            first.get_or_insert(tg[l]);
+        }
+        if space == Space::Generic {
+            // Count a generic access under the space its first active lane resolved to.
+            let class = match first {
+                Some(Target::Shared(_)) => Class::Shared,
+                Some(Target::Local(_)) => Class::Local,
+                _ => Class::Global,
+            };
+            if class != inst.class && !matches!(inst.op, Op::Atom { .. }) {
+                c.warp_insts[inst.class as usize] -= 1;
+                c.thread_insts[inst.class as usize] -= u64::from(exec.count_ones());
+                c.warp_insts[class as usize] += 1;
+                c.thread_insts[class as usize] += u64::from(exec.count_ones());
+            }
+        }
+        if global_lanes > 0 {
+            let bytes = global_lanes * size as u64;
+            if store {
+                c.global_write_bytes += bytes;
+            } else {
+                c.global_read_bytes += bytes;
+            }
+            if matches!(inst.op, Op::Atom { ret: true, .. }) {
+                c.global_read_bytes += bytes;
+            }
+            let s = &mut sectors[..ns];
+            s.sort_unstable();
+            let mut distinct = 0;
+            for i in 0..s.len() {
+                if i == 0 || s[i] != s[i - 1] {
+                    distinct += 1;
+                }
+            }
+            c.global_requests += 1;
+            c.global_sectors += distinct;
+        }
+        if nsh != 0 {
+            c.shared_requests += 1;
+            c.bank_conflicts += bank_conflicts(&shared, nsh, size);
+        }
+    }
+
+    fn check_align(&self, ctx: &Ctx<'_>, inst: &Inst, l: usize, t: Target, size: usize, acc: Access) -> Result<()> {
+        if size > 1 && t.addr() % size as u64 != 0 {
+            return Err(SimError::Misaligned {
+                site: self.site(ctx, inst, l),
+                space: t.space_name(),
+                access: acc.name(),
+                addr: t.addr(),
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    fn oob(&self, ctx: &Ctx<'_>, inst: &Inst, l: usize, t: Target, size: usize, acc: Access) -> SimError {
+        SimError::OutOfBounds { site: self.site(ctx, inst, l), space: t.space_name(), access: acc.name(), addr: t.addr(), size }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(&self, ctx: &Ctx<'_>, blk: &mut Block, inst: &Inst, l: usize, t: Target, size: usize, acc: Access) -> Result<u64> {
+        match t {
+            Target::Global(a) => match ctx.mem.slice(a, size) {
+                Some(b) => Ok(read_le(b)),
+                None => Err(self.oob(ctx, inst, l, t, size, acc)),
+            },
+            Target::Param(a) => match ctx.params.get(a as usize..a as usize + size) {
+                Some(b) => Ok(read_le(b)),
+                None => Err(self.oob(ctx, inst, l, t, size, acc)),
+            },
+            Target::Local(a) => {
+                let lb = ctx.prog.local_bytes as u64;
+                if a + size as u64 > lb {
+                    return Err(self.oob(ctx, inst, l, t, size, acc));
+                }
+                let base = (u64::from(self.lin[l]) * lb + a) as usize;
+                Ok(read_le(&blk.local[base..base + size]))
+            }
+            Target::Shared(a) => {
+                if a + size as u64 > blk.shared.len() as u64 {
+                    return Err(self.oob(ctx, inst, l, t, size, acc));
+                }
+                self.track_shared(ctx, blk, inst, l, a as usize, size, acc, false)?;
+                Ok(read_le(&blk.shared[a as usize..a as usize + size]))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(&self, ctx: &mut Ctx<'_>, blk: &mut Block, inst: &Inst, l: usize, t: Target, size: usize, v: u64, acc: Access) -> Result<()> {
+        match t {
+            Target::Global(a) => match ctx.mem.slice_mut(a, size) {
+                Some(b) => {
+                    write_le(b, v);
+                    Ok(())
+                }
+                None => Err(self.oob(ctx, inst, l, t, size, acc)),
+            },
+            Target::Param(_) => Err(self.exec_err(ctx, inst, 1 << l, "store to kernel parameter space")),
+            Target::Local(a) => {
+                let lb = ctx.prog.local_bytes as u64;
+                if a + size as u64 > lb {
+                    return Err(self.oob(ctx, inst, l, t, size, acc));
+                }
+                let base = (u64::from(self.lin[l]) * lb + a) as usize;
+                write_le(&mut blk.local[base..base + size], v);
+                Ok(())
+            }
+            Target::Shared(a) => {
+                if a + size as u64 > blk.shared.len() as u64 {
+                    return Err(self.oob(ctx, inst, l, t, size, acc));
+                }
+                self.track_shared(ctx, blk, inst, l, a as usize, size, acc, true)?;
+                write_le(&mut blk.shared[a as usize..a as usize + size], v);
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks and records a shared-memory access for the race and initialization checks.
+    #[allow(clippy::too_many_arguments)]
+    fn track_shared(
+        &self,
+        ctx: &Ctx<'_>,
+        blk: &mut Block,
+        inst: &Inst,
+        l: usize,
+        off: usize,
+        size: usize,
+        acc: Access,
+        write: bool,
+    ) -> Result<()> {
+        let (e, t, we) = (blk.epoch, self.lin[l], self.wepoch);
+        let start = blk.start_epoch;
+        let conflict = |ot: u32, owe: u32, oe: u32| oe == e && ot != t && (ot == MULTI || ot / 32 != t / 32 || owe == we);
+        for i in off..off + size {
+            let m = &mut blk.meta[i];
+            if acc == Access::Atomic {
+                if write && m.init < start {
+                    m.init = e;
+                }
+                continue;
+            }
+            let race = |other: u32, other_access: &'static str| {
+                let th = if other == MULTI {
+                    [u32::MAX; 3]
+                } else {
+                    let g = self.geo.ntid;
+                    [other % g[0], (other / g[0]) % g[1], other / (g[0] * g[1])]
+                };
+                SimError::SharedRace {
+                    site: self.site(ctx, inst, l),
+                    offset: i as u64,
+                    access: acc.name(),
+                    other_access,
+                    other_thread: th,
+                }
+            };
+            if write {
+                if conflict(m.w_tid, m.w_wepoch, m.w_epoch) {
+                    return Err(race(m.w_tid, "store"));
+                }
+                if conflict(m.r_tid, m.r_wepoch, m.r_epoch) {
+                    return Err(race(m.r_tid, "load"));
+                }
+                m.w_epoch = e;
+                m.w_tid = t;
+                m.w_wepoch = we;
+                if m.init < start {
+                    m.init = e;
+                }
+            } else {
+                if m.init < start {
+                    return Err(SimError::UninitShared { site: self.site(ctx, inst, l), offset: i as u64 });
+                }
+                if conflict(m.w_tid, m.w_wepoch, m.w_epoch) {
+                    return Err(race(m.w_tid, "store"));
+                }
+                if m.r_epoch != e {
+                    m.r_epoch = e;
+                    m.r_tid = t;
+                    m.r_wepoch = we;
+                } else if m.r_tid != t {
+                    // Several readers in one interval: remember the most recent when they share a warp sync.
+                    m.r_tid = if m.r_tid / 32 == t / 32 && m.r_wepoch != we { t } else { MULTI };
+                    m.r_wepoch = we;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Extra shared-memory wavefronts of one warp request: 32 banks of 4 bytes; 8-byte accesses are served in two
+/// half-warp phases and 16-byte accesses in four quarter-warp phases; lanes reading the same word share it.
+pub(crate) fn bank_conflicts(off: &[u64; 32], mask: u32, size: usize) -> u64 {
+    let phases = match size {
+        16 => 4,
+        8 => 2,
+        _ => 1,
+    };
+    let per = 32 / phases;
+    let words = size.div_ceil(4).max(1) as u64;
+    let mut extra = 0;
+    for p in 0..phases {
+        let mut pairs = [(0u32, 0u64); 128];
+        let mut n = 0;
+        for l in p * per..(p + 1) * per {
+            if mask & (1 << l) == 0 {
+                continue;
+            }
+            for w in 0..words {
+                let word = off[l] / 4 + w;
+                pairs[n] = ((word % 32) as u32, word);
+                n += 1;
+            }
+        }
+        let ps = &mut pairs[..n];
+        ps.sort_unstable();
+        let (mut best, mut run) = (0u64, 0u64);
+        for i in 0..ps.len() {
+            if i > 0 && ps[i] == ps[i - 1] {
+                continue;
+            }
+            run = if i > 0 && ps[i].0 == ps[i - 1].0 { run + 1 } else { 1 };
+            best = best.max(run);
+        }
+        extra += best.saturating_sub(1);
+    }
+    extra
+}
+
+/// The new value of an atomic read-modify-write.
+fn atom_apply(op: AtomOp, ty: ScalarType, old: u64, b: u64, c: u64) -> u64 {
+    let bits = ty.bits();
+    let mk = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let (o, b) = (old & mk, b & mk);
+    let sext = |v: u64| ((v << (64 - bits)) as i64) >> (64 - bits);
+    match op {
+        AtomOp::Add if ty.is_float() => numeric::float_binop(FloatBinOp::Add, ty, o, b, FloatMods::default()),
+        AtomOp::Add => o.wrapping_add(b) & mk,
+        AtomOp::Min | AtomOp::Max => {
+            let less = if ty.is_signed() { sext(o) < sext(b) } else { o < b };
+            if less == (op == AtomOp::Min) {
+                o
+            } else {
+                b
+            }
+        }
+        AtomOp::Exch => b,
+        AtomOp::Cas => {
+            if o == b {
+                c & mk
+            } else {
+                o
+            }
+        }
+        AtomOp::And => o & b,
+        AtomOp::Or => o | b,
+        AtomOp::Xor => o ^ b,
+        AtomOp::Inc => {
+            if o >= b {
+                0
+            } else {
+                o + 1
+            }
+        }
+        AtomOp::Dec => {
+            if o == 0 || o > b {
+                b
+            } else {
+                o - 1
+            }
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The executor: blocks run one after another, each as warps of 32 lanes with per-lane PCs. A warp always runs
+//! the lanes at the minimum PC together, which reconverges the structured control flow NVRTC emits; a barrier
+//! parks lanes until every live thread of the block has arrived (exited threads count as arrived).
+
+mod alu;
+mod mem;
+mod warp_ops;
+
+use crate::counters::Counters;
+use crate::error::{Result, SimError, Site};
+use crate::ir::{Inst, Op, Opnd, Sreg};
+use crate::memory::DeviceMemory;
+use crate::program::Program;
+
+/// Everything one launch shares between its blocks.
+pub(crate) struct Ctx<'a> {
+    pub prog: &'a Program,
+    pub mem: &'a mut DeviceMemory,
+    pub params: Vec<u8>,
+    pub counters: Counters,
+}
+
+/// Race and initialization tracking of one shared-memory byte (epochs are barrier intervals; 0 means never).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Meta {
+    /// The block epoch in which a block first wrote the byte (any write, atomics included).
+    init: u32,
+    w_epoch: u32,
+    w_tid: u32,
+    w_wepoch: u32,
+    r_epoch: u32,
+    /// The reading thread, or `MULTI` when several threads read it in `r_epoch`.
+    r_tid: u32,
+    r_wepoch: u32,
+}
+
+pub(crate) const MULTI: u32 = u32::MAX;
+
+/// The state of the block being run.
+pub(crate) struct Block {
+    pub ctaid: [u32; 3],
+    pub shared: Vec<u8>,
+    pub meta: Vec<Meta>,
+    /// Local memory of every thread, `local_bytes` each.
+    pub local: Vec<u8>,
+    pub epoch: u32,
+    pub start_epoch: u32,
+}
+
+/// Launch geometry as the special registers see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geo {
+    pub ntid: [u32; 3],
+    pub nctaid: [u32; 3],
+    pub ctaid: [u32; 3],
+    pub nwarps: u32,
+    pub dyn_smem: u32,
+    pub total_smem: u32,
+}
+
+/// One warp: registers laid out `[reg][lane]`, per-lane PCs and masks.
+pub(crate) struct Warp {
+    pub regs: Vec<u64>,
+    pub pc: [u32; 32],
+    pub valid: u32,
+    pub exited: u32,
+    pub waiting: u32,
+    /// The carry flag (`.cc`) of each lane.
+    pub carry: u32,
+    /// Per-lane call stacks of (return PC, call record).
+    pub stacks: Vec<Vec<(u32, u32)>>,
+    pub tid: [[u32; 3]; 32],
+    /// Linear thread index in the block.
+    pub lin: [u32; 32],
+    pub index: u32,
+    /// Incremented by `bar.warp.sync`: lanes of this warp synchronized since.
+    pub wepoch: u32,
+    pub geo: Geo,
+}
+
+/// What an instruction did to control flow.
+pub(crate) enum Flow {
+    /// Every lane of the mask continues at the next instruction.
+    Next,
+    /// Every lane of the mask jumps to the target.
+    Jump(u32),
+    /// The instruction set each lane's PC itself.
+    Moved,
+}
+
+/// Iterates the set bits of a lane mask.
+#[inline]
+pub(crate) fn lanes(mask: u32) -> impl Iterator<Item = usize> {
+    let mut m = mask;
+    std::iter::from_fn(move || {
+        if m == 0 {
+            None
+        } else {
+            let l = m.trailing_zeros() as usize;
+            m &= m - 1;
+            Some(l)
+        }
+    })
+}
+
+/// Runs a whole grid. `dyn_shared` is the launch's dynamic shared memory in bytes.
+pub(crate) fn run_grid(ctx: &mut Ctx<'_>, grid: [u32; 3], block: [u32; 3], dyn_shared: u32) -> Result<()> {
+    let prog = ctx.prog;
+    let nthreads = block[0] * block[1] * block[2];
+    let nwarps = nthreads.div_ceil(32);
+    let shared_len =
+        if dyn_shared > 0 { prog.dyn_shared_offset + dyn_shared as usize } else { prog.shared_static };
+    let geo = Geo { ntid: block, nctaid: grid, ctaid: [0; 3], nwarps, dyn_smem: dyn_shared, total_smem: shared_len as u32 };
+    let mut warps: Vec<Warp> = (0..nwarps)
+        .map(|w| Warp {
+            regs: vec![0; prog.nregs as usize * 32],
+            pc: [0; 32],
+            valid: 0,
+            exited: 0,
+            waiting: 0,
+            carry: 0,
+            stacks: vec![Vec::new(); 32],
+            tid: [[0; 3]; 32],
+            lin: [0; 32],
+            index: w,
+            wepoch: 0,
+            geo,
+        })
+        .collect();
+    for w in warps.iter_mut() {
+        for l in 0..32u32 {
+            let t = w.index * 32 + l;
+            if t < nthreads {
+                w.valid |= 1 << l;
+                w.lin[l as usize] = t;
+                w.tid[l as usize] = [t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])];
+            }
+        }
+    }
+    let mut blk = Block {
+        ctaid: [0; 3],
+        shared: vec![0; shared_len],
+        meta: vec![Meta::default(); shared_len],
+        local: vec![0; prog.local_bytes * nthreads as usize],
+        epoch: 0,
+        start_epoch: 0,
+    };
+    for bz in 0..grid[2] {
+        for by in 0..grid[1] {
+            for bx in 0..grid[0] {
+                blk.ctaid = [bx, by, bz];
+                blk.epoch += 1;
+                blk.start_epoch = blk.epoch;
+                for w in warps.iter_mut() {
+                    w.pc = [0; 32];
+                    w.exited = 0;
+                    w.waiting = 0;
+                    w.carry = 0;
+                    w.geo.ctaid = blk.ctaid;
+                    for s in w.stacks.iter_mut() {
+                        s.clear();
+                    }
+                }
+                run_block(ctx, &mut warps, &mut blk)?;
+                ctx.counters.blocks += 1;
+                ctx.counters.threads += u64::from(nthreads);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_block(ctx: &mut Ctx<'_>, warps: &mut [Warp], blk: &mut Block) -> Result<()> {
+    loop {
+        for w in warps.iter_mut() {
+            w.run(ctx, blk)?;
+        }
+        if warps.iter().all(|w| w.exited == w.valid) {
+            return Ok(());
+        }
+        // Every live thread now waits at a barrier: release them into the next barrier interval.
+        ctx.counters.barriers += 1;
+        blk.epoch += 1;
+        for w in warps.iter_mut() {
+            for l in lanes(w.waiting) {
+                w.pc[l] += 1;
+            }
+            w.waiting = 0;
+        }
+    }
+}
+
+impl Warp {
+    /// Runs until every lane has exited or waits at a barrier.
+    fn run(&mut self, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<()> {
+        let prog = ctx.prog;
+        loop {
+            let runnable = self.valid & !self.exited & !self.waiting;
+            if runnable == 0 {
+                return Ok(());
+            }
+            let mut pc = u32::MAX;
+            let mut mask = 0u32;
+            for l in lanes(runnable) {
+                let p = self.pc[l];
+                if p < pc {
+                    pc = p;
+                    mask = 1 << l;
+                } else if p == pc {
+                    mask |= 1 << l;
+                }
+            }
+            // The smallest PC of the other lanes: the current group runs on alone until it gets there.
+            let others = lanes(runnable & !mask).map(|l| self.pc[l]).min().unwrap_or(u32::MAX);
+            loop {
+                let Some(inst) = prog.code.get(pc as usize) else {
+                    // Running off the end of the code behaves like `exit`.
+                    self.exited |= mask;
+                    break;
+                };
+                let exec = match inst.guard {
+                    None => mask,
+                    Some((r, neg)) => {
+                        let mut e = 0;
+                        let base = r as usize * 32;
+                        for l in lanes(mask) {
+                            if (self.regs[base + l] != 0) != neg {
+                                e |= 1 << l;
+                            }
+                        }
+                        e
+                    }
+                };
+                let c = &mut ctx.counters;
+                c.warp_insts[inst.class as usize] += 1;
+                c.thread_insts[inst.class as usize] += u64::from(exec.count_ones());
+                let flow = self.step(inst, pc, mask, exec, ctx, blk)?;
+                match flow {
+                    Flow::Next if pc + 1 < others => pc += 1,
+                    Flow::Jump(t) if t < others => pc = t,
+                    Flow::Next => {
+                        for l in lanes(mask) {
+                            self.pc[l] = pc + 1;
+                        }
+                        break;
+                    }
+                    Flow::Jump(t) => {
+                        for l in lanes(mask) {
+                            self.pc[l] = t;
+                        }
+                        break;
+                    }
+                    Flow::Moved => break,
+                }
+            }
+        }
+    }
+
+    /// Executes one instruction for the lanes in `exec` (the lanes of `mask` whose guard holds).
+    fn step(&mut self, inst: &Inst, pc: u32, mask: u32, exec: u32, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<Flow> {
+        match inst.op {
+            Op::Bra => {
+                let Some(Opnd::Label(t)) = inst.args.first() else {
+                    return Err(self.exec_err(ctx, inst, mask, "branch without a label target"));
+                };
+                if exec == mask {
+                    return Ok(Flow::Jump(*t));
+                }
+                if exec == 0 {
+                    return Ok(Flow::Next);
+                }
+                ctx.counters.divergent_branches += 1;
+                for l in lanes(mask) {
+                    self.pc[l] = if exec & (1 << l) != 0 { *t } else { pc + 1 };
+                }
+                Ok(Flow::Moved)
+            }
+            Op::Exit => {
+                self.exited |= exec;
+                self.advance_rest(mask & !exec, pc);
+                Ok(Flow::Moved)
+            }
+            Op::Ret => {
+                for l in lanes(exec) {
+                    match self.stacks[l].pop() {
+                        None => self.exited |= 1 << l,
+                        Some((ret, call)) => {
+                            let info = &ctx.prog.calls[call as usize];
+                            self.copy_local(ctx, blk, l, &info.copy_out);
+                            self.pc[l] = ret;
+                        }
+                    }
+                }
+                self.advance_rest(mask & !exec, pc);
+                Ok(Flow::Moved)
+            }
+            Op::Call { func } => {
+                let info = &ctx.prog.calls[func as usize];
+                for l in lanes(exec) {
+                    if self.stacks[l].len() >= 64 {
+                        return Err(self.exec_err(ctx, inst, 1 << l, "call stack deeper than 64"));
+                    }
+                    self.copy_local(ctx, blk, l, &info.copy_in);
+                    self.stacks[l].push((pc + 1, func));
+                    self.pc[l] = info.target;
+                }
+                self.advance_rest(mask & !exec, pc);
+                Ok(Flow::Moved)
+            }
+            Op::Bar => {
+                self.waiting |= exec;
+                for l in lanes(exec) {
+                    self.pc[l] = pc;
+                }
+                self.advance_rest(mask & !exec, pc);
+                Ok(Flow::Moved)
+            }
+            Op::Trap => {
+                if exec != 0 {
+                    return Err(SimError::Trap { site: self.site(ctx, inst, exec.trailing_zeros() as usize) });
+                }
+                Ok(Flow::Next)
+            }
+            _ => {
+                if exec != 0 {
+                    self.exec_op(inst, exec, ctx, blk)?;
+                }
+                Ok(Flow::Next)
+            }
+        }
+    }
+
+    fn advance_rest(&mut self, rest: u32, pc: u32) {
+        for l in lanes(rest) {
+            self.pc[l] = pc + 1;
+        }
+    }
+
+    /// Per-thread copies of call arguments or results inside lane `l`'s local memory.
+    fn copy_local(&self, ctx: &Ctx<'_>, blk: &mut Block, l: usize, copies: &[(u64, u64, u32)]) {
+        let lb = ctx.prog.local_bytes;
+        let base = self.lin[l] as usize * lb;
+        for &(src, dst, n) in copies {
+            let (s, d, n) = (base + src as usize, base + dst as usize, n as usize);
+            blk.local.copy_within(s..s + n, d);
+        }
+    }
+
+    /// Reads an operand of lane `l`.
+    #[inline]
+    pub(crate) fn get(&self, o: &Opnd, l: usize) -> u64 {
+        match o {
+            Opnd::Reg(r) => self.regs[*r as usize * 32 + l],
+            Opnd::Imm(v) => *v,
+            Opnd::NotReg(r) => u64::from(self.regs[*r as usize * 32 + l] == 0),
+            Opnd::Sreg(s) => self.sreg(*s, l),
+            _ => 0,
+        }
+    }
+
+    /// Writes a destination operand of lane `l` (`_` discards).
+    #[inline]
+    pub(crate) fn set(&mut self, o: &Opnd, l: usize, v: u64) {
+        if let Opnd::Reg(r) = o {
+            self.regs[*r as usize * 32 + l] = v;
+        }
+    }
+
+    fn sreg(&self, s: Sreg, l: usize) -> u64 {
+        let g = &self.geo;
+        let lt = (1u64 << l) - 1;
+        u64::from(match s {
+            Sreg::Tid(d) => self.tid[l][d as usize],
+            Sreg::Ntid(d) => g.ntid[d as usize],
+            Sreg::Ctaid(d) => g.ctaid[d as usize],
+            Sreg::Nctaid(d) => g.nctaid[d as usize],
+            Sreg::LaneId => l as u32,
+            Sreg::WarpId => self.index,
+            Sreg::NWarpId => g.nwarps,
+            Sreg::LaneMaskEq => 1 << l,
+            Sreg::LaneMaskLt => lt as u32,
+            Sreg::LaneMaskLe => (lt | 1 << l) as u32,
+            Sreg::LaneMaskGt => !((lt | 1 << l) as u32),
+            Sreg::LaneMaskGe => !(lt as u32),
+            Sreg::Clock | Sreg::Clock64 | Sreg::GlobalTimer => return self.wepoch as u64 + self.pc[l] as u64,
+            Sreg::SmId => 0,
+            Sreg::NSmId => 132,
+            Sreg::DynSmem => g.dyn_smem,
+            Sreg::TotalSmem => g.total_smem,
+        })
+    }
+
+    /// The site of lane `l` executing `inst`.
+    pub(crate) fn site(&self, ctx: &Ctx<'_>, inst: &Inst, l: usize) -> Box<Site> {
+        let source = if inst.loc.1 > 0 {
+            ctx.prog.files.iter().find(|(i, _)| *i == inst.loc.0).map(|(_, f)| (f.clone(), inst.loc.1))
+        } else {
+            None
+        };
+        Box::new(Site {
+            kernel: ctx.prog.kernel.clone(),
+            block: self.geo.ctaid,
+            thread: self.tid[l],
+            ptx_line: inst.line,
+            source,
+        })
+    }
+
+    pub(crate) fn exec_err(&self, ctx: &Ctx<'_>, inst: &Inst, mask: u32, msg: &str) -> SimError {
+        let l = mask.trailing_zeros().min(31) as usize;
+        let site = Box::new(Site {
+            kernel: ctx.prog.kernel.clone(),
+            block: self.geo.ctaid,
+            thread: self.tid[l],
+            ptx_line: inst.line,
+            source: None,
+        });
+        SimError::Exec { site, msg: msg.to_string() }
+    }
+
+    fn exec_op(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<()> {
+        match &inst.op {
+            Op::Ld { .. } | Op::St { .. } | Op::Atom { .. } | Op::CpAsync { .. } | Op::Ldmatrix { .. } => {
+                self.mem_op(inst, exec, ctx, blk)
+            }
+            Op::Bar | Op::Bra | Op::Call { .. } | Op::Ret | Op::Exit | Op::Trap => Ok(()),
+            Op::BarWarp => {
+                self.wepoch += 1;
+                Ok(())
+            }
+            Op::Shfl { .. } | Op::Vote { .. } | Op::Activemask | Op::Mma { .. } => self.warp_op(inst, exec, ctx),
+            Op::Nop => Ok(()),
+            _ => self.alu(inst, exec, ctx),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Warp-collective instructions: shfl.sync, vote.sync, activemask and mma.sync.
+
+use super::{lanes, Ctx, Warp};
+use crate::error::Result;
+use crate::ir::{Inst, Op, Opnd, ShflMode, VoteMode};
+use crate::types::ScalarType;
+
+impl Warp {
+    pub(super) fn warp_op(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>) -> Result<()> {
+        let a = &inst.args;
+        match inst.op {
+            Op::Shfl { mode } => {
+                let (d, p) = match &a[0] {
+                    Opnd::Vec(v) if v.len() == 2 => (v[0].clone(), v[1].clone()),
+                    o => (o.clone(), Opnd::Sink),
+                };
+                // Every source value is read before any lane writes its destination.
+                let mut src = [0u64; 32];
+                for (l, s) in src.iter_mut().enumerate() {
+                    *s = self.get(&a[1], l);
+                }
+                for l in lanes(exec) {
+                    let b = (self.get(&a[2], l) & 0x1f) as i32;
+                    let c = self.get(&a[3], l) as u32;
+                    let clamp = (c & 0x1f) as i32;
+                    let seg = ((c >> 8) & 0x1f) as i32;
+                    let lane = l as i32;
+                    let max_lane = (lane & seg) | (clamp & !seg);
+                    let min_lane = lane & seg;
+                    let (j, ok) = match mode {
+                        ShflMode::Up => (lane - b, lane - b >= max_lane),
+                        ShflMode::Down => (lane + b, lane + b <= max_lane),
+                        ShflMode::Bfly => (lane ^ b, (lane ^ b) <= max_lane),
+                        ShflMode::Idx => {
+                            let j = min_lane | (b & !seg);
+                            (j, j <= max_lane)
+                        }
+                    };
+                    let j = if ok { j as usize } else { l };
+                    self.set(&d, l, src[j & 31]);
+                    self.set(&p, l, u64::from(ok));
+                }
+            }
+            Op::Vote { mode } => {
+                let mut ballot = 0u32;
+                for l in lanes(exec) {
+                    if self.get(&a[1], l) != 0 {
+                        ballot |= 1 << l;
+                    }
+                }
+                let r = match mode {
+                    VoteMode::All => u64::from(ballot == exec),
+                    VoteMode::Any => u64::from(ballot != 0),
+                    VoteMode::Uni => u64::from(ballot == exec || ballot == 0),
+                    VoteMode::Ballot => u64::from(ballot),
+                };
+                for l in lanes(exec) {
+                    self.set(&a[0], l, r);
+                }
+            }
+            Op::Activemask => {
+                for l in lanes(exec) {
+                    self.set(&a[0], l, u64::from(exec));
+                }
+            }
+            Op::Mma { k, ty } => {
+                if exec != u32::MAX {
+                    return Err(self.exec_err(ctx, inst, exec, "mma.sync needs all 32 lanes of the warp"));
+                }
+                let vecs: Vec<&[Opnd]> = a
+                    .iter()
+                    .map(|o| match o {
+                        Opnd::Vec(v) => v.as_slice(),
+                        o => std::slice::from_ref(o),
+                    })
+                    .collect();
+                if vecs.len() != 4 {
+                    return Err(self.exec_err(ctx, inst, exec, "mma.sync needs four operand vectors"));
+                }
+                let mut fa = [[0u32; 4]; 32];
+                let mut fb = [[0u32; 2]; 32];
+                let mut fc = [[0f32; 4]; 32];
+                for l in 0..32 {
+                    for (i, o) in vecs[1].iter().take(4).enumerate() {
+                        fa[l][i] = self.get(o, l) as u32;
+                    }
+                    for (i, o) in vecs[2].iter().take(2).enumerate() {
+                        fb[l][i] = self.get(o, l) as u32;
+                    }
+                    for (i, o) in vecs[3].iter().take(4).enumerate() {
+                        fc[l][i] = f32::from_bits(self.get(o, l) as u32);
+                    }
+                }
+                let shape = if k == 16 { crate::mma::MmaShape::M16N8K16 } else { crate::mma::MmaShape::M16N8K8 };
+                let ab = if ty == ScalarType::Bf16 { ScalarType::Bf16 } else { ScalarType::F16 };
+                let fd = crate::mma::mma_sync(shape, ab, &fa, &fb, &fc);
+                for l in 0..32 {
+                    for (i, o) in vecs[0].iter().take(4).enumerate() {
+                        self.set(o, l, u64::from(fd[l][i].to_bits()));
+                    }
+                }
+                ctx.counters.mma += 1;
+                ctx.counters.flops += 2 * 16 * 8 * u64::from(k);
+            }
+            _ => return Err(self.exec_err(ctx, inst, exec, "not a warp instruction")),
+        }
+        Ok(())
+    }
+}
