@@ -110,9 +110,29 @@ impl<'a> Parser<'a> {
             let line = self.line();
             let Tok::Word(w) = t else { return err(line, format!("unexpected {t:?} at module scope")) };
             match w {
-                ".version" | ".target" | ".address_size" | ".section" => {
+                ".version" | ".target" | ".address_size" => {
                     self.pos += 1;
                     self.skip_line(line);
+                }
+                ".section" => {
+                    // Debug sections (`.section .debug_str { … }`) carry nothing the simulator needs.
+                    self.pos += 1;
+                    self.skip_line(line);
+                    if self.is_punct('{') {
+                        let mut depth = 0usize;
+                        loop {
+                            match self.next()? {
+                                Tok::Punct('{') => depth += 1,
+                                Tok::Punct('}') => {
+                                    depth -= 1;
+                                    if depth == 0 {
+                                        break;
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
                 }
                 ".file" => {
                     self.pos += 1;
