@@ -179,7 +179,14 @@ impl CudaRuntime {
                     })?;
                     // SAFETY: `image` is a NUL-terminated PTX text that outlives the call (the driver copies it),
                     // and the context is current on this thread.
-                    let m = unsafe { result::module::load_data(image.as_ptr().cast()) }?;
+                    let m = unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(
+                        |e| {
+                            Error::Backend(
+                                format!("the driver could not load ptx/{}.ptx: {e}", module.stem())
+                                    .into(),
+                            )
+                        },
+                    )?;
                     kernels.modules[module.index()] = Some(m);
                     m
                 }
@@ -187,7 +194,16 @@ impl CudaRuntime {
             let name = CString::new(kernel.name())
                 .expect("kernel names are C identifiers without NUL bytes");
             // SAFETY: `loaded` is a live module of the current context.
-            let handle = unsafe { result::module::get_function(loaded, name) }?;
+            let handle = unsafe { result::module::get_function(loaded, name) }.map_err(|e| {
+                Error::Backend(
+                    format!(
+                        "ptx/{}.ptx has no usable entry `{}`: {e}",
+                        module.stem(),
+                        kernel.name()
+                    )
+                    .into(),
+                )
+            })?;
             let param_sizes = entry_param_sizes(module.ptx(), kernel.name());
             kernels.functions.insert(
                 kernel,
