@@ -135,3 +135,16 @@ extern "C" __global__ void sim_banks(const float* x, float* y, int stride) {
     __syncthreads();
     y[threadIdx.x] = s[(threadIdx.x * stride) % 1024];
 }
+
+// A loop-heavy kernel for the simulator bench: k rounds of integer and f32 work per thread.
+extern "C" __global__ void sim_loop(float* out, int n, int k) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float a = (float)i;
+    unsigned h = i;
+    for (int j = 0; j < k; ++j) {
+        h = h * 1664525u + 1013904223u;
+        a = fmaf(a, 0.999f, (float)(h >> 24));
+    }
+    out[i] = a;
+}
