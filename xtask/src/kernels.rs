@@ -130,7 +130,7 @@ fn compile_one(
     let out = nvrtc.compile(&name, &source, &options, Image::Ptx)?;
     let ptx = String::from_utf8(out.code)
         .with_context(|| format!("{rel}: NVRTC returned PTX that is not UTF-8"))?;
-    let ptx = relative_file_paths(&ptx, root);
+    let ptx = relative_file_paths(&ptx, root, &toolchain.root);
     check_ptx_version(&ptx, &rel)?;
     let mut resources = Vec::new();
     for arch in CUBIN_ARCHS {
@@ -152,18 +152,23 @@ fn compile_one(
     Ok((ptx, resources))
 }
 
-/// Rewrites the absolute paths NVRTC writes into `.file` directives to paths relative to `root`.
-fn relative_file_paths(ptx: &str, root: &Path) -> String {
-    let mut prefixes = vec![format!("\"{}/", root.display())];
-    if let Ok(canonical) = root.canonicalize() {
-        prefixes.push(format!("\"{}/", canonical.display()));
+/// Rewrites the absolute paths NVRTC writes into `.file` directives: paths below `root` become relative to it,
+/// and paths below the toolchain folder `cuda` (CUDA headers, should their code carry line info) start with
+/// `<cuda>/`, so the PTX does not depend on where the checkout or the toolchain lives.
+fn relative_file_paths(ptx: &str, root: &Path, cuda: &Path) -> String {
+    let mut prefixes = Vec::new();
+    for (dir, replacement) in [(root, "\""), (cuda, "\"<cuda>/")] {
+        prefixes.push((format!("\"{}/", dir.display()), replacement));
+        if let Ok(canonical) = dir.canonicalize() {
+            prefixes.push((format!("\"{}/", canonical.display()), replacement));
+        }
     }
     let mut out = String::with_capacity(ptx.len());
     for line in ptx.split_inclusive('\n') {
         if line.trim_start().starts_with(".file") {
             let mut line = line.to_string();
-            for p in &prefixes {
-                line = line.replace(p.as_str(), "\"");
+            for (prefix, replacement) in &prefixes {
+                line = line.replace(prefix.as_str(), replacement);
             }
             out.push_str(&line);
         } else {
@@ -521,7 +526,14 @@ mod tests {
         let root = Path::new("/some/where/repo");
         let ptx = ".version 8.4\n\tld.param.u64 %rd1, [x];\n\t.file\t1 \"/some/where/repo/kernels/a.cu\"\n\
                    \t.file\t2 \"/some/where/repo/kernels/common.cuh\"\n";
-        let out = relative_file_paths(ptx, root);
+        let ptx = format!(
+            "{ptx}\t.file\t3 \"/opt/cuda-cache/nvidia/cuda_runtime/include/cuda_bf16.hpp\"\n"
+        );
+        let out = relative_file_paths(&ptx, root, Path::new("/opt/cuda-cache"));
+        assert!(
+            out.contains("\t.file\t3 \"<cuda>/nvidia/cuda_runtime/include/cuda_bf16.hpp\"\n"),
+            "{out}"
+        );
         assert!(out.contains("\t.file\t1 \"kernels/a.cu\"\n"), "{out}");
         assert!(out.contains("\t.file\t2 \"kernels/common.cuh\"\n"), "{out}");
         assert!(out.starts_with(".version 8.4\n\tld.param.u64"));
