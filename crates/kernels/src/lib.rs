@@ -9,6 +9,7 @@ mod cuda;
 pub mod elementwise;
 mod error;
 pub mod gemm;
+pub mod nf4;
 mod id;
 mod launch;
 mod runtime;
