@@ -43,23 +43,18 @@ fn cpu_twin(c: &mut Criterion) {
 fn sim(c: &mut Criterion) {
     let sim = Arc::new(SimRuntime::new());
     let rt: Arc<dyn GpuRuntime> = sim.clone();
-    let x = GpuBuffer::from_slice(&rt, &random_f32(&mut Rng::new(2), SIM_ELEMS))
-        .expect("simulated input");
+    let x = GpuBuffer::from_slice(&rt, &random_f32(&mut Rng::new(2), SIM_ELEMS)).expect("simulated input");
     let y = GpuBuffer::zeroed(&rt, 4 * SIM_ELEMS).expect("simulated output");
     let layout = DeviceLayout::contiguous(&[SIM_ELEMS], 1).expect("layout");
-    let run = || {
-        elementwise::unary(&rt, UnaryOp::Gelu, FloatType::F32, &x, &y, &layout)
-            .expect("simulated gelu")
-    };
+    let run = || elementwise::unary(&rt, UnaryOp::Gelu, FloatType::F32, &x, &y, &layout).expect("simulated gelu");
     run();
     let insts = sim.last_counters().total_thread_insts();
     let mut group = c.benchmark_group("elementwise");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));
-    group.bench_function(
-        BenchmarkId::new("ptxsim_thread_insts_gelu", SIM_ELEMS),
-        |bench| bench.iter(run),
-    );
+    group.bench_function(BenchmarkId::new("ptxsim_thread_insts_gelu", SIM_ELEMS), |bench| {
+        bench.iter(run)
+    });
     group.finish();
 }
 
@@ -91,47 +86,36 @@ fn cuda(c: &mut Criterion) {
             (
                 "cuda_add",
                 3 * n * s,
-                Box::new(|| {
-                    elementwise::binary(&rt, BinaryOp::Add, dtype, &x, &x, &y, &dense).expect("add")
-                }),
+                Box::new(|| elementwise::binary(&rt, BinaryOp::Add, dtype, &x, &x, &y, &dense).expect("add")),
             ),
             (
                 "cuda_add_broadcast_row",
                 2 * n * s + cols * s,
-                Box::new(|| {
-                    elementwise::binary(&rt, BinaryOp::Add, dtype, &x, &x, &y, &broadcast)
-                        .expect("add")
-                }),
+                Box::new(|| elementwise::binary(&rt, BinaryOp::Add, dtype, &x, &x, &y, &broadcast).expect("add")),
             ),
             (
                 "cuda_gelu",
                 2 * n * s,
-                Box::new(|| {
-                    elementwise::unary(&rt, UnaryOp::Gelu, dtype, &x, &y, &unary_layout)
-                        .expect("gelu")
-                }),
+                Box::new(|| elementwise::unary(&rt, UnaryOp::Gelu, dtype, &x, &y, &unary_layout).expect("gelu")),
             ),
         ];
         for (name, bytes, run) in cases {
             group.throughput(Throughput::BytesDecimal(bytes as u64));
-            group.bench_function(
-                BenchmarkId::new(name, format!("{dtype:?}/{rows}x{cols}")),
-                |bench| {
-                    bench.iter_custom(|iters| {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            // SAFETY: the range is the flush buffer's own allocation.
-                            unsafe { rt.memset(flush.ptr(), 1, FLUSH_BYTES) }.expect("flush L2");
-                            rt.synchronize().expect("synchronize");
-                            let start = Instant::now();
-                            run();
-                            rt.synchronize().expect("synchronize");
-                            total += start.elapsed();
-                        }
-                        total
-                    })
-                },
-            );
+            group.bench_function(BenchmarkId::new(name, format!("{dtype:?}/{rows}x{cols}")), |bench| {
+                bench.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        // SAFETY: the range is the flush buffer's own allocation.
+                        unsafe { rt.memset(flush.ptr(), 1, FLUSH_BYTES) }.expect("flush L2");
+                        rt.synchronize().expect("synchronize");
+                        let start = Instant::now();
+                        run();
+                        rt.synchronize().expect("synchronize");
+                        total += start.elapsed();
+                    }
+                    total
+                })
+            });
         }
     }
     group.finish();

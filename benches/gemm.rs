@@ -19,8 +19,7 @@ use rankfold_ptxsim::SimRuntime;
 use rankfold_tensor::Rng;
 
 /// GPU shapes (m, n, k): square, a Llama-like projection, and a tall-skinny LoRA-sized one.
-const GPU_SHAPES: [(usize, usize, usize); 3] =
-    [(4096, 4096, 4096), (8192, 2048, 2048), (4096, 576, 576)];
+const GPU_SHAPES: [(usize, usize, usize); 3] = [(4096, 4096, 4096), (8192, 2048, 2048), (4096, 576, 576)];
 /// The CPU twin's shape (a triple loop: kept small).
 const CPU_SHAPE: (usize, usize, usize) = (96, 96, 96);
 /// The simulated shape: two CTAs along n, two k tiles.
@@ -35,11 +34,7 @@ fn random_bf16(rng: &mut Rng, n: usize) -> Vec<bf16> {
 }
 
 /// Device operands A [m, k], B [n, k] and C [m, n] bf16 for the "nt" layout.
-fn operands(
-    rt: &Arc<dyn GpuRuntime>,
-    rng: &mut Rng,
-    (m, n, k): (usize, usize, usize),
-) -> Result<[GpuBuffer; 3]> {
+fn operands(rt: &Arc<dyn GpuRuntime>, rng: &mut Rng, (m, n, k): (usize, usize, usize)) -> Result<[GpuBuffer; 3]> {
     Ok([
         GpuBuffer::from_slice(rt, &random_bf16(rng, m * k))?,
         GpuBuffer::from_slice(rt, &random_bf16(rng, n * k))?,
@@ -55,10 +50,9 @@ fn cpu_twin(c: &mut Criterion) {
     let mut out = vec![0.0f32; m * n];
     let mut group = c.benchmark_group("gemm");
     group.throughput(Throughput::Elements((2 * m * n * k) as u64));
-    group.bench_function(
-        BenchmarkId::new("cpu_twin", format!("{m}x{n}x{k}")),
-        |bench| bench.iter(|| cpu::gemm(&p, &a, &b, &mut out).expect("valid shapes")),
-    );
+    group.bench_function(BenchmarkId::new("cpu_twin", format!("{m}x{n}x{k}")), |bench| {
+        bench.iter(|| cpu::gemm(&p, &a, &b, &mut out).expect("valid shapes"))
+    });
     group.finish();
 }
 
@@ -76,11 +70,7 @@ fn sim(c: &mut Criterion) {
     group.throughput(Throughput::Elements(insts));
     group.bench_function(
         BenchmarkId::new("ptxsim_thread_insts", format!("{m}x{n}x{k}")),
-        |bench| {
-            bench.iter(|| {
-                gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("simulated gemm")
-            })
-        },
+        |bench| bench.iter(|| gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("simulated gemm")),
     );
     group.finish();
 }

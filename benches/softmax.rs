@@ -16,14 +16,8 @@ use rankfold_kernels::{CudaRuntime, GpuBuffer, GpuRuntime};
 use rankfold_ptxsim::SimRuntime;
 use rankfold_tensor::Rng;
 
-const CPU_SHAPE: SoftmaxShape = SoftmaxShape {
-    rows: 256,
-    cols: 1024,
-};
-const SIM_SHAPE: SoftmaxShape = SoftmaxShape {
-    rows: 64,
-    cols: 512,
-};
+const CPU_SHAPE: SoftmaxShape = SoftmaxShape { rows: 256, cols: 1024 };
+const SIM_SHAPE: SoftmaxShape = SoftmaxShape { rows: 64, cols: 512 };
 /// Attention-like rows (Llama-sized context) and vocabulary-sized rows.
 const GPU_SHAPES: [SoftmaxShape; 2] = [
     SoftmaxShape {
@@ -57,8 +51,7 @@ fn sim(c: &mut Criterion) {
     let sim = Arc::new(SimRuntime::new());
     let rt: Arc<dyn GpuRuntime> = sim.clone();
     let s = SIM_SHAPE;
-    let x = GpuBuffer::from_slice(&rt, &random_f32(&mut Rng::new(2), s.rows * s.cols))
-        .expect("simulated input");
+    let x = GpuBuffer::from_slice(&rt, &random_f32(&mut Rng::new(2), s.rows * s.cols)).expect("simulated input");
     let y = GpuBuffer::zeroed(&rt, 4 * s.rows * s.cols).expect("simulated output");
     softmax::forward(&rt, FloatType::F32, s, &x, &y).expect("simulated softmax");
     let insts = sim.last_counters().total_thread_insts();
@@ -67,11 +60,7 @@ fn sim(c: &mut Criterion) {
     group.throughput(Throughput::Elements(insts));
     group.bench_function(
         BenchmarkId::new("ptxsim_thread_insts", format!("{}x{}", s.rows, s.cols)),
-        |bench| {
-            bench.iter(|| {
-                softmax::forward(&rt, FloatType::F32, s, &x, &y).expect("simulated softmax")
-            })
-        },
+        |bench| bench.iter(|| softmax::forward(&rt, FloatType::F32, s, &x, &y).expect("simulated softmax")),
     );
     group.finish();
 }
@@ -91,14 +80,8 @@ fn cuda(c: &mut Criterion) {
         let x32 = random_f32(&mut rng, n);
         let x16: Vec<bf16> = x32.iter().map(|&v| bf16::from_f32(v)).collect();
         for (dtype, x) in [
-            (
-                FloatType::F32,
-                GpuBuffer::from_slice(&rt, &x32).expect("input"),
-            ),
-            (
-                FloatType::Bf16,
-                GpuBuffer::from_slice(&rt, &x16).expect("input"),
-            ),
+            (FloatType::F32, GpuBuffer::from_slice(&rt, &x32).expect("input")),
+            (FloatType::Bf16, GpuBuffer::from_slice(&rt, &x16).expect("input")),
         ] {
             let y = GpuBuffer::zeroed(&rt, n * dtype.size()).expect("output");
             let dx = GpuBuffer::zeroed(&rt, n * dtype.size()).expect("output");
@@ -116,9 +99,7 @@ fn cuda(c: &mut Criterion) {
                 ),
             ];
             for (name, per_elem, run) in passes {
-                group.throughput(Throughput::BytesDecimal(
-                    per_elem * (n * dtype.size()) as u64,
-                ));
+                group.throughput(Throughput::BytesDecimal(per_elem * (n * dtype.size()) as u64));
                 group.bench_function(BenchmarkId::new(name, &shape), |bench| {
                     bench.iter_custom(|iters| {
                         let mut total = Duration::ZERO;

@@ -39,16 +39,17 @@ struct Recip { static __device__ __forceinline__ float apply(float x) { return 1
 struct Sqr { static __device__ __forceinline__ float apply(float x) { return x * x; } };
 // relu keeps NaN (x > 0 is false for NaN, so NaN would become 0 without the explicit check).
 struct Relu { static __device__ __forceinline__ float apply(float x) { return x > 0.0f || x != x ? x : 0.0f; } };
-// The tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+// The tanh approximation 0.5·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³), evaluated as x·sigmoid(2u): the
+// same value without the cancellation of 1 + tanh(u) for negative x.
 struct Gelu {
     static __device__ __forceinline__ float apply(float x) {
-        const float k = 0.7978845608028654f;
-        return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+        const float two_k = 1.5957691216057308f;  // 2·√(2/π)
+        return x / (1.0f + expf(-two_k * (x + 0.044715f * x * x * x)));
     }
 };
-// The exact form: 0.5·x·(1 + erf(x/√2)).
+// The exact form 0.5·x·(1 + erf(x/√2)) = 0.5·x·erfc(−x/√2), the latter free of cancellation for negative x.
 struct GeluErf {
-    static __device__ __forceinline__ float apply(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); }
+    static __device__ __forceinline__ float apply(float x) { return 0.5f * x * erfcf(-x * 0.7071067811865476f); }
 };
 struct Silu { static __device__ __forceinline__ float apply(float x) { return x / (1.0f + expf(-x)); } };
 struct Sigmoid { static __device__ __forceinline__ float apply(float x) { return 1.0f / (1.0f + expf(-x)); } };

@@ -85,10 +85,7 @@ fn binary_on<T: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, rng: &mut Rng)
                 })
                 .collect();
             let want = cpu::binary(op, &case.dims, &a, &case.inputs[0].0, &b, &case.inputs[1].0)?;
-            let (ga, gb) = (
-                GpuBuffer::from_slice(rt, &a)?,
-                GpuBuffer::from_slice(rt, &b)?,
-            );
+            let (ga, gb) = (GpuBuffer::from_slice(rt, &a)?, GpuBuffer::from_slice(rt, &b)?);
             let gy = GpuBuffer::zeroed(rt, want.len() * std::mem::size_of::<T>())?;
             elementwise::binary(rt, op, T::TYPE, &ga, &gb, &gy, &layout)?;
             let got: Vec<T> = gy.to_vec()?;
@@ -143,14 +140,7 @@ fn empty_outputs_launch_nothing() -> Result<()> {
         let layout = DeviceLayout::new(&rt, &[0, 4], &[&[4, 1]])?;
         let x = GpuBuffer::zeroed(&rt, 0)?;
         let y = GpuBuffer::zeroed(&rt, 0)?;
-        elementwise::unary(
-            &rt,
-            UnaryOp::Exp,
-            elementwise::FloatType::F32,
-            &x,
-            &y,
-            &layout,
-        )?;
+        elementwise::unary(&rt, UnaryOp::Exp, elementwise::FloatType::F32, &x, &y, &layout)?;
     }
     Ok(())
 }
@@ -182,10 +172,7 @@ fn bad_layouts_and_buffers_are_typed_errors() -> Result<()> {
         let a = GpuBuffer::from_slice(&rt, &[0.0f32; 20])?;
         let short = GpuBuffer::zeroed(&rt, 19 * 4)?;
         let r = elementwise::binary(&rt, BinaryOp::Add, F32, &a, &a, &short, &layout);
-        assert!(
-            matches!(r, Err(Error::BufferTooSmall { name: "y", .. })),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(Error::BufferTooSmall { name: "y", .. })), "{r:?}");
         // A unary op handed a two-input layout.
         assert!(matches!(
             elementwise::unary(&rt, UnaryOp::Neg, F32, &a, &y, &layout),

@@ -28,12 +28,7 @@ const CASES: [(usize, usize, usize, usize, f32, f32); 7] = [
     (45, 130, 35, 0, 0.75, -1.25),
 ];
 
-fn gemm_on<O: Element>(
-    rt: &Arc<dyn GpuRuntime>,
-    rt_name: &str,
-    layout: GemmLayout,
-    rng: &mut Rng,
-) -> Result<()> {
+fn gemm_on<O: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, layout: GemmLayout, rng: &mut Rng) -> Result<()> {
     for (m, n, k, pad, alpha, beta) in CASES {
         let ldb = match layout {
             GemmLayout::Nt => k + pad,
@@ -95,14 +90,7 @@ fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
         let ok = GemmParams::packed(GemmLayout::Nt, 6, 5, 8);
         gemm::gemm(&rt, &ok, FloatType::F32, &a, &b, &c)?;
         // lda shorter than a row of A.
-        let r = gemm::gemm(
-            &rt,
-            &GemmParams { lda: 7, ..ok },
-            FloatType::F32,
-            &a,
-            &b,
-            &c,
-        );
+        let r = gemm::gemm(&rt, &GemmParams { lda: 7, ..ok }, FloatType::F32, &a, &b, &c);
         assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
         // B too short for n = 6 rows.
         let r = gemm::gemm(
@@ -121,14 +109,7 @@ fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
         assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
         // C too short for f32 output of [6, 6] once B fits.
         let b6 = GpuBuffer::zeroed(&rt, 2 * 6 * 8)?;
-        let r = gemm::gemm(
-            &rt,
-            &GemmParams { n: 6, ldc: 6, ..ok },
-            FloatType::F32,
-            &a,
-            &b6,
-            &c,
-        );
+        let r = gemm::gemm(&rt, &GemmParams { n: 6, ldc: 6, ..ok }, FloatType::F32, &a, &b6, &c);
         assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
     }
     Ok(())

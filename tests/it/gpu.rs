@@ -13,39 +13,22 @@ use rankfold_tensor::Rng;
 
 /// The runtimes to test on, each with a short name for messages.
 pub(crate) fn runtimes() -> Result<Vec<(&'static str, Arc<dyn GpuRuntime>)>> {
-    let mut all: Vec<(&'static str, Arc<dyn GpuRuntime>)> =
-        vec![("ptxsim", Arc::new(SimRuntime::new()))];
+    let mut all: Vec<(&'static str, Arc<dyn GpuRuntime>)> = vec![("ptxsim", Arc::new(SimRuntime::new()))];
     if std::env::var("RANKFOLD_GPU_CHECK").is_ok_and(|v| v == "1") {
-        let cuda =
-            CudaRuntime::new(0).context("RANKFOLD_GPU_CHECK=1, but CUDA device 0 is not usable")?;
+        let cuda = CudaRuntime::new(0).context("RANKFOLD_GPU_CHECK=1, but CUDA device 0 is not usable")?;
         all.push(("cuda", Arc::new(cuda)));
     }
     Ok(all)
 }
 
-/// `‖got − want‖₂ / ‖want‖₂` (or the plain norm of the difference when `want` is all zeros).
-pub(crate) fn rel_frobenius(got: &[f64], want: &[f64]) -> f64 {
-    let diff: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w) * (g - w))
-        .sum::<f64>()
-        .sqrt();
-    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
-    if norm > 0.0 {
-        diff / norm
-    } else {
-        diff
-    }
+/// Fails unless `got` has `want`'s length, is finite where `want` is, and lies within `tol` relative Frobenius.
+pub(crate) fn check_frobenius<T: Element>(got: &[T], want: &[T], tol: f64, what: &str) -> Result<()> {
+    check_frobenius_floor(got, want, 0.0, tol, what)
 }
 
-/// Fails unless `got` has `want`'s length, is finite where `want` is, and lies within `tol` relative Frobenius.
-pub(crate) fn check_frobenius<T: Element>(
-    got: &[T],
-    want: &[T],
-    tol: f64,
-    what: &str,
-) -> Result<()> {
+/// As `check_frobenius`, measuring the error against `max(‖want‖, floor)`: for results that are differences of
+/// much larger terms, `floor` is the norm of those terms (rounding is relative to them, not to the result).
+pub(crate) fn check_frobenius_floor<T: Element>(got: &[T], want: &[T], floor: f64, tol: f64, what: &str) -> Result<()> {
     ensure!(
         got.len() == want.len(),
         "{what}: {} values, want {}",
@@ -62,7 +45,15 @@ pub(crate) fn check_frobenius<T: Element>(
             .map(|x| if x.is_finite() { *x } else { 0.0 })
             .collect::<Vec<_>>()
     };
-    let err = rel_frobenius(&finite(&got), &finite(&want));
+    let (got, want) = (finite(&got), finite(&want));
+    let diff: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w) * (g - w))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt().max(floor);
+    let err = if norm > 0.0 { diff / norm } else { diff };
     ensure!(
         err <= tol,
         "{what}: relative Frobenius error {err:.3e} exceeds {tol:.0e}"

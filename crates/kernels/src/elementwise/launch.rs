@@ -6,9 +6,7 @@
 use std::sync::Arc;
 
 use super::{contiguous_strides, BinaryOp, FloatType, UnaryOp, MAX_RANK};
-use crate::{
-    Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, KernelId, Launch, LaunchConfig, Result,
-};
+use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, KernelId, Launch, LaunchConfig, Result};
 
 /// Threads per block of every elementwise kernel.
 const BLOCK: u32 = 256;
@@ -18,13 +16,7 @@ const MAX_BLOCKS: u32 = 65_535;
 const MAX_ELEMS: usize = (1 << 31) - 1;
 
 /// Checks a strided view of `dims` over a buffer of `len` elements and returns the element count of `dims`.
-pub(crate) fn check_view(
-    op: &'static str,
-    name: &str,
-    dims: &[usize],
-    strides: &[usize],
-    len: usize,
-) -> Result<usize> {
+pub(crate) fn check_view(op: &'static str, name: &str, dims: &[usize], strides: &[usize], len: usize) -> Result<usize> {
     if dims.len() > MAX_RANK {
         return Err(Error::Shape {
             op,
@@ -109,13 +101,7 @@ impl DeviceLayout {
     /// A layout whose inputs are all contiguous views of `dims` (nothing is uploaded).
     pub fn contiguous(dims: &[usize], inputs: usize) -> Result<Self> {
         let strides = contiguous_strides(dims);
-        let n = check_view(
-            "elementwise::DeviceLayout",
-            "output",
-            dims,
-            &strides,
-            usize::MAX,
-        )?;
+        let n = check_view("elementwise::DeviceLayout", "output", dims, &strides, usize::MAX)?;
         check_gpu_limits(dims, &[])?;
         Ok(Self {
             dims: dims.to_vec(),
@@ -181,11 +167,7 @@ fn check_gpu_limits(dims: &[usize], strides: &[&[usize]]) -> Result<()> {
             msg: format!("{n} elements exceed the kernels' limit {MAX_ELEMS}"),
         });
     }
-    if let Some(&s) = strides
-        .iter()
-        .flat_map(|s| s.iter())
-        .find(|&&s| s > u32::MAX as usize)
-    {
+    if let Some(&s) = strides.iter().flat_map(|s| s.iter()).find(|&&s| s > u32::MAX as usize) {
         return Err(Error::Shape {
             op: OP,
             msg: format!("stride {s} does not fit u32"),
@@ -248,14 +230,7 @@ pub fn binary_launch(
     y: &GpuBuffer, // [n] contiguous
     layout: &DeviceLayout,
 ) -> Result<Launch> {
-    let (info, rank) = check_launch(
-        "elementwise::binary",
-        rt,
-        dtype,
-        &[("a", a), ("b", b)],
-        y,
-        layout,
-    )?;
+    let (info, rank) = check_launch("elementwise::binary", rt, dtype, &[("a", a), ("b", b)], y, layout)?;
     Ok(Launch {
         kernel: op.kernel(dtype),
         config: config(layout.n),

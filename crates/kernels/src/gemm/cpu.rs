@@ -43,29 +43,13 @@ mod tests {
     fn nt_equals_nn_of_the_transpose() {
         // The same product through both layouts: B as [n, k] and its transpose as [k, n].
         let (m, n, k) = (3, 5, 4);
-        let a: Vec<bf16> = (0..m * k)
-            .map(|i| bf16::from_f32((i as f32 * 0.3).sin()))
-            .collect();
-        let bt: Vec<bf16> = (0..n * k)
-            .map(|i| bf16::from_f32((i as f32 * 0.7).cos()))
-            .collect();
+        let a: Vec<bf16> = (0..m * k).map(|i| bf16::from_f32((i as f32 * 0.3).sin())).collect();
+        let bt: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32((i as f32 * 0.7).cos())).collect();
         let bn: Vec<bf16> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
         let mut c1 = vec![0.0f32; m * n];
         let mut c2 = vec![0.0f32; m * n];
-        gemm(
-            &GemmParams::packed(GemmLayout::Nt, m, n, k),
-            &a,
-            &bt,
-            &mut c1,
-        )
-        .expect("valid shapes");
-        gemm(
-            &GemmParams::packed(GemmLayout::Nn, m, n, k),
-            &a,
-            &bn,
-            &mut c2,
-        )
-        .expect("valid shapes");
+        gemm(&GemmParams::packed(GemmLayout::Nt, m, n, k), &a, &bt, &mut c1).expect("valid shapes");
+        gemm(&GemmParams::packed(GemmLayout::Nn, m, n, k), &a, &bn, &mut c2).expect("valid shapes");
         assert_eq!(c1, c2);
     }
 

@@ -33,10 +33,7 @@ pub fn gemm_launch(
             msg: format!("m = {} exceeds {} rows", p.m, MAX_M_TILES * TILE),
         });
     }
-    let grid = Dim3::xy(
-        p.n.div_ceil(TILE).max(1) as u32,
-        p.m.div_ceil(TILE).max(1) as u32,
-    );
+    let grid = Dim3::xy(p.n.div_ceil(TILE).max(1) as u32, p.m.div_ceil(TILE).max(1) as u32);
     Ok(Launch {
         kernel: kernel(p.layout, out),
         config: LaunchConfig {

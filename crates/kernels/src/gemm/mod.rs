@@ -100,13 +100,9 @@ impl GemmParams {
         let big = [self.m, self.n, self.k, self.lda, self.ldb, self.ldc]
             .iter()
             .any(|&v| v > u32::MAX as usize);
-        let overflow = [
-            (self.m, self.lda),
-            (self.n.max(self.k), self.ldb),
-            (self.m, self.ldc),
-        ]
-        .iter()
-        .any(|&(r, ld)| r.checked_mul(ld).is_none());
+        let overflow = [(self.m, self.lda), (self.n.max(self.k), self.ldb), (self.m, self.ldc)]
+            .iter()
+            .any(|&(r, ld)| r.checked_mul(ld).is_none());
         if big || overflow {
             return Err(Error::Shape {
                 op,

@@ -23,10 +23,7 @@ pub fn forward<T: Element>(shape: SoftmaxShape, x: &[T]) -> Result<Vec<T>> {
         let row: Vec<f64> = row.iter().map(|v| v.to_f32() as f64).collect();
         let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
-        y.extend(
-            row.iter()
-                .map(|v| T::from_f32(((v - max).exp() / sum) as f32)),
-        );
+        y.extend(row.iter().map(|v| T::from_f32(((v - max).exp() / sum) as f32)));
     }
     Ok(y)
 }
@@ -64,10 +61,7 @@ mod tests {
         let y = forward(shape, &x).expect("matching shape");
         for row in y.chunks(5) {
             let s: f32 = row.iter().sum();
-            assert!(
-                (s - 1.0).abs() < 1e-6 && row.iter().all(|v| v.is_finite()),
-                "{row:?}"
-            );
+            assert!((s - 1.0).abs() < 1e-6 && row.iter().all(|v| v.is_finite()), "{row:?}");
         }
     }
 

@@ -18,13 +18,10 @@ fn check_shape(op: &'static str, shape: SoftmaxShape) -> Result<(LaunchConfig, u
             msg: format!("{shape:?}: cols must be in 1..=u32::MAX and rows ≤ u32::MAX"),
         });
     }
-    let n = shape
-        .rows
-        .checked_mul(shape.cols)
-        .ok_or_else(|| Error::Shape {
-            op,
-            msg: format!("{shape:?}: rows·cols overflows"),
-        })?;
+    let n = shape.rows.checked_mul(shape.cols).ok_or_else(|| Error::Shape {
+        op,
+        msg: format!("{shape:?}: rows·cols overflows"),
+    })?;
     let blocks = shape.rows.div_ceil(ROWS_PER_BLOCK).max(1);
     let config = LaunchConfig {
         grid: Dim3::x(blocks as u32),
