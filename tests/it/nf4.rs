@@ -1,0 +1,181 @@
+//! NF4 against bitsandbytes: bit-for-bit on the committed fixtures (tests/fixtures/nf4_fixtures.py), the fast
+//! path against the CPU twin on random awkward lengths, round-trip error bounds, and the bnb file layout.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use half::{bf16, f16};
+use proptest::prelude::*;
+use rankfold_kernels::nf4::{
+    self, cpu, double_dequantize, double_quantize, double_quantize_with_offset, fast, GemvShape, Nf4Element,
+    Nf4Quantized, NF4_CODEBOOK, NF4_THRESHOLDS,
+};
+use rankfold_tensor::safetensors::MmapedSafetensors;
+use rankfold_tensor::{DType, Device, WithDType};
+
+fn fixture(name: &str) -> Result<MmapedSafetensors> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nf4").join(name);
+    MmapedSafetensors::open(&p).with_context(|| format!("fixture {}", p.display()))
+}
+
+fn get<T: WithDType>(st: &MmapedSafetensors, name: &str) -> Result<Vec<T>> {
+    Ok(st.load(name, Device::Cpu)?.to_vec::<T>()?)
+}
+
+fn bits<T: Nf4Element>(v: &[T]) -> Vec<u32> {
+    v.iter().map(|x| x.to_f32().to_bits()).collect()
+}
+
+#[test]
+fn constants_match_bitsandbytes() -> Result<()> {
+    let meta = fixture("meta.safetensors")?;
+    let map: Vec<f32> = get(&meta, "dynamic_map")?;
+    ensure!(bits(&map) == bits(&nf4::dynamic_map_signed()), "DYNAMIC_MAP_SIGNED_BITS differs from bnb's map");
+    ensure!(bits(&get::<f32>(&meta, "nf4_code")?) == bits(&NF4_CODEBOOK), "NF4_CODEBOOK differs from bnb's");
+    ensure!(bits(&get::<f32>(&meta, "nf4_bounds")?) == bits(&NF4_THRESHOLDS), "NF4_THRESHOLDS differ from bnb's");
+    Ok(())
+}
+
+/// Checks one fixture case (`prefix.*` tensors) with input element type `T`.
+fn check_case<T: Nf4Element + WithDType>(st: &MmapedSafetensors, prefix: &str, blocksize: usize) -> Result<()> {
+    let what = |k: &str| format!("bs{blocksize} {prefix}: {k}");
+    let x: Vec<T> = get(st, &format!("{prefix}.x"))?;
+    let packed: Vec<u8> = get(st, &format!("{prefix}.packed"))?;
+    let absmax: Vec<f32> = get(st, &format!("{prefix}.absmax"))?;
+    let deq: Vec<T> = get(st, &format!("{prefix}.deq"))?;
+    for (name, q) in [("cpu", cpu::quantize(&x, blocksize)?), ("fast", fast::quantize(&x, blocksize)?)] {
+        ensure!(q.packed == packed, "{} ({name})", what("packed codes differ"));
+        ensure!(bits(&q.absmax) == bits(&absmax), "{} ({name})", what("absmax differs"));
+    }
+    let q = Nf4Quantized { packed, absmax: absmax.clone(), len: x.len(), blocksize };
+    let mut out = vec![T::from_f32(0.0); x.len()];
+    cpu::dequantize(q.view(), &mut out)?;
+    ensure!(bits(&out) == bits(&deq), "{}", what("cpu dequantize differs"));
+    let mut out2 = vec![T::from_f32(1.0); x.len()];
+    fast::dequantize(q.view(), &mut out2)?;
+    ensure!(bits(&out2) == bits(&deq), "{}", what("fast dequantize differs"));
+
+    // Double quantization: everything downstream of bnb's offset is bit-exact; our offset is within an ulp.
+    let offset = get::<f32>(st, &format!("{prefix}.dq_offset"))?[0];
+    let dq = double_quantize_with_offset(&absmax, offset);
+    ensure!(dq.codes == get::<u8>(st, &format!("{prefix}.dq_codes"))?, "{}", what("nested codes differ"));
+    let nested: Vec<f32> = get(st, &format!("{prefix}.dq_nested_absmax"))?;
+    ensure!(bits(&dq.nested_absmax) == bits(&nested), "{}", what("nested absmax differs"));
+    let ours = double_quantize(&absmax).offset;
+    let ulp = f32::from_bits(offset.to_bits() + 1) - offset;
+    ensure!((ours - offset).abs() <= ulp, "{}: {ours} vs {offset}", what("offset further than an ulp"));
+    let mut am2 = vec![0f32; absmax.len()];
+    double_dequantize(&dq, &mut am2)?;
+    let q2 = Nf4Quantized { absmax: am2, ..q };
+    cpu::dequantize(q2.view(), &mut out)?;
+    ensure!(bits(&out) == bits(&get::<T>(st, &format!("{prefix}.deq_nested"))?), "{}", what("nested dequantize differs"));
+    Ok(())
+}
+
+#[test]
+fn bit_exact_with_bitsandbytes_fixtures() -> Result<()> {
+    let mut cases = 0;
+    for bs in [32, 64, 128, 256, 512, 1024, 2048, 4096] {
+        let st = fixture(&format!("bs{bs}.safetensors"))?;
+        check_case::<f32>(&st, "f32", bs)?;
+        check_case::<f16>(&st, "f16", bs)?;
+        check_case::<bf16>(&st, "bf16", bs)?;
+        for edge in ["tailzero", "short", "one"] {
+            check_case::<f32>(&st, edge, bs)?;
+        }
+        ensure!(st.info("f16.x")?.1 == DType::F16 && st.info("bf16.x")?.1 == DType::BF16);
+        cases += 6;
+    }
+    check_case::<f32>(&fixture("ties.safetensors")?, "ties", 64)?;
+    ensure!(cases == 48);
+    Ok(())
+}
+
+/// Random values with a few exact zeros and a spread of magnitudes, of element type `T`.
+fn sample<T: Nf4Element>(seed: u64, n: usize) -> Vec<T> {
+    let mut rng = rankfold_tensor::Rng::new(seed);
+    let scale = 0.01 + 10.0 * rng.uniform();
+    (0..n)
+        .map(|i| if i % 97 == 13 { T::from_f32(0.0) } else { T::from_f32(((rng.uniform() - 0.5) * scale) as f32) })
+        .collect()
+}
+
+fn fast_equals_twin<T: Nf4Element>(seed: u64, n: usize, blocksize: usize) -> Result<()> {
+    let x: Vec<T> = sample(seed, n);
+    let a = cpu::quantize(&x, blocksize)?;
+    let b = fast::quantize(&x, blocksize)?;
+    ensure!(a == b, "fast quantize differs from the twin ({} n={n} bs={blocksize})", T::NAME);
+    let mut da = vec![T::from_f32(0.0); n];
+    let mut db = vec![T::from_f32(0.0); n];
+    cpu::dequantize(a.view(), &mut da)?;
+    fast::dequantize(a.view(), &mut db)?;
+    ensure!(bits(&da) == bits(&db), "fast dequantize differs from the twin ({} n={n})", T::NAME);
+    // The largest codebook gap is between -1 and the next code; a value is at most half of it from its code.
+    let half_gap = NF4_CODEBOOK.windows(2).map(|w| w[1] - w[0]).fold(0f32, f32::max) / 2.0;
+    let mut d32 = vec![0f32; n];
+    cpu::dequantize(a.view(), &mut d32)?;
+    for (i, (v, r)) in x.iter().zip(&d32).enumerate() {
+        let am = a.absmax[i / blocksize];
+        ensure!((v.to_f32() - r).abs() <= half_gap * am * (1.0 + 1e-6), "round trip at {i}: {} vs {r}", v.to_f32());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn fast_path_and_round_trip(seed in any::<u64>(), n in 1usize..5000, lg in 5u32..13) {
+        let bs = 1usize << lg;
+        fast_equals_twin::<f32>(seed, n, bs).unwrap();
+        fast_equals_twin::<f16>(seed ^ 1, n, bs).unwrap();
+        fast_equals_twin::<bf16>(seed ^ 2, n, bs).unwrap();
+    }
+
+    #[test]
+    fn dequantize_range_is_a_slice_of_the_whole(seed in any::<u64>(), n in 2usize..3000, a in 0usize..3000, b in 0usize..3000) {
+        let x: Vec<f32> = sample(seed, n);
+        let q = fast::quantize(&x, 32).unwrap();
+        let mut whole = vec![0f32; n];
+        cpu::dequantize(q.view(), &mut whole).unwrap();
+        let (lo, hi) = ((a % n).min(b % n), (a % n).max(b % n));
+        let mut part = vec![0f32; hi - lo];
+        fast::dequantize_range(q.view(), lo, &mut part).unwrap();
+        prop_assert_eq!(bits(&part), bits(&whole[lo..hi]));
+        prop_assert!(fast::dequantize_range(q.view(), n - 1, &mut [0f32; 2]).is_err());
+    }
+
+    #[test]
+    fn gemv_matches_twin(seed in any::<u64>(), rows in 1usize..70, cols in 1usize..300, lg in 5u32..8) {
+        let w: Vec<f32> = sample(seed, rows * cols);
+        let x: Vec<f32> = sample(seed ^ 9, cols);
+        let q = cpu::quantize(&w, 1 << lg).unwrap();
+        let shape = GemvShape { rows, cols };
+        let (mut ya, mut yb) = (vec![0f32; rows], vec![0f32; rows]);
+        cpu::gemv(q.view(), shape, &x, &mut ya).unwrap();
+        fast::gemv(q.view(), shape, &x, &mut yb).unwrap();
+        // An independent reference: dequantize, then an f64 dot product.
+        let mut wd = vec![0f32; rows * cols];
+        cpu::dequantize(q.view(), &mut wd).unwrap();
+        for r in 0..rows {
+            let want: f64 = (0..cols).map(|c| wd[r * cols + c] as f64 * x[c] as f64).sum();
+            let mag: f64 = (0..cols).map(|c| (wd[r * cols + c] as f64 * x[c] as f64).abs()).sum();
+            prop_assert!((ya[r] as f64 - want).abs() <= 1e-6 * mag + 1e-30);
+            prop_assert!((yb[r] as f64 - want).abs() <= 1e-5 * mag + 1e-30, "row {}: {} vs {}", r, yb[r], want);
+        }
+        let wrong = GemvShape { rows, cols: cols + 1 };
+        prop_assert!(fast::gemv(q.view(), wrong, &x, &mut yb).is_err());
+    }
+}
+
+#[test]
+fn bad_buffers_are_refused() {
+    let x: Vec<f32> = sample(3, 100);
+    let q = cpu::quantize(&x, 32).unwrap();
+    let short = nf4::Nf4Ref { packed: &q.packed[1..], ..q.view() };
+    let mut out = vec![0f32; 100];
+    let e = cpu::dequantize(short, &mut out).unwrap_err().to_string();
+    assert!(e.contains("nf4::cpu::dequantize") && e.contains("packed bytes"), "{e}");
+    assert!(fast::dequantize(q.view(), &mut out[1..]).is_err());
+    assert!(fast::quantize(&x, 100).is_err());
+}
