@@ -22,3 +22,5 @@ mod softmax;
 mod gemm;
 // ptxsim: small kernels against Rust references, planted bugs, counters.
 mod ptxsim;
+// NF4 against the committed bitsandbytes fixtures bit for bit; fast path vs twin; round trip; bnb files.
+mod nf4;
