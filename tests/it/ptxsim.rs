@@ -357,3 +357,39 @@ fn entry_names_and_memory_cap() -> Result<()> {
     ensure!(capped.memory_info()?.total == 1000, "memory_info reports the cap");
     Ok(())
 }
+
+const CHECKS: &str = include_str!("planted/checks.ptx");
+
+#[test]
+fn planted_checks() -> Result<()> {
+    let (sim, rt) = runtime();
+    let one = LaunchConfig { grid: Dim3::x(1), block: Dim3::x(64), shared_bytes: 0 };
+    let xb = GpuBuffer::from_slice(&rt, &[1f32; 80])?;
+    let yb = GpuBuffer::zeroed(&rt, 4 * 64)?;
+    let launch = |entry: &str, args: &[KernelArg]| -> Result<SimError> {
+        let e = sim.launch_ptx("planted/checks.ptx", CHECKS, entry, one, args).err().with_context(|| format!("{entry} passed"))?;
+        downcast(e)
+    };
+
+    let e = launch("planted_uninit", &[ptr(&yb)])?;
+    let SimError::UninitShared { site, offset } = &e else { bail!("planted_uninit: {e}") };
+    ensure!(site.thread == [1, 0, 0] && *offset == 4, "{e}");
+
+    let e = launch("planted_misaligned", &[ptr(&xb), ptr(&yb)])?;
+    let SimError::Misaligned { site, addr, size, .. } = &e else { bail!("planted_misaligned: {e}") };
+    ensure!(site.thread == [0, 0, 0] && *addr == xb.ptr().0 + 2 && *size == 4, "{e}");
+
+    let idx: Vec<i32> = (0..64).map(|t| if t == 37 { 64 } else { 63 - t }).collect();
+    let ib = GpuBuffer::from_slice(&rt, &idx)?;
+    let e = launch("planted_shared_oob", &[ptr(&ib), ptr(&yb)])?;
+    let SimError::OutOfBounds { site, space, .. } = &e else { bail!("planted_shared_oob: {e}") };
+    ensure!(site.thread == [37, 0, 0] && *space == "shared", "{e}");
+
+    let e = launch("planted_write_race", &[ptr(&yb)])?;
+    let SimError::SharedRace { site, other_thread, access, other_access, .. } = &e else {
+        bail!("planted_write_race: {e}")
+    };
+    ensure!(site.thread == [32, 0, 0] && *other_thread == [0, 0, 0], "{e}");
+    ensure!(*access == "store" && *other_access == "store", "{e}");
+    Ok(())
+}

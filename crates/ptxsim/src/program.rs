@@ -123,6 +123,7 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
         i += 1;
     }
     check_no_recursion(module, &order)?;
+    let layout = &shared_layout(module, layout, &order);
     let mut placed = Vec::with_capacity(order.len());
     let (mut pc, mut reg, mut local) = (0u32, 0u32, 0usize);
     for &fi in &order {
@@ -171,6 +172,48 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
         }
     }
     Ok(prog)
+}
+
+/// A copy of `layout` whose static shared memory holds only the `.shared` variables these functions use
+/// (a kernel gets only its own shared variables, so running past one is out of bounds, not into a neighbour).
+fn shared_layout(module: &Module, layout: &Layout, order: &[usize]) -> Layout {
+    fn mark(o: &Opnd, used: &mut [bool]) {
+        match o {
+            Opnd::Sym(SymRef::Global(i)) => used[*i as usize] = true,
+            Opnd::Addr(b, _) => mark(b, used),
+            Opnd::Vec(v) => v.iter().for_each(|x| mark(x, used)),
+            _ => {}
+        }
+    }
+    let mut used = vec![false; module.globals.len()];
+    for &f in order {
+        for inst in &module.functions[f].code {
+            inst.args.iter().for_each(|a| mark(a, &mut used));
+        }
+    }
+    let mut out = layout.clone();
+    let mut shared = 0usize;
+    let mut dyn_align = 16usize;
+    for (i, g) in module.globals.iter().enumerate() {
+        if g.space != Space::Shared {
+            continue;
+        }
+        if g.is_extern {
+            dyn_align = dyn_align.max(g.align);
+        } else if used[i] {
+            shared = align_up(shared, g.align.max(1));
+            out.global_addrs[i] = shared as u64;
+            shared += g.size;
+        }
+    }
+    out.shared_static = shared;
+    out.dyn_shared_offset = align_up(shared, dyn_align);
+    for (g, a) in module.globals.iter().zip(out.global_addrs.iter_mut()) {
+        if g.space == Space::Shared && g.is_extern {
+            *a = out.dyn_shared_offset as u64;
+        }
+    }
+    out
 }
 
 fn check_no_recursion(module: &Module, order: &[usize]) -> Result<()> {
