@@ -6,7 +6,9 @@ Layout:    x, y, dy, dx [rows, cols] row-major, contiguous.
 Traffic:   minimum: forward reads x and writes y → 2·s B/elem; backward reads y, dy and writes dx → 3·s B/elem
            (s = 4 for f32, 2 for bf16). The kernels read each row twice; the second read hits L1/L2 for rows up to
            tens of KiB → memory-bound, ~1 exp per element forward.
-Launch:    one warp per row, 256 threads (8 rows) per block, grid = ceil(rows/8); any cols ≥ 1.
+Launch:    rows ≤ 2048 long: one warp per row, 256 threads (8 rows) per block, grid = ceil(rows/8); longer rows
+           ("_long" entries): one 256-thread block per row, grid = rows, warp partials merged through shared
+           memory. Any cols ≥ 1 works with either; the launcher picks by length.
 Reference: crates/kernels/src/softmax/cpu.rs::{forward, backward}   Test: tests/it/softmax.rs
 */
 #include "common.cuh"
@@ -88,6 +90,73 @@ __device__ __forceinline__ void backward(const T* __restrict__ y,   // [rows, co
     }
 }
 
+// Block-per-row forms for long rows: each of the 256 threads strides over the row, warps reduce with shuffles,
+// and the 8 warp partials meet in shared memory (every thread then merges the same 8 values).
+constexpr unsigned kBlockThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ void forward_long(const T* __restrict__ x,  // [rows, cols] row-major
+                                             T* __restrict__ y,        // [rows, cols] row-major
+                                             unsigned rows, unsigned cols) {
+    __shared__ float part_m[kBlockThreads / 32], part_s[kBlockThreads / 32];
+    const unsigned row = blockIdx.x;
+    if (row >= rows) return;  // Uniform across the block: the barrier below sees every thread.
+    const T* xr = x + (unsigned long long)row * cols;
+    T* yr = y + (unsigned long long)row * cols;
+
+    float m = rf::neg_inf(), s = 0.0f;
+    for (unsigned c = threadIdx.x; c < cols; c += kBlockThreads) {
+        const float v = to_f32(xr[c]);
+        if (v > m) {
+            s = s * expf(m - v) + 1.0f;
+            m = v;
+        } else if (m != rf::neg_inf()) {
+            s += expf(v - m);
+        }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float mo = __shfl_xor_sync(0xffffffffu, m, offset);
+        const float so = __shfl_xor_sync(0xffffffffu, s, offset);
+        merge(m, s, mo, so);
+    }
+    if (threadIdx.x % 32 == 0) {
+        part_m[threadIdx.x / 32] = m;
+        part_s[threadIdx.x / 32] = s;
+    }
+    __syncthreads();
+    m = part_m[0];
+    s = part_s[0];
+#pragma unroll
+    for (unsigned w = 1; w < kBlockThreads / 32; ++w) merge(m, s, part_m[w], part_s[w]);
+    const float inv = 1.0f / s;
+    for (unsigned c = threadIdx.x; c < cols; c += kBlockThreads) yr[c] = from_f32<T>(expf(to_f32(xr[c]) - m) * inv);
+}
+
+template <typename T>
+__device__ __forceinline__ void backward_long(const T* __restrict__ y,   // [rows, cols] row-major (forward output)
+                                              const T* __restrict__ dy,  // [rows, cols] row-major
+                                              T* __restrict__ dx,        // [rows, cols] row-major
+                                              unsigned rows, unsigned cols) {
+    __shared__ float part[kBlockThreads / 32];
+    const unsigned row = blockIdx.x;
+    if (row >= rows) return;  // Uniform across the block.
+    const unsigned long long base = (unsigned long long)row * cols;
+
+    float dot = 0.0f;
+    for (unsigned c = threadIdx.x; c < cols; c += kBlockThreads) dot += to_f32(dy[base + c]) * to_f32(y[base + c]);
+    dot = rf::warp_sum(dot);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = dot;
+    __syncthreads();
+    dot = 0.0f;
+#pragma unroll
+    for (unsigned w = 0; w < kBlockThreads / 32; ++w) dot += part[w];
+    for (unsigned c = threadIdx.x; c < cols; c += kBlockThreads) {
+        const float yc = to_f32(y[base + c]);
+        dx[base + c] = from_f32<T>(yc * (to_f32(dy[base + c]) - dot));
+    }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -108,4 +177,20 @@ extern "C" __global__ void __launch_bounds__(256) softmax_backward_f32(const flo
 extern "C" __global__ void __launch_bounds__(256) softmax_backward_bf16(const bf16* y, const bf16* dy, bf16* dx,
                                                                         unsigned rows, unsigned cols) {
     backward<bf16>(y, dy, dx, rows, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) softmax_forward_long_f32(const float* x, float* y, unsigned rows,
+                                                                           unsigned cols) {
+    forward_long<float>(x, y, rows, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) softmax_forward_long_bf16(const bf16* x, bf16* y, unsigned rows,
+                                                                            unsigned cols) {
+    forward_long<bf16>(x, y, rows, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) softmax_backward_long_f32(const float* y, const float* dy,
+                                                                            float* dx, unsigned rows, unsigned cols) {
+    backward_long<float>(y, dy, dx, rows, cols);
+}
+extern "C" __global__ void __launch_bounds__(256) softmax_backward_long_bf16(const bf16* y, const bf16* dy, bf16* dx,
+                                                                             unsigned rows, unsigned cols) {
+    backward_long<bf16>(y, dy, dx, rows, cols);
 }

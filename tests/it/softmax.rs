@@ -13,8 +13,9 @@ use rankfold_tensor::Rng;
 use crate::gpu::{check_frobenius, check_frobenius_floor, random, runtimes, tol_of};
 
 /// (rows, cols, logit scale): one element, short rows, rows not multiples of 32 or of 8 rows per block, a long
-/// row, and logits of ±1e4 that overflow exp without the max subtraction.
-const SHAPES: [(usize, usize, f64); 7] = [
+/// row, logits of ±1e4 that overflow exp without the max subtraction, and rows past `softmax::LONG_ROW` (one block
+/// per row; 4999 is not a multiple of the 256-thread block).
+const SHAPES: [(usize, usize, f64); 9] = [
     (1, 1, 3.0),
     (3, 5, 3.0),
     (13, 31, 3.0),
@@ -22,6 +23,8 @@ const SHAPES: [(usize, usize, f64); 7] = [
     (5, 100, 8.0),
     (2, 1025, 3.0),
     (11, 40, 1e4),
+    (3, 4999, 3.0),
+    (2, 2100, 1e4),
 ];
 
 fn forward_and_backward_on<T: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, rng: &mut Rng) -> Result<()> {

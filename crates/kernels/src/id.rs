@@ -117,6 +117,10 @@ kernel_table! {
         SoftmaxForwardBf16 = "softmax_forward_bf16",
         SoftmaxBackwardF32 = "softmax_backward_f32",
         SoftmaxBackwardBf16 = "softmax_backward_bf16",
+        SoftmaxForwardLongF32 = "softmax_forward_long_f32",
+        SoftmaxForwardLongBf16 = "softmax_forward_long_bf16",
+        SoftmaxBackwardLongF32 = "softmax_backward_long_f32",
+        SoftmaxBackwardLongBf16 = "softmax_backward_long_bf16",
     }
     Gemm = "gemm" {
         GemmNtBf16 = "gemm_nt_bf16",

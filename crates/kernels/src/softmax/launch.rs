@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use super::{backward_kernel, forward_kernel, SoftmaxShape};
+use super::{backward_kernel, forward_kernel, SoftmaxShape, LONG_ROW};
 use crate::elementwise::launch::check_buffer;
 use crate::elementwise::FloatType;
 use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, Launch, LaunchConfig, Result};
 
-/// Rows per block: one warp per row, 8 warps per block (`kWarpsPerBlock` in the .cu).
+/// Rows per block of the warp-per-row kernels: 8 warps per block (`kWarpsPerBlock` in the .cu); the
+/// block-per-row kernels use the same 256 threads for one row.
 const ROWS_PER_BLOCK: usize = 8;
 
 /// Checks the shape and returns the grid and the element count.
@@ -22,7 +23,19 @@ fn check_shape(op: &'static str, shape: SoftmaxShape) -> Result<(LaunchConfig, u
         op,
         msg: format!("{shape:?}: rows·cols overflows"),
     })?;
-    let blocks = shape.rows.div_ceil(ROWS_PER_BLOCK).max(1);
+    // Long rows get a block each; short rows a warp each.
+    let blocks = if shape.cols > LONG_ROW {
+        shape.rows
+    } else {
+        shape.rows.div_ceil(ROWS_PER_BLOCK)
+    }
+    .max(1);
+    if blocks > i32::MAX as usize {
+        return Err(Error::Shape {
+            op,
+            msg: format!("{shape:?}: {blocks} blocks exceed the grid limit"),
+        });
+    }
     let config = LaunchConfig {
         grid: Dim3::x(blocks as u32),
         block: Dim3::x(32 * ROWS_PER_BLOCK as u32),
@@ -44,7 +57,7 @@ pub fn forward_launch(
     check_buffer(OP, "x", rt, x, n * dtype.size())?;
     check_buffer(OP, "y", rt, y, n * dtype.size())?;
     Ok(Launch {
-        kernel: forward_kernel(dtype),
+        kernel: forward_kernel(dtype, shape.cols),
         config,
         args: vec![
             KernelArg::Ptr(x.ptr()),
@@ -68,7 +81,7 @@ pub fn forward(
         return Ok(());
     }
     // SAFETY: `forward_launch` checked that both buffers belong to `rt` and hold rows·cols elements of `dtype`;
-    // warp r touches only row r < rows of each.
+    // warp (or block) r touches only row r < rows of each.
     unsafe { rt.launch(&launch) }
 }
 
@@ -87,7 +100,7 @@ pub fn backward_launch(
     check_buffer(OP, "dy", rt, dy, n * dtype.size())?;
     check_buffer(OP, "dx", rt, dx, n * dtype.size())?;
     Ok(Launch {
-        kernel: backward_kernel(dtype),
+        kernel: backward_kernel(dtype, shape.cols),
         config,
         args: vec![
             KernelArg::Ptr(y.ptr()),
@@ -113,6 +126,6 @@ pub fn backward(
         return Ok(());
     }
     // SAFETY: `backward_launch` checked that the three buffers belong to `rt` and hold rows·cols elements of
-    // `dtype`; warp r touches only row r < rows of each.
+    // `dtype`; warp (or block) r touches only row r < rows of each.
     unsafe { rt.launch(&launch) }
 }

@@ -19,18 +19,25 @@ pub struct SoftmaxShape {
     pub cols: usize,
 }
 
-/// The forward kernel for `dtype`.
-pub const fn forward_kernel(dtype: FloatType) -> KernelId {
-    match dtype {
-        FloatType::F32 => KernelId::SoftmaxForwardF32,
-        FloatType::Bf16 => KernelId::SoftmaxForwardBf16,
+/// Rows longer than this run one 256-thread block per row (the `_long` kernels); shorter ones one warp per row.
+pub const LONG_ROW: usize = 2048;
+
+/// The forward kernel for `dtype` and the row length `cols`.
+pub const fn forward_kernel(dtype: FloatType, cols: usize) -> KernelId {
+    match (dtype, cols > LONG_ROW) {
+        (FloatType::F32, false) => KernelId::SoftmaxForwardF32,
+        (FloatType::Bf16, false) => KernelId::SoftmaxForwardBf16,
+        (FloatType::F32, true) => KernelId::SoftmaxForwardLongF32,
+        (FloatType::Bf16, true) => KernelId::SoftmaxForwardLongBf16,
     }
 }
 
-/// The backward kernel for `dtype`.
-pub const fn backward_kernel(dtype: FloatType) -> KernelId {
-    match dtype {
-        FloatType::F32 => KernelId::SoftmaxBackwardF32,
-        FloatType::Bf16 => KernelId::SoftmaxBackwardBf16,
+/// The backward kernel for `dtype` and the row length `cols`.
+pub const fn backward_kernel(dtype: FloatType, cols: usize) -> KernelId {
+    match (dtype, cols > LONG_ROW) {
+        (FloatType::F32, false) => KernelId::SoftmaxBackwardF32,
+        (FloatType::Bf16, false) => KernelId::SoftmaxBackwardBf16,
+        (FloatType::F32, true) => KernelId::SoftmaxBackwardLongF32,
+        (FloatType::Bf16, true) => KernelId::SoftmaxBackwardLongBf16,
     }
 }
