@@ -72,9 +72,6 @@ pub enum SimError {
     /// An instruction could not execute (bad operand for this simulator, call depth, …).
     #[error("{msg}: {site}")]
     Exec { site: Box<Site>, msg: String },
-    /// Threads wait at a barrier that the others never reach.
-    #[error("kernel {kernel}, block ({},{},{}): barrier deadlock ({msg})", block[0], block[1], block[2])]
-    Deadlock { kernel: String, block: [u32; 3], msg: String },
 }
 
 /// The result type of rankfold-ptxsim.

@@ -42,6 +42,29 @@ fn lanes_of(ty: ScalarType) -> u64 {
     }
 }
 
+/// The common conversions whose PTX semantics are exactly Rust's `as` casts (int widening and narrowing,
+/// 32-bit int to f32 rounding to nearest); `None` sends everything else to the numerics module.
+#[inline]
+fn cvt_fast(dst: ScalarType, src: ScalarType, x: u64, rnd: Option<crate::types::Rounding>, ftz: bool, sat: bool) -> Option<u64> {
+    use ScalarType::*;
+    if sat || ftz {
+        return None;
+    }
+    let rn = matches!(rnd, None | Some(crate::types::Rounding::Rn));
+    Some(match (dst, src) {
+        (U64 | S64, U32) | (U32 | S32, U64 | S64) | (U32, S32) | (S32, U32) => x & mask_bits(dst.bits().min(src.bits())),
+        (U64 | S64, S32) => x as u32 as i32 as i64 as u64,
+        (F32, S32) if rn => u64::from((x as u32 as i32 as f32).to_bits()),
+        (F32, U32) if rn => u64::from((x as u32 as f32).to_bits()),
+        _ => return None,
+    })
+}
+
+/// Whether float modifiers ask for plain IEEE round-to-nearest (no ftz, saturation or approximation).
+fn plain_rn(m: numeric::FloatMods) -> bool {
+    matches!(m.rnd, None | Some(crate::types::Rounding::Rn)) && !m.ftz && !m.sat && !m.approx && !m.nan
+}
+
 impl Warp {
     pub(super) fn alu(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>) -> Result<()> {
         let a = &inst.args;
@@ -259,7 +282,7 @@ impl Warp {
             }
             Op::FBin { op, ty, m } => {
                 ctx.counters.flops += n * lanes_of(ty);
-                let fast = ty == ScalarType::F32 && m == numeric::FloatMods::default() && op != FloatBinOp::Div;
+                let fast = ty == ScalarType::F32 && plain_rn(m) && op != FloatBinOp::Div;
                 for l in lanes(exec) {
                     let (x, y) = (self.get(&a[1], l), self.get(&a[2], l));
                     let r = if fast && matches!(op, FloatBinOp::Add | FloatBinOp::Mul | FloatBinOp::Sub) {
@@ -279,9 +302,17 @@ impl Warp {
             }
             Op::Fma { ty, m } => {
                 ctx.counters.flops += 2 * n * lanes_of(ty);
+                let fast = ty == ScalarType::F32 && plain_rn(m);
                 for l in lanes(exec) {
                     let (x, y, z) = (self.get(&a[1], l), self.get(&a[2], l), self.get(&a[3], l));
-                    self.set(&a[0], l, numeric::float_fma(ty, x, y, z, m));
+                    let r = if fast {
+                        // A round-to-nearest f32 fma is exactly the host's correctly rounded `mul_add`.
+                        let [fx, fy, fz] = [x, y, z].map(|v| f32::from_bits(v as u32));
+                        u64::from(fx.mul_add(fy, fz).to_bits())
+                    } else {
+                        numeric::float_fma(ty, x, y, z, m)
+                    };
+                    self.set(&a[0], l, r);
                 }
             }
             Op::FUn { op, ty, m } => {
@@ -344,7 +375,7 @@ impl Warp {
                         u64::from(numeric::cvt_f32_to_half(dst, x, rnd, relu, sat))
                     } else {
                         let x = self.get(&a[1], l) & mask_bits(src.bits().min(64));
-                        numeric::cvt(dst, src, x, rnd, ftz, sat)
+                        cvt_fast(dst, src, x, rnd, ftz, sat).unwrap_or_else(|| numeric::cvt(dst, src, x, rnd, ftz, sat))
                     };
                     self.set(&a[0], l, r);
                 }

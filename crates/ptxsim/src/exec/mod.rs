@@ -347,7 +347,7 @@ impl Warp {
     }
 
     /// Reads an operand of lane `l`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, o: &Opnd, l: usize) -> u64 {
         match o {
             Opnd::Reg(r) => self.regs[*r as usize * 32 + l],
@@ -366,6 +366,7 @@ impl Warp {
         }
     }
 
+    #[inline(never)]
     fn sreg(&self, s: Sreg, l: usize) -> u64 {
         let g = &self.geo;
         let lt = (1u64 << l) - 1;
@@ -408,14 +409,7 @@ impl Warp {
 
     pub(crate) fn exec_err(&self, ctx: &Ctx<'_>, inst: &Inst, mask: u32, msg: &str) -> SimError {
         let l = mask.trailing_zeros().min(31) as usize;
-        let site = Box::new(Site {
-            kernel: ctx.prog.kernel.clone(),
-            block: self.geo.ctaid,
-            thread: self.tid[l],
-            ptx_line: inst.line,
-            source: None,
-        });
-        SimError::Exec { site, msg: msg.to_string() }
+        SimError::Exec { site: self.site(ctx, inst, l), msg: msg.to_string() }
     }
 
     fn exec_op(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<()> {
