@@ -26,6 +26,21 @@ fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.uniform() * 8.0 - 4.0) as f32).collect()
 }
 
+/// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
+fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        // SAFETY: the range is the flush buffer's own allocation.
+        unsafe { rt.memset(flush.ptr(), 1, flush.len()) }.expect("flush L2");
+        rt.synchronize().expect("synchronize");
+        let start = Instant::now();
+        run();
+        rt.synchronize().expect("synchronize");
+        total += start.elapsed();
+    }
+    total
+}
+
 fn cpu_twin(c: &mut Criterion) {
     let x = random_f32(&mut Rng::new(1), CPU_ELEMS);
     let mut group = c.benchmark_group("elementwise");
@@ -102,19 +117,7 @@ fn cuda(c: &mut Criterion) {
         for (name, bytes, run) in cases {
             group.throughput(Throughput::BytesDecimal(bytes as u64));
             group.bench_function(BenchmarkId::new(name, format!("{dtype:?}/{rows}x{cols}")), |bench| {
-                bench.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        // SAFETY: the range is the flush buffer's own allocation.
-                        unsafe { rt.memset(flush.ptr(), 1, FLUSH_BYTES) }.expect("flush L2");
-                        rt.synchronize().expect("synchronize");
-                        let start = Instant::now();
-                        run();
-                        rt.synchronize().expect("synchronize");
-                        total += start.elapsed();
-                    }
-                    total
-                })
+                bench.iter_custom(|iters| timed(&rt, &flush, iters, &run))
             });
         }
     }

@@ -42,6 +42,21 @@ fn operands(rt: &Arc<dyn GpuRuntime>, rng: &mut Rng, (m, n, k): (usize, usize, u
     ])
 }
 
+/// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
+fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        // SAFETY: the range is the flush buffer's own allocation.
+        unsafe { rt.memset(flush.ptr(), 1, flush.len()) }.expect("flush L2");
+        rt.synchronize().expect("synchronize");
+        let start = Instant::now();
+        run();
+        rt.synchronize().expect("synchronize");
+        total += start.elapsed();
+    }
+    total
+}
+
 fn cpu_twin(c: &mut Criterion) {
     let (m, n, k) = CPU_SHAPE;
     let mut rng = Rng::new(1);
@@ -105,30 +120,15 @@ fn cuda(c: &mut Criterion) {
             beta: 0.0,
         };
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        let timed = |run: &dyn Fn()| {
-            move |iters: u64| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    // SAFETY: the range is the flush buffer's own allocation.
-                    unsafe { rt.memset(flush.ptr(), 1, FLUSH_BYTES) }.expect("flush L2");
-                    rt.synchronize().expect("synchronize");
-                    let start = Instant::now();
-                    run();
-                    rt.synchronize().expect("synchronize");
-                    total += start.elapsed();
-                }
-                total
-            }
-        };
         let ours = || gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("gemm kernel");
         // SAFETY: a, b and out were allocated for exactly these shapes and strides on this runtime.
         let cublas = || unsafe { rt.gemm(&blas) }.expect("cuBLAS gemm");
         let shape = format!("{m}x{n}x{k}");
         group.bench_function(BenchmarkId::new("cuda_nt_bf16", &shape), |bench| {
-            bench.iter_custom(timed(&ours))
+            bench.iter_custom(|iters| timed(&rt, &flush, iters, &ours))
         });
         group.bench_function(BenchmarkId::new("cublas_bf16", &shape), |bench| {
-            bench.iter_custom(timed(&cublas))
+            bench.iter_custom(|iters| timed(&rt, &flush, iters, &cublas))
         });
     }
     group.finish();
