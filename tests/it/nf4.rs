@@ -179,3 +179,92 @@ fn bad_buffers_are_refused() {
     assert!(fast::dequantize(q.view(), &mut out[1..]).is_err());
     assert!(fast::quantize(&x, 100).is_err());
 }
+
+/// The weights of a tiny bnb `Linear4bit` model (one double-quantized, one not) load here, dequantize to
+/// bnb's values bit for bit, and quantizing the original weights writes the same tensors under the same keys.
+#[test]
+fn linear4bit_files_round_trip_with_bitsandbytes() -> Result<()> {
+    use rankfold_tensor::{Nf4Scales, Nf4Tensor};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nf4");
+    let bnb_file = MmapedSafetensors::open(dir.join("linear4bit.safetensors"))?;
+    let refs = fixture("linear4bit_ref.safetensors")?;
+    let loaded = Nf4Tensor::load_all(dir.join("linear4bit.safetensors"))?;
+    ensure!(loaded.len() == 2, "two NF4 weights, found {:?}", loaded.keys());
+    let tmp = std::env::temp_dir().join(format!("rankfold-nf4-{}.safetensors", std::process::id()));
+    for (name, double) in [("0.weight", true), ("1.weight", false)] {
+        let w = &loaded[name];
+        ensure!(matches!(w.scales(), Nf4Scales::Double(_)) == double, "{name}: nesting");
+        let deq = w.dequantize(w.dtype())?.to_vec::<f32>()?;
+        ensure!(bits(&deq) == bits(&get::<f32>(&refs, &format!("deq.{name}"))?), "{name}: dequantized values differ from bnb");
+        let orig = refs.load(&format!("orig.{name}"), Device::Cpu)?;
+        let ours = Nf4Tensor::quantize(&orig, 64, double)?;
+        ensure!(ours.packed() == w.packed() && ours.shape() == w.shape(), "{name}: packed codes differ");
+        match (ours.scales(), w.scales()) {
+            (Nf4Scales::Double(a), Nf4Scales::Double(b)) => {
+                let ulp = f32::from_bits(b.offset.to_bits() + 1) - b.offset;
+                ensure!((a.offset - b.offset).abs() <= ulp, "{name}: offset {} vs {}", a.offset, b.offset);
+                let again = double_quantize_with_offset(&cpu::quantize(&orig.to_vec::<f32>()?, 64)?.absmax, b.offset);
+                ensure!(&again == b, "{name}: double quantization given bnb's offset differs");
+            }
+            (a, b) => ensure!(a == b, "{name}: absmax differs"),
+        }
+        // Our file has bnb's keys, dtypes and shapes, and the same quant state.
+        Nf4Tensor::save(&tmp, &[(name, &ours)], &[])?;
+        let mine = MmapedSafetensors::open(&tmp)?;
+        let theirs: Vec<String> = bnb_file.names().into_iter().filter(|k| k.starts_with(name)).collect();
+        let mut want = theirs.clone();
+        want.sort();
+        let mut got = mine.names();
+        got.sort();
+        ensure!(got == want, "{name}: keys {got:?} vs bnb's {want:?}");
+        for k in &theirs {
+            ensure!(mine.info(k)? == bnb_file.info(k)?, "{k}: shape/dtype differ from bnb's");
+        }
+        let qs = |st: &MmapedSafetensors| -> Result<serde_json::Value> {
+            let mut v: serde_json::Value = serde_json::from_slice(&get::<u8>(st, &format!("{name}.quant_state.bitsandbytes__nf4"))?)?;
+            v.as_object_mut().map(|o| o.remove("nested_offset"));
+            Ok(v)
+        };
+        ensure!(qs(&mine)? == qs(&bnb_file)?, "{name}: quant state differs");
+        ensure!(Nf4Tensor::from_safetensors(&mine, name)? == ours, "{name}: our file does not read back");
+    }
+    std::fs::remove_file(&tmp)?;
+    Ok(())
+}
+
+#[test]
+fn corrupt_quant_state_names_file_and_tensor() -> Result<()> {
+    use rankfold_tensor::{Nf4Tensor, Tensor};
+    let w = Nf4Tensor::quantize(&Tensor::from_vec(sample::<f32>(5, 300), (10, 30), Device::Cpu)?, 64, true)?;
+    let mut parts = w.to_named_tensors("lin.weight")?;
+    let bad = b"{\"quant_type\": \"fp4\"}".to_vec();
+    parts.last_mut().expect("the quant state is last").1 = Tensor::from_vec(bad.clone(), bad.len(), Device::Cpu)?;
+    let tmp = std::env::temp_dir().join(format!("rankfold-nf4-bad-{}.safetensors", std::process::id()));
+    let refs: Vec<(&str, &Tensor)> = parts.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    rankfold_tensor::safetensors::save(&tmp, &refs, None)?;
+    let e = Nf4Tensor::load_all(&tmp).unwrap_err().to_string();
+    std::fs::remove_file(&tmp)?;
+    ensure!(e.contains("rankfold-nf4-bad") && e.contains("lin.weight.quant_state") && e.contains("fp4"), "{e}");
+    Ok(())
+}
+
+/// The fused NF4 linear equals dequantize-then-matmul, forward and backward (autograd of the composition).
+#[test]
+fn nf4_linear_matches_the_dequantized_composition() -> Result<()> {
+    use rankfold_tensor::{Nf4Tensor, Tensor};
+    for (seed, (b, t, n, k)) in [(1u64, (2, 3, 17, 70)), (2, (1, 5, 300, 1000)), (3, (3, 1, 1, 33))] {
+        let w = std::sync::Arc::new(Nf4Tensor::quantize(&Tensor::from_vec(sample::<f32>(seed, n * k), (n, k), Device::Cpu)?, 64, true)?);
+        let x = Tensor::from_vec(sample::<f32>(seed ^ 7, b * t * k), (b, t, k), Device::Cpu)?.with_requires_grad(true);
+        let r = Tensor::from_vec(sample::<f32>(seed ^ 8, b * t * n), (b, t, n), Device::Cpu)?;
+        let y = x.nf4_linear(&w)?;
+        let gx = y.mul(&r)?.sum_all()?.backward()?.get(&x).context("x has a gradient")?.to_vec::<f64>()?;
+        let wd = w.dequantize(DType::F32)?;
+        let y2 = x.matmul(&wd.t()?)?;
+        let gx2 = y2.mul(&r)?.sum_all()?.backward()?.get(&x).context("x has a gradient")?.to_vec::<f64>()?;
+        let tol = crate::common::Tol { rel: 1e-4, abs: 1e-4 };
+        crate::common::assert_close(&y.to_vec::<f64>()?, &y2.to_vec::<f64>()?, tol, "nf4_linear forward")?;
+        crate::common::assert_close(&gx, &gx2, tol, "nf4_linear backward")?;
+        ensure!(y.dims() == [b, t, n]);
+    }
+    Ok(())
+}

@@ -20,6 +20,7 @@
 //! | index_select, embedding, gather | the indices |
 //! | cross_entropy | logits, per-row log-sum-exp, targets |
 //! | rope | cos and sin tables |
+//! | nf4_linear | the NF4 weight (shared, never dequantized whole) |
 //!
 //! Graph edges point at input *nodes*, not input tensors, so an edge never keeps an input's storage alive.
 //! `backward` releases each node's saved tensors as soon as its gradient has been propagated.
@@ -73,6 +74,7 @@ pub(crate) enum BackwardOp {
     Gather { ids: Arc<Vec<i64>>, dim: usize, dims: Vec<usize> },
     CrossEntropy { logits: Tensor, lse: Tensor, targets: Arc<Vec<i64>>, args: cpu::CeArgs, count: usize },
     Rope { cos: Tensor, sin: Tensor, interleaved: bool },
+    Nf4Linear { w: Arc<crate::nf4::Nf4Tensor>, x_shape: Shape },
 }
 
 thread_local! {
@@ -389,6 +391,7 @@ impl BackwardOp {
                 };
                 one(Ok(Tensor::from_op(storage, logits.shape().clone(), None)))
             }
+            BackwardOp::Nf4Linear { w, x_shape } => one(crate::nf4::nf4_linear_backward(g, &w, &x_shape)),
             BackwardOp::Rope { cos, sin, interleaved } => one(crate::nn_ops::rope_raw(g, &cos, &sin, interleaved, true)),
         }
     }

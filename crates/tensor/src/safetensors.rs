@@ -62,6 +62,11 @@ impl MmapedSafetensors {
         Ok(MmapedSafetensors { path: path.to_path_buf(), mmap })
     }
 
+    /// The file this maps.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn parsed(&self) -> safetensors::SafeTensors<'_> {
         safetensors::SafeTensors::deserialize(&self.mmap).expect("the header was validated in `open`")
     }

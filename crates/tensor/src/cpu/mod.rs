@@ -4,6 +4,7 @@
 mod elementwise;
 mod index;
 mod matmul;
+pub(crate) mod nf4_matmul;
 mod reduce;
 mod vecmath;
 
