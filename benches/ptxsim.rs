@@ -18,13 +18,34 @@ fn bench_sim(c: &mut Criterion) {
     let (n, k) = (4096usize, 64i32);
     let out = GpuBuffer::zeroed(&rt, 4 * n).expect("allocation on the simulator");
     let x = GpuBuffer::from_slice(&rt, &vec![1f32; n]).expect("allocation on the simulator");
-    let config = LaunchConfig { grid: Dim3::x(n as u32 / 128), block: Dim3::x(128), shared_bytes: 0 };
+    let config = LaunchConfig {
+        grid: Dim3::x(n as u32 / 128),
+        block: Dim3::x(128),
+        shared_bytes: 0,
+    };
     let cases: [(&str, Vec<KernelArg>); 2] = [
-        ("sim_loop", vec![KernelArg::Ptr(out.ptr()), KernelArg::I32(n as i32), KernelArg::I32(k)]),
-        ("sim_copy", vec![KernelArg::Ptr(x.ptr()), KernelArg::Ptr(out.ptr()), KernelArg::I32(n as i32)]),
+        (
+            "sim_loop",
+            vec![
+                KernelArg::Ptr(out.ptr()),
+                KernelArg::I32(n as i32),
+                KernelArg::I32(k),
+            ],
+        ),
+        (
+            "sim_copy",
+            vec![
+                KernelArg::Ptr(x.ptr()),
+                KernelArg::Ptr(out.ptr()),
+                KernelArg::I32(n as i32),
+            ],
+        ),
     ];
     for (entry, args) in cases {
-        let launch = || sim.launch_ptx("kernels.ptx", KERNELS, entry, config, &args).expect("the bench kernel runs");
+        let launch = || {
+            sim.launch_ptx("kernels.ptx", KERNELS, entry, config, &args)
+                .expect("the bench kernel runs")
+        };
         launch();
         let insts = sim.last_counters().total_thread_insts();
         g.throughput(Throughput::Elements(insts));

@@ -83,20 +83,54 @@ impl AddAssign<&Counters> for Counters {
 
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<16} {:>14} {:>16}", "class", "warp insts", "thread insts")?;
+        writeln!(
+            f,
+            "{:<16} {:>14} {:>16}",
+            "class", "warp insts", "thread insts"
+        )?;
         for c in Class::ALL {
             let (w, t) = (self.warp(c), self.thread(c));
             if w > 0 {
                 writeln!(f, "{:<16} {w:>14} {t:>16}", c.name())?;
             }
         }
-        writeln!(f, "{:<16} {:>14} {:>16}", "total", self.total_warp_insts(), self.total_thread_insts())?;
-        let per_req = if self.global_requests > 0 { self.global_sectors as f64 / self.global_requests as f64 } else { 0.0 };
-        writeln!(f, "global bytes      read {}  written {}", self.global_read_bytes, self.global_write_bytes)?;
-        writeln!(f, "global requests   {}  sectors {} ({per_req:.2} per request)", self.global_requests, self.global_sectors)?;
-        writeln!(f, "shared requests   {}  bank conflicts {}", self.shared_requests, self.bank_conflicts)?;
-        writeln!(f, "barriers {}  divergent branches {}", self.barriers, self.divergent_branches)?;
+        writeln!(
+            f,
+            "{:<16} {:>14} {:>16}",
+            "total",
+            self.total_warp_insts(),
+            self.total_thread_insts()
+        )?;
+        let per_req = if self.global_requests > 0 {
+            self.global_sectors as f64 / self.global_requests as f64
+        } else {
+            0.0
+        };
+        writeln!(
+            f,
+            "global bytes      read {}  written {}",
+            self.global_read_bytes, self.global_write_bytes
+        )?;
+        writeln!(
+            f,
+            "global requests   {}  sectors {} ({per_req:.2} per request)",
+            self.global_requests, self.global_sectors
+        )?;
+        writeln!(
+            f,
+            "shared requests   {}  bank conflicts {}",
+            self.shared_requests, self.bank_conflicts
+        )?;
+        writeln!(
+            f,
+            "barriers {}  divergent branches {}",
+            self.barriers, self.divergent_branches
+        )?;
         writeln!(f, "mma {}  flops {}", self.mma, self.flops)?;
-        write!(f, "launches {}  blocks {}  threads {}", self.launches, self.blocks, self.threads)
+        write!(
+            f,
+            "launches {}  blocks {}  threads {}",
+            self.launches, self.blocks, self.threads
+        )
     }
 }

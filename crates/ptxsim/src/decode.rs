@@ -1,7 +1,10 @@
 //! Decoding an opcode with its dotted modifiers (`ld.global.nc.v4.f32`) into an `ir::Op` and its counter class.
 
 use crate::error::{Result, SimError};
-use crate::ir::{AtomOp, BoolOp, Carry, Class, IntOp, IntUnOp, MulMode, Op, Opnd, ShflMode, Space, SymRef, VoteMode};
+use crate::ir::{
+    AtomOp, BoolOp, Carry, Class, IntOp, IntUnOp, MulMode, Op, Opnd, ShflMode, Space, SymRef,
+    VoteMode,
+};
 use crate::numeric::{CmpOp, FloatBinOp, FloatMods, FloatUnOp, PrmtMode};
 use crate::types::{Rounding, ScalarType};
 
@@ -99,7 +102,11 @@ fn cmp_op(w: &str) -> Option<CmpOp> {
 pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Class)> {
     let bad = |msg: String| SimError::Parse { line, msg };
     let base = parts[0];
-    let mut m = Mods { types: vec![], rnd: None, words: vec![] };
+    let mut m = Mods {
+        types: vec![],
+        rnd: None,
+        words: vec![],
+    };
     for w in &parts[1..] {
         if let Some(t) = ScalarType::parse(w) {
             m.types.push(t);
@@ -129,18 +136,51 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
         "add" | "sub" | "addc" | "subc" => {
             need_ty()?;
             if ty.is_float() {
-                let op = if base == "add" { FloatBinOp::Add } else { FloatBinOp::Sub };
-                (Op::FBin { op, ty, m: m.float() }, fc)
+                let op = if base == "add" {
+                    FloatBinOp::Add
+                } else {
+                    FloatBinOp::Sub
+                };
+                (
+                    Op::FBin {
+                        op,
+                        ty,
+                        m: m.float(),
+                    },
+                    fc,
+                )
             } else {
-                let op = if base.starts_with("add") { IntOp::Add } else { IntOp::Sub };
-                let carry = Carry { set: m.has("cc"), use_in: base.ends_with('c') };
-                (Op::Int { op, ty, carry, sat: m.has("sat") }, Class::Int)
+                let op = if base.starts_with("add") {
+                    IntOp::Add
+                } else {
+                    IntOp::Sub
+                };
+                let carry = Carry {
+                    set: m.has("cc"),
+                    use_in: base.ends_with('c'),
+                };
+                (
+                    Op::Int {
+                        op,
+                        ty,
+                        carry,
+                        sat: m.has("sat"),
+                    },
+                    Class::Int,
+                )
             }
         }
         "mul" => {
             need_ty()?;
             if ty.is_float() {
-                (Op::FBin { op: FloatBinOp::Mul, ty, m: m.float() }, fc)
+                (
+                    Op::FBin {
+                        op: FloatBinOp::Mul,
+                        ty,
+                        m: m.float(),
+                    },
+                    fc,
+                )
             } else {
                 (Op::Mul { ty, mode: mul_mode }, Class::Int)
             }
@@ -150,11 +190,28 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             if ty.is_float() {
                 (Op::Fma { ty, m: m.float() }, fc)
             } else {
-                let carry = Carry { set: m.has("cc"), use_in: base == "madc" };
-                (Op::Mad { ty, mode: mul_mode, carry }, Class::Int)
+                let carry = Carry {
+                    set: m.has("cc"),
+                    use_in: base == "madc",
+                };
+                (
+                    Op::Mad {
+                        ty,
+                        mode: mul_mode,
+                        carry,
+                    },
+                    Class::Int,
+                )
             }
         }
-        "mul24" | "mad24" => (Op::Mul24 { ty, hi: m.has("hi"), mad: base == "mad24" }, Class::Int),
+        "mul24" | "mad24" => (
+            Op::Mul24 {
+                ty,
+                hi: m.has("hi"),
+                mad: base == "mad24",
+            },
+            Class::Int,
+        ),
         "sad" => (Op::Sad { ty }, Class::Int),
         "div" | "rem" | "min" | "max" => {
             need_ty()?;
@@ -165,7 +222,14 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                     "max" => FloatBinOp::Max,
                     _ => return Err(bad("rem on a float type".into())),
                 };
-                (Op::FBin { op, ty, m: m.float() }, fc)
+                (
+                    Op::FBin {
+                        op,
+                        ty,
+                        m: m.float(),
+                    },
+                    fc,
+                )
             } else {
                 let op = match base {
                     "div" => IntOp::Div,
@@ -173,12 +237,31 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                     "min" => IntOp::Min,
                     _ => IntOp::Max,
                 };
-                (Op::Int { op, ty, carry: Carry::default(), sat: false }, Class::Int)
+                (
+                    Op::Int {
+                        op,
+                        ty,
+                        carry: Carry::default(),
+                        sat: false,
+                    },
+                    Class::Int,
+                )
             }
         }
         "abs" | "neg" if ty.is_float() => {
-            let op = if base == "abs" { FloatUnOp::Abs } else { FloatUnOp::Neg };
-            (Op::FUn { op, ty, m: m.float() }, fc)
+            let op = if base == "abs" {
+                FloatUnOp::Abs
+            } else {
+                FloatUnOp::Neg
+            };
+            (
+                Op::FUn {
+                    op,
+                    ty,
+                    m: m.float(),
+                },
+                fc,
+            )
         }
         "abs" | "neg" | "not" | "cnot" | "popc" | "clz" | "brev" | "bfind" => {
             need_ty()?;
@@ -192,7 +275,14 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                 "brev" => IntUnOp::Brev,
                 _ => IntUnOp::Bfind,
             };
-            (Op::IntUn { op, ty, shift_amt: m.has("shiftamt") }, Class::Int)
+            (
+                Op::IntUn {
+                    op,
+                    ty,
+                    shift_amt: m.has("shiftamt"),
+                },
+                Class::Int,
+            )
         }
         "and" | "or" | "xor" | "shl" | "shr" => {
             need_ty()?;
@@ -203,7 +293,15 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                 "shl" => IntOp::Shl,
                 _ => IntOp::Shr,
             };
-            (Op::Int { op, ty, carry: Carry::default(), sat: false }, Class::Int)
+            (
+                Op::Int {
+                    op,
+                    ty,
+                    carry: Carry::default(),
+                    sat: false,
+                },
+                Class::Int,
+            )
         }
         "bfe" => (Op::Bfe { ty }, Class::Int),
         "bfi" => (Op::Bfi { ty }, Class::Int),
@@ -222,7 +320,13 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             (Op::Prmt { mode }, Class::Int)
         }
         "lop3" => (Op::Lop3, Class::Int),
-        "shf" => (Op::Shf { left: m.has("l"), wrap: m.has("wrap") }, Class::Int),
+        "shf" => (
+            Op::Shf {
+                left: m.has("l"),
+                wrap: m.has("wrap"),
+            },
+            Class::Int,
+        ),
         "fma" => (Op::Fma { ty, m: m.float() }, fc),
         "sqrt" | "rsqrt" | "rcp" | "ex2" | "lg2" | "sin" | "cos" | "tanh" => {
             let op = match base {
@@ -235,13 +339,27 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                 "cos" => FloatUnOp::Cos,
                 _ => FloatUnOp::Tanh,
             };
-            let class = if m.has("approx") || !matches!(base, "sqrt" | "rcp") { Class::Special } else { fc };
-            (Op::FUn { op, ty, m: m.float() }, class)
+            let class = if m.has("approx") || !matches!(base, "sqrt" | "rcp") {
+                Class::Special
+            } else {
+                fc
+            };
+            (
+                Op::FUn {
+                    op,
+                    ty,
+                    m: m.float(),
+                },
+                class,
+            )
         }
         "copysign" => (Op::Copysign { ty }, fc),
         "setp" => {
             need_ty()?;
-            let cmp = parts.get(1).and_then(|w| cmp_op(w)).ok_or_else(|| bad(format!("bad setp `{}`", parts.join("."))))?;
+            let cmp = parts
+                .get(1)
+                .and_then(|w| cmp_op(w))
+                .ok_or_else(|| bad(format!("bad setp `{}`", parts.join("."))))?;
             let bool_op = if m.has("and") {
                 Some(BoolOp::And)
             } else if m.has("or") {
@@ -251,11 +369,18 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             } else {
                 None
             };
-            (Op::Setp { cmp, ty, bool_op }, if ty.is_float() { fc } else { Class::Int })
+            (
+                Op::Setp { cmp, ty, bool_op },
+                if ty.is_float() { fc } else { Class::Int },
+            )
         }
         "selp" => (Op::Selp { ty }, Class::Int),
         "mov" => {
-            let class = if args.iter().any(|a| matches!(a, Opnd::Sreg(_))) { Class::Special } else { Class::Convert };
+            let class = if args.iter().any(|a| matches!(a, Opnd::Sreg(_))) {
+                Class::Special
+            } else {
+                Class::Convert
+            };
             (Op::Mov { ty }, class)
         }
         "cvt" => {
@@ -272,12 +397,26 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             };
             (op, Class::Convert)
         }
-        "cvta" => (Op::Cvta { to: m.has("to"), space: m.space() }, Class::Convert),
+        "cvta" => (
+            Op::Cvta {
+                to: m.has("to"),
+                space: m.space(),
+            },
+            Class::Convert,
+        ),
         "ld" | "ldu" | "st" => {
             need_ty()?;
-            let space = if base == "ldu" { Space::Global } else { m.space() };
+            let space = if base == "ldu" {
+                Space::Global
+            } else {
+                m.space()
+            };
             let nvec = m.nvec();
-            let op = if base == "st" { Op::St { space, ty, nvec } } else { Op::Ld { space, ty, nvec } };
+            let op = if base == "st" {
+                Op::St { space, ty, nvec }
+            } else {
+                Op::Ld { space, ty, nvec }
+            };
             (op, mem_class(space))
         }
         "atom" | "red" => {
@@ -301,7 +440,15 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                     })
                 })
                 .ok_or_else(|| bad(format!("unsupported atomic `{}`", parts.join("."))))?;
-            (Op::Atom { space: m.space(), op, ty, ret: base == "atom" }, Class::Atomic)
+            (
+                Op::Atom {
+                    space: m.space(),
+                    op,
+                    ty,
+                    ret: base == "atom",
+                },
+                Class::Atomic,
+            )
         }
         "cp" if m.has("async") => {
             if m.has("commit_group") || m.has("wait_group") || m.has("wait_all") {
@@ -322,7 +469,13 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             } else {
                 1
             };
-            (Op::Ldmatrix { num, trans: m.has("trans") }, Class::Shared)
+            (
+                Op::Ldmatrix {
+                    num,
+                    trans: m.has("trans"),
+                },
+                Class::Shared,
+            )
         }
         "mma" => {
             let k = if m.has("m16n8k16") {
@@ -332,12 +485,19 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             } else {
                 return Err(bad(format!("unsupported mma shape `{}`", parts.join("."))));
             };
-            if !m.has("row") || !m.has("col") || m.types.len() != 4 || m.types[0] != ScalarType::F32 {
-                return Err(bad(format!("only mma .row.col with f32 accumulators is supported: `{}`", parts.join("."))));
+            if !m.has("row") || !m.has("col") || m.types.len() != 4 || m.types[0] != ScalarType::F32
+            {
+                return Err(bad(format!(
+                    "only mma .row.col with f32 accumulators is supported: `{}`",
+                    parts.join(".")
+                )));
             }
             let ab = m.types[1];
             if !matches!(ab, ScalarType::F16 | ScalarType::Bf16) {
-                return Err(bad(format!("unsupported mma input type `{}`", parts.join("."))));
+                return Err(bad(format!(
+                    "unsupported mma input type `{}`",
+                    parts.join(".")
+                )));
             }
             (Op::Mma { k, ty: ab }, Class::Tensor)
         }
@@ -366,9 +526,8 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                 return Err(bad(format!("unsupported barrier `{}`", parts.join("."))));
             }
         }
-        "membar" | "fence" | "nanosleep" | "prefetch" | "prefetchu" | "pmevent" | "griddepcontrol" => {
-            (Op::Nop, Class::Sync)
-        }
+        "membar" | "fence" | "nanosleep" | "prefetch" | "prefetchu" | "pmevent"
+        | "griddepcontrol" => (Op::Nop, Class::Sync),
         "shfl" => {
             let mode = if m.has("up") {
                 ShflMode::Up
@@ -395,7 +554,12 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
         }
         "activemask" => (Op::Activemask, Class::Sync),
         "trap" | "brkpt" => (Op::Trap, Class::Control),
-        _ => return Err(bad(format!("unsupported instruction `{}`", parts.join(".")))),
+        _ => {
+            return Err(bad(format!(
+                "unsupported instruction `{}`",
+                parts.join(".")
+            )))
+        }
     };
     Ok(r)
 }

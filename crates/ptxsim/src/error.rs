@@ -21,7 +21,11 @@ impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [bx, by, bz] = self.block;
         let [tx, ty, tz] = self.thread;
-        write!(f, "kernel {}, block ({bx},{by},{bz}), thread ({tx},{ty},{tz}), PTX line {}", self.kernel, self.ptx_line)?;
+        write!(
+            f,
+            "kernel {}, block ({bx},{by},{bz}), thread ({tx},{ty},{tz}), PTX line {}",
+            self.kernel, self.ptx_line
+        )?;
         if let Some((file, line)) = &self.source {
             let short = file.rsplit('/').next().unwrap_or(file);
             write!(f, " ({short}:{line})")?;
@@ -47,10 +51,22 @@ pub enum SimError {
     Launch { kernel: String, msg: String },
     /// A load, store or atomic touched memory outside every live allocation or window.
     #[error("out-of-bounds {space} {access} of {size} bytes at {addr:#x}: {site}")]
-    OutOfBounds { site: Box<Site>, space: &'static str, access: &'static str, addr: u64, size: usize },
+    OutOfBounds {
+        site: Box<Site>,
+        space: &'static str,
+        access: &'static str,
+        addr: u64,
+        size: usize,
+    },
     /// An access whose address is not a multiple of its size.
     #[error("misaligned {space} {access} of {size} bytes at {addr:#x}: {site}")]
-    Misaligned { site: Box<Site>, space: &'static str, access: &'static str, addr: u64, size: usize },
+    Misaligned {
+        site: Box<Site>,
+        space: &'static str,
+        access: &'static str,
+        addr: u64,
+        size: usize,
+    },
     /// Two threads touched the same shared byte between two barriers and at least one wrote it.
     #[error(
         "shared-memory race at shared offset {offset:#x}: this {access} conflicts with a {other_access} by thread \

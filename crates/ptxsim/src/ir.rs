@@ -17,7 +17,11 @@ pub struct Module {
 impl Module {
     /// The names of the `.entry` kernels, in declaration order.
     pub fn entry_names(&self) -> Vec<String> {
-        self.functions.iter().filter(|f| f.is_entry).map(|f| f.name.clone()).collect()
+        self.functions
+            .iter()
+            .filter(|f| f.is_entry)
+            .map(|f| f.name.clone())
+            .collect()
     }
 
     pub(crate) fn function(&self, name: &str) -> Option<usize> {
@@ -272,42 +276,131 @@ impl Class {
 /// A decoded operation with its modifiers.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    Int { op: IntOp, ty: ScalarType, carry: Carry, sat: bool },
-    Mul { ty: ScalarType, mode: MulMode },
-    Mad { ty: ScalarType, mode: MulMode, carry: Carry },
-    Mul24 { ty: ScalarType, hi: bool, mad: bool },
-    Sad { ty: ScalarType },
-    IntUn { op: IntUnOp, ty: ScalarType, shift_amt: bool },
-    Bfe { ty: ScalarType },
-    Bfi { ty: ScalarType },
-    Prmt { mode: Option<PrmtMode> },
+    Int {
+        op: IntOp,
+        ty: ScalarType,
+        carry: Carry,
+        sat: bool,
+    },
+    Mul {
+        ty: ScalarType,
+        mode: MulMode,
+    },
+    Mad {
+        ty: ScalarType,
+        mode: MulMode,
+        carry: Carry,
+    },
+    Mul24 {
+        ty: ScalarType,
+        hi: bool,
+        mad: bool,
+    },
+    Sad {
+        ty: ScalarType,
+    },
+    IntUn {
+        op: IntUnOp,
+        ty: ScalarType,
+        shift_amt: bool,
+    },
+    Bfe {
+        ty: ScalarType,
+    },
+    Bfi {
+        ty: ScalarType,
+    },
+    Prmt {
+        mode: Option<PrmtMode>,
+    },
     Lop3,
-    Shf { left: bool, wrap: bool },
-    FBin { op: FloatBinOp, ty: ScalarType, m: FloatMods },
-    Fma { ty: ScalarType, m: FloatMods },
-    FUn { op: FloatUnOp, ty: ScalarType, m: FloatMods },
-    Copysign { ty: ScalarType },
-    Setp { cmp: CmpOp, ty: ScalarType, bool_op: Option<BoolOp> },
-    Selp { ty: ScalarType },
-    Mov { ty: ScalarType },
-    Cvt { dst: ScalarType, src: ScalarType, rnd: Option<Rounding>, ftz: bool, sat: bool, relu: bool },
+    Shf {
+        left: bool,
+        wrap: bool,
+    },
+    FBin {
+        op: FloatBinOp,
+        ty: ScalarType,
+        m: FloatMods,
+    },
+    Fma {
+        ty: ScalarType,
+        m: FloatMods,
+    },
+    FUn {
+        op: FloatUnOp,
+        ty: ScalarType,
+        m: FloatMods,
+    },
+    Copysign {
+        ty: ScalarType,
+    },
+    Setp {
+        cmp: CmpOp,
+        ty: ScalarType,
+        bool_op: Option<BoolOp>,
+    },
+    Selp {
+        ty: ScalarType,
+    },
+    Mov {
+        ty: ScalarType,
+    },
+    Cvt {
+        dst: ScalarType,
+        src: ScalarType,
+        rnd: Option<Rounding>,
+        ftz: bool,
+        sat: bool,
+        relu: bool,
+    },
     /// `cvta.to.space` (`to = true`) or `cvta.space`.
-    Cvta { to: bool, space: Space },
-    Ld { space: Space, ty: ScalarType, nvec: u8 },
-    St { space: Space, ty: ScalarType, nvec: u8 },
-    Atom { space: Space, op: AtomOp, ty: ScalarType, ret: bool },
-    CpAsync { size: u8 },
-    Ldmatrix { num: u8, trans: bool },
-    Mma { k: u8, ty: ScalarType },
+    Cvta {
+        to: bool,
+        space: Space,
+    },
+    Ld {
+        space: Space,
+        ty: ScalarType,
+        nvec: u8,
+    },
+    St {
+        space: Space,
+        ty: ScalarType,
+        nvec: u8,
+    },
+    Atom {
+        space: Space,
+        op: AtomOp,
+        ty: ScalarType,
+        ret: bool,
+    },
+    CpAsync {
+        size: u8,
+    },
+    Ldmatrix {
+        num: u8,
+        trans: bool,
+    },
+    Mma {
+        k: u8,
+        ty: ScalarType,
+    },
     Bra,
     /// Call a function (program-wide index after linking).
-    Call { func: u32 },
+    Call {
+        func: u32,
+    },
     Ret,
     Exit,
     Bar,
     BarWarp,
-    Shfl { mode: ShflMode },
-    Vote { mode: VoteMode },
+    Shfl {
+        mode: ShflMode,
+    },
+    Vote {
+        mode: VoteMode,
+    },
     Activemask,
     Trap,
     Nop,

@@ -61,25 +61,42 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token<'_>>> {
                 i += 1;
             }
             if i >= b.len() {
-                return Err(SimError::Parse { line, msg: "unterminated string".into() });
+                return Err(SimError::Parse {
+                    line,
+                    msg: "unterminated string".into(),
+                });
             }
-            out.push(Token { tok: Tok::Str(&src[start..i]), line });
+            out.push(Token {
+                tok: Tok::Str(&src[start..i]),
+                line,
+            });
             i += 1;
         } else if c.is_ascii_digit() {
             let start = i;
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
                 i += 1;
             }
-            out.push(Token { tok: Tok::Num(&src[start..i]), line });
+            out.push(Token {
+                tok: Tok::Num(&src[start..i]),
+                line,
+            });
         } else if is_word_start(c) {
             let start = i;
             // Cache hints such as `.L2::128B` keep their `::` inside the word.
-            while i < b.len() && (is_word_char(b[i]) || (b[i] == b':' && b.get(i + 1) == Some(&b':'))) {
+            while i < b.len()
+                && (is_word_char(b[i]) || (b[i] == b':' && b.get(i + 1) == Some(&b':')))
+            {
                 i += if b[i] == b':' { 2 } else { 1 };
             }
-            out.push(Token { tok: Tok::Word(&src[start..i]), line });
+            out.push(Token {
+                tok: Tok::Word(&src[start..i]),
+                line,
+            });
         } else {
-            out.push(Token { tok: Tok::Punct(c as char), line });
+            out.push(Token {
+                tok: Tok::Punct(c as char),
+                line,
+            });
             i += 1;
         }
     }
@@ -102,7 +119,9 @@ pub(crate) fn parse_int(s: &str) -> Option<u64> {
 /// The bool says whether it was written as a float.
 pub(crate) fn parse_number(s: &str) -> Option<(u64, bool)> {
     if let Some(h) = s.strip_prefix("0f").or_else(|| s.strip_prefix("0F")) {
-        return u32::from_str_radix(h, 16).ok().map(|v| (u64::from(v), true));
+        return u32::from_str_radix(h, 16)
+            .ok()
+            .map(|v| (u64::from(v), true));
     }
     if let Some(h) = s.strip_prefix("0d").or_else(|| s.strip_prefix("0D")) {
         return u64::from_str_radix(h, 16).ok().map(|v| (v, true));

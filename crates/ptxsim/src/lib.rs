@@ -16,6 +16,8 @@ mod memory;
 mod parse;
 mod program;
 mod runtime;
+#[cfg(test)]
+mod sim_tests;
 pub mod types;
 
 pub use counters::Counters;
@@ -23,7 +25,7 @@ pub use error::{Result, SimError, Site};
 pub use ir::{Class, Module};
 pub use parse::{entry_names, parse};
 pub use runtime::SimRuntime;
-#[allow(dead_code, unused_imports)]
-pub(crate) mod numeric;
 #[allow(dead_code)]
 pub(crate) mod mma;
+#[allow(dead_code, unused_imports)]
+pub(crate) mod numeric;

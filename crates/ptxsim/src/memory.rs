@@ -27,7 +27,12 @@ pub(crate) struct DeviceMemory {
 
 impl DeviceMemory {
     pub(crate) fn new(cap: usize) -> Self {
-        Self { allocs: BTreeMap::new(), next: DEVICE_BASE, used: 0, cap }
+        Self {
+            allocs: BTreeMap::new(),
+            next: DEVICE_BASE,
+            used: 0,
+            cap,
+        }
     }
 
     /// Allocates `bytes` zeroed bytes, or returns `None` when the cap would be exceeded.

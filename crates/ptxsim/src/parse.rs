@@ -12,7 +12,15 @@ use crate::types::ScalarType;
 /// Parses PTX text into a `Module`.
 pub fn parse(src: &str) -> Result<Module> {
     let toks = tokenize(src)?;
-    let mut p = Parser { toks, pos: 0, module: Module { globals: vec![], functions: vec![], files: vec![] } };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        module: Module {
+            globals: vec![],
+            functions: vec![],
+            files: vec![],
+        },
+    };
     p.module_body()?;
     Ok(p.module)
 }
@@ -36,7 +44,10 @@ struct Parser<'a> {
 }
 
 fn err<T>(line: u32, msg: impl Into<String>) -> Result<T> {
-    Err(SimError::Parse { line, msg: msg.into() })
+    Err(SimError::Parse {
+        line,
+        msg: msg.into(),
+    })
 }
 
 /// A variable declaration's parts.
@@ -47,7 +58,10 @@ struct VarDecl {
 
 impl<'a> Parser<'a> {
     fn line(&self) -> u32 {
-        self.toks.get(self.pos).or(self.toks.last()).map_or(0, |t| t.line)
+        self.toks
+            .get(self.pos)
+            .or(self.toks.last())
+            .map_or(0, |t| t.line)
     }
 
     fn peek(&self) -> Option<&Tok<'a>> {
@@ -108,7 +122,9 @@ impl<'a> Parser<'a> {
         let mut is_extern = false;
         while let Some(t) = self.peek().cloned() {
             let line = self.line();
-            let Tok::Word(w) = t else { return err(line, format!("unexpected {t:?} at module scope")) };
+            let Tok::Word(w) = t else {
+                return err(line, format!("unexpected {t:?} at module scope"));
+            };
             match w {
                 ".version" | ".target" | ".address_size" => {
                     self.pos += 1;
@@ -195,7 +211,9 @@ impl<'a> Parser<'a> {
                 _ => break w,
             }
         };
-        let Some(elem) = elem else { return err(line, format!("variable `{name}` has no type")) };
+        let Some(elem) = elem else {
+            return err(line, format!("variable `{name}` has no type"));
+        };
         let esize = elem.size() * vec;
         let mut count = 1usize;
         let mut unsized_array = false;
@@ -215,7 +233,10 @@ impl<'a> Parser<'a> {
         }
         let size = if unsized_array { 0 } else { esize * count };
         if init.len() > size && !unsized_array {
-            return err(line, format!("initializer of `{name}` is larger than the variable"));
+            return err(
+                line,
+                format!("initializer of `{name}` is larger than the variable"),
+            );
         }
         let sym = Symbol {
             name: name.to_string(),
@@ -247,8 +268,12 @@ impl<'a> Parser<'a> {
         if neg {
             self.pos += 1;
         }
-        let Tok::Num(n) = self.next()? else { return err(line, "initializers other than numbers are not supported") };
-        let Some((mut bits, is_float)) = parse_number(n) else { return err(line, format!("bad number `{n}`")) };
+        let Tok::Num(n) = self.next()? else {
+            return err(line, "initializers other than numbers are not supported");
+        };
+        let Some((mut bits, is_float)) = parse_number(n) else {
+            return err(line, format!("bad number `{n}`"));
+        };
         if is_float && elem == ScalarType::F32 && !n.starts_with("0f") && !n.starts_with("0F") {
             bits = u64::from((f64::from_bits(bits) as f32).to_bits());
         }
@@ -290,7 +315,11 @@ impl<'a> Parser<'a> {
             rets = self.param_list()?;
         }
         let name = self.word()?;
-        let params = if self.is_punct('(') { self.param_list()? } else { Vec::new() };
+        let params = if self.is_punct('(') {
+            self.param_list()?
+        } else {
+            Vec::new()
+        };
         // Performance directives (.maxntid, .reqntid, .minnctapersm, .noreturn, …) up to the body or `;`.
         while !self.is_punct('{') && !self.is_punct(';') {
             self.next()?;
@@ -316,7 +345,16 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         self.pos += 1;
-        let mut f = Function { name: name.to_string(), is_entry, params, rets, locals: vec![], nregs: 0, code: vec![], line };
+        let mut f = Function {
+            name: name.to_string(),
+            is_entry,
+            params,
+            rets,
+            locals: vec![],
+            nregs: 0,
+            code: vec![],
+            line,
+        };
         self.body(&mut f)?;
         self.module.functions[idx] = f;
         Ok(())
@@ -367,13 +405,18 @@ impl<'a> Parser<'a> {
                             self.pos += 1;
                             let n = self.int()? as u32;
                             self.expect_punct('>')?;
-                            let scope = scopes.last_mut().expect("a function body always has a scope");
+                            let scope = scopes
+                                .last_mut()
+                                .expect("a function body always has a scope");
                             for i in 0..n {
                                 scope.insert(format!("{name}{i}"), Name::Reg(f.nregs));
                                 f.nregs += 1;
                             }
                         } else {
-                            scopes.last_mut().expect("a function body always has a scope").insert(name.to_string(), Name::Reg(f.nregs));
+                            scopes
+                                .last_mut()
+                                .expect("a function body always has a scope")
+                                .insert(name.to_string(), Name::Reg(f.nregs));
                             f.nregs += 1;
                         }
                         if self.is_punct(',') {
@@ -402,7 +445,10 @@ impl<'a> Parser<'a> {
                         self.module.globals.push(d.sym);
                         SymRef::Global(self.module.globals.len() as u32 - 1)
                     };
-                    scopes.last_mut().expect("a function body always has a scope").insert(name, Name::Sym(r));
+                    scopes
+                        .last_mut()
+                        .expect("a function body always has a scope")
+                        .insert(name, Name::Sym(r));
                 }
                 Tok::Word(".loc") => {
                     let file = self.int()? as u32;
@@ -417,7 +463,10 @@ impl<'a> Parser<'a> {
                 }
                 Tok::Word(w) if !w.starts_with('.') || w.len() > 1 => {
                     if w.starts_with('.') {
-                        return err(line, format!("unsupported directive `{w}` in a function body"));
+                        return err(
+                            line,
+                            format!("unsupported directive `{w}` in a function body"),
+                        );
                     }
                     self.instruction(f, &scopes, w, None, loc, &mut fixups, line)?;
                 }
@@ -425,7 +474,9 @@ impl<'a> Parser<'a> {
             }
         }
         for (ii, oi, name, line) in fixups {
-            let Some(&target) = labels.get(name) else { return err(line, format!("unknown name `{name}`")) };
+            let Some(&target) = labels.get(name) else {
+                return err(line, format!("unknown name `{name}`"));
+            };
             f.code[ii].args[oi] = Opnd::Label(target);
         }
         Ok(())
@@ -457,7 +508,14 @@ impl<'a> Parser<'a> {
         }
         let parts: Vec<&str> = opcode.split('.').collect();
         let (op, class) = decode(&parts, &args, line)?;
-        f.code.push(Inst { op, guard, args, class, line, loc });
+        f.code.push(Inst {
+            op,
+            guard,
+            args,
+            class,
+            line,
+            loc,
+        });
         Ok(())
     }
 
@@ -484,7 +542,9 @@ impl<'a> Parser<'a> {
             Tok::Punct('[') => {
                 let base = match self.next()? {
                     Tok::Word(w) => self.name(scopes, w, line)?,
-                    Tok::Num(n) => Opnd::Imm(parse_int(n).map_or_else(|| err(line, format!("bad address `{n}`")), Ok)?),
+                    Tok::Num(n) => Opnd::Imm(
+                        parse_int(n).map_or_else(|| err(line, format!("bad address `{n}`")), Ok)?,
+                    ),
                     t => return err(line, format!("bad address {t:?}")),
                 };
                 let mut off = 0i64;
@@ -502,7 +562,9 @@ impl<'a> Parser<'a> {
             }
             Tok::Punct('-') => match self.next()? {
                 Tok::Num(n) => {
-                    let Some((bits, is_float)) = parse_number(n) else { return err(line, format!("bad number `{n}`")) };
+                    let Some((bits, is_float)) = parse_number(n) else {
+                        return err(line, format!("bad number `{n}`"));
+                    };
                     if is_float {
                         return err(line, "negated float literals are not supported");
                     }
@@ -518,7 +580,9 @@ impl<'a> Parser<'a> {
                 }
             }
             Tok::Num(n) => {
-                let Some((bits, _)) = parse_number(n) else { return err(line, format!("bad number `{n}`")) };
+                let Some((bits, _)) = parse_number(n) else {
+                    return err(line, format!("bad number `{n}`"));
+                };
                 Ok(Opnd::Imm(bits))
             }
             Tok::Word("_") => Ok(Opnd::Sink),
@@ -542,7 +606,8 @@ impl<'a> Parser<'a> {
     }
 
     fn name(&self, scopes: &[HashMap<String, Name>], w: &str, line: u32) -> Result<Opnd> {
-        self.try_name(scopes, w).map_or_else(|| err(line, format!("unknown name `{w}`")), Ok)
+        self.try_name(scopes, w)
+            .map_or_else(|| err(line, format!("unknown name `{w}`")), Ok)
     }
 
     fn try_name(&self, scopes: &[HashMap<String, Name>], w: &str) -> Option<Opnd> {
@@ -558,7 +623,9 @@ impl<'a> Parser<'a> {
         if let Some(i) = self.module.globals.iter().rposition(|g| g.name == w) {
             return Some(Opnd::Sym(SymRef::Global(i as u32)));
         }
-        self.module.function(w).map(|i| Opnd::Sym(SymRef::Func(i as u32)))
+        self.module
+            .function(w)
+            .map(|i| Opnd::Sym(SymRef::Func(i as u32)))
     }
 }
 

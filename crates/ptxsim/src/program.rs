@@ -17,7 +17,10 @@ pub(crate) struct Layout {
 impl Layout {
     /// Places the module's variables: `.shared` ones at offsets, the others through `alloc`, which receives
     /// (size, initializer) and returns the device address.
-    pub(crate) fn new(module: &Module, mut alloc: impl FnMut(usize, &[u8]) -> Result<u64>) -> Result<Self> {
+    pub(crate) fn new(
+        module: &Module,
+        mut alloc: impl FnMut(usize, &[u8]) -> Result<u64>,
+    ) -> Result<Self> {
         let mut shared = 0usize;
         let mut dyn_align = 16usize;
         let mut global_addrs = Vec::with_capacity(module.globals.len());
@@ -41,7 +44,11 @@ impl Layout {
                 *a = dyn_shared_offset as u64;
             }
         }
-        Ok(Self { global_addrs, shared_static: shared, dyn_shared_offset })
+        Ok(Self {
+            global_addrs,
+            shared_static: shared,
+            dyn_shared_offset,
+        })
     }
 }
 
@@ -100,7 +107,10 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
         .functions
         .iter()
         .position(|f| f.is_entry && f.name == entry)
-        .ok_or_else(|| SimError::UnknownKernel { module: source.to_string(), name: entry.to_string() })?;
+        .ok_or_else(|| SimError::UnknownKernel {
+            module: source.to_string(),
+            name: entry.to_string(),
+        })?;
     // Functions reachable from the entry, in discovery order; recursion is rejected (locals are static).
     let mut order = vec![root];
     let mut i = 0;
@@ -109,11 +119,20 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
             if let Op::Call { func } = inst.op {
                 let f = func as usize;
                 if f == root || module.functions[f].is_entry {
-                    return Err(SimError::Parse { line: inst.line, msg: "call of a kernel entry".into() });
+                    return Err(SimError::Parse {
+                        line: inst.line,
+                        msg: "call of a kernel entry".into(),
+                    });
                 }
                 if module.functions[f].code.is_empty() {
-                    let msg = format!("call of `{}`, which has no body in this module", module.functions[f].name);
-                    return Err(SimError::Parse { line: inst.line, msg });
+                    let msg = format!(
+                        "call of `{}`, which has no body in this module",
+                        module.functions[f].name
+                    );
+                    return Err(SimError::Parse {
+                        line: inst.line,
+                        msg,
+                    });
                 }
                 if !order.contains(&f) {
                     order.push(f);
@@ -141,7 +160,14 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
         let locals = place(&f.locals);
         let params = if f.is_entry { vec![] } else { place(&f.params) };
         let rets = place(&f.rets);
-        placed.push(Placed { func: fi, pc_base: pc, reg_base: reg, locals, params, rets });
+        placed.push(Placed {
+            func: fi,
+            pc_base: pc,
+            reg_base: reg,
+            locals,
+            params,
+            rets,
+        });
         pc += f.code.len() as u32;
         reg += f.nregs;
     }
@@ -149,7 +175,11 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
     let mut off = 0usize;
     for p in &module.functions[root].params {
         off = align_up(off, p.align.max(1));
-        params.push(ParamSlot { name: p.name.clone(), offset: off, size: p.size });
+        params.push(ParamSlot {
+            name: p.name.clone(),
+            offset: off,
+            size: p.size,
+        });
         off += p.size;
     }
     let mut prog = Program {
@@ -221,7 +251,10 @@ fn check_no_recursion(module: &Module, order: &[usize]) -> Result<()> {
     fn visit(module: &Module, f: usize, stack: &mut Vec<usize>) -> Result<()> {
         if stack.contains(&f) {
             let fun = &module.functions[f];
-            return Err(SimError::Parse { line: fun.line, msg: format!("recursive call of `{}` is not supported", fun.name) });
+            return Err(SimError::Parse {
+                line: fun.line,
+                msg: format!("recursive call of `{}` is not supported", fun.name),
+            });
         }
         stack.push(f);
         for inst in &module.functions[f].code {
@@ -236,11 +269,22 @@ fn check_no_recursion(module: &Module, order: &[usize]) -> Result<()> {
 }
 
 /// Resolves a symbol to (state space, address in that space).
-fn resolve(module: &Module, layout: &Layout, p: &Placed, f: &Function, s: SymRef, line: u32) -> Result<(Space, u64)> {
+fn resolve(
+    module: &Module,
+    layout: &Layout,
+    p: &Placed,
+    f: &Function,
+    s: SymRef,
+    line: u32,
+) -> Result<(Space, u64)> {
     Ok(match s {
         SymRef::Global(i) => {
             let g = &module.globals[i as usize];
-            let space = if g.space == Space::Shared { Space::Shared } else { Space::Global };
+            let space = if g.space == Space::Shared {
+                Space::Shared
+            } else {
+                Space::Global
+            };
             (space, layout.global_addrs[i as usize])
         }
         SymRef::Param(i) if f.is_entry => {
@@ -257,7 +301,12 @@ fn resolve(module: &Module, layout: &Layout, p: &Placed, f: &Function, s: SymRef
         SymRef::Param(i) => (Space::Local, p.params[i as usize]),
         SymRef::Ret(i) => (Space::Local, p.rets[i as usize]),
         SymRef::Local(i) => (Space::Local, p.locals[i as usize]),
-        SymRef::Func(_) => return Err(SimError::Parse { line, msg: "a function name used as a value".into() }),
+        SymRef::Func(_) => {
+            return Err(SimError::Parse {
+                line,
+                msg: "a function name used as a value".into(),
+            })
+        }
     })
 }
 
@@ -277,27 +326,48 @@ fn link_inst(
         out.guard = Some((r + p.reg_base, n));
     }
     if let Op::Call { func } = inst.op {
-        let callee = placed.iter().find(|q| q.func == func as usize).expect("every callee was placed");
+        let callee = placed
+            .iter()
+            .find(|q| q.func == func as usize)
+            .expect("every callee was placed");
         let cf = &module.functions[func as usize];
-        let fpos = inst.args.iter().position(|a| matches!(a, Opnd::Sym(SymRef::Func(_)))).expect("decode checked");
+        let fpos = inst
+            .args
+            .iter()
+            .position(|a| matches!(a, Opnd::Sym(SymRef::Func(_))))
+            .expect("decode checked");
         let list = |o: Option<&Opnd>| -> Vec<Opnd> {
             match o {
                 Some(Opnd::Vec(v)) => v.clone(),
                 _ => vec![],
             }
         };
-        let rets = if fpos > 0 { list(inst.args.first()) } else { vec![] };
+        let rets = if fpos > 0 {
+            list(inst.args.first())
+        } else {
+            vec![]
+        };
         let args = list(inst.args.get(fpos + 1));
         let addr_of = |o: &Opnd| -> Result<u64> {
             match o {
                 Opnd::Sym(s) => Ok(resolve(module, layout, p, f, *s, line)?.1),
-                _ => Err(SimError::Parse { line, msg: "call arguments must be .param variables".into() }),
+                _ => Err(SimError::Parse {
+                    line,
+                    msg: "call arguments must be .param variables".into(),
+                }),
             }
         };
         if args.len() != cf.params.len() || rets.len() != cf.rets.len() {
-            return Err(SimError::Parse { line, msg: format!("call of `{}` with the wrong number of arguments", cf.name) });
+            return Err(SimError::Parse {
+                line,
+                msg: format!("call of `{}` with the wrong number of arguments", cf.name),
+            });
         }
-        let mut info = CallInfo { target: callee.pc_base, copy_in: vec![], copy_out: vec![] };
+        let mut info = CallInfo {
+            target: callee.pc_base,
+            copy_in: vec![],
+            copy_out: vec![],
+        };
         for (a, (dst, sym)) in args.iter().zip(callee.params.iter().zip(&cf.params)) {
             info.copy_in.push((addr_of(a)?, *dst, sym.size as u32));
         }
@@ -305,7 +375,9 @@ fn link_inst(
             info.copy_out.push((*src, addr_of(r)?, sym.size as u32));
         }
         prog.calls.push(info);
-        out.op = Op::Call { func: prog.calls.len() as u32 - 1 };
+        out.op = Op::Call {
+            func: prog.calls.len() as u32 - 1,
+        };
         out.args.clear();
         return Ok(out);
     }
@@ -318,8 +390,15 @@ fn link_inst(
     if let Some(space) = sym_space {
         match &mut out.op {
             Op::Ld { space: s, .. } | Op::St { space: s, .. } | Op::Atom { space: s, .. } => {
-                if *s == Space::Generic || (*s == Space::Param && space == Space::Local) || *s == Space::Const {
-                    *s = if *s == Space::Const { Space::Global } else { space };
+                if *s == Space::Generic
+                    || (*s == Space::Param && space == Space::Local)
+                    || *s == Space::Const
+                {
+                    *s = if *s == Space::Const {
+                        Space::Global
+                    } else {
+                        space
+                    };
                     out.class = match space {
                         Space::Local => crate::ir::Class::Local,
                         Space::Shared => crate::ir::Class::Shared,
@@ -330,7 +409,11 @@ fn link_inst(
             _ => {}
         }
     }
-    if let Op::Ld { space: s @ Space::Const, .. } = &mut out.op {
+    if let Op::Ld {
+        space: s @ Space::Const,
+        ..
+    } = &mut out.op
+    {
         *s = Space::Global;
     }
     Ok(out)

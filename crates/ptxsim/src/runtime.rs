@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rankfold_kernels::{
-    DevicePtr, Error as KError, GemmConfig, GpuRuntime, KernelArg, Launch, LaunchConfig, MemoryInfo, PtxModule,
+    DevicePtr, Error as KError, GemmConfig, GpuRuntime, KernelArg, Launch, LaunchConfig,
+    MemoryInfo, PtxModule,
 };
 
 use crate::counters::Counters;
@@ -125,7 +126,12 @@ fn load(mem: &mut DeviceMemory, ptx: &str) -> Result<Loaded> {
         }
         Ok(addr)
     })?;
-    Ok(Loaded { source: ptx.to_string(), module, layout, programs: HashMap::new() })
+    Ok(Loaded {
+        source: ptx.to_string(),
+        module,
+        layout,
+        programs: HashMap::new(),
+    })
 }
 
 fn program(loaded: &mut Loaded, entry: &str, source: &str) -> Result<Arc<Program>> {
@@ -138,34 +144,72 @@ fn program(loaded: &mut Loaded, entry: &str, source: &str) -> Result<Arc<Program
 }
 
 /// Builds the parameter buffer, checks the configuration and runs the grid.
-fn run(st: &mut State, prog: &Program, cfg: LaunchConfig, args: &[KernelArg]) -> rankfold_kernels::Result<()> {
+fn run(
+    st: &mut State,
+    prog: &Program,
+    cfg: LaunchConfig,
+    args: &[KernelArg],
+) -> rankfold_kernels::Result<()> {
     let kernel = &prog.kernel;
     if args.len() != prog.params.len() {
-        let msg = format!("{} arguments given, the kernel declares {} parameters", args.len(), prog.params.len());
-        return Err(SimError::Arguments { kernel: kernel.clone(), msg }.into());
+        let msg = format!(
+            "{} arguments given, the kernel declares {} parameters",
+            args.len(),
+            prog.params.len()
+        );
+        return Err(SimError::Arguments {
+            kernel: kernel.clone(),
+            msg,
+        }
+        .into());
     }
     let mut params = vec![0u8; prog.param_bytes];
     for (i, (a, p)) in args.iter().zip(&prog.params).enumerate() {
         if a.size() != p.size {
-            let msg = format!("argument {i} ({}) is {} bytes, parameter `{}` is {} bytes", kind(a), a.size(), p.name, p.size);
-            return Err(SimError::Arguments { kernel: kernel.clone(), msg }.into());
+            let msg = format!(
+                "argument {i} ({}) is {} bytes, parameter `{}` is {} bytes",
+                kind(a),
+                a.size(),
+                p.name,
+                p.size
+            );
+            return Err(SimError::Arguments {
+                kernel: kernel.clone(),
+                msg,
+            }
+            .into());
         }
         params[p.offset..p.offset + p.size].copy_from_slice(&a.to_bytes());
     }
     let (g, b) = (cfg.grid, cfg.block);
     let threads = b.count();
-    let invalid = |msg: String| -> rankfold_kernels::Error { SimError::Launch { kernel: kernel.clone(), msg }.into() };
+    let invalid = |msg: String| -> rankfold_kernels::Error {
+        SimError::Launch {
+            kernel: kernel.clone(),
+            msg,
+        }
+        .into()
+    };
     if g.count() == 0 || threads == 0 {
         return Err(invalid(format!("empty grid {g:?} or block {b:?}")));
     }
     if threads > 1024 || b.z > 64 {
-        return Err(invalid(format!("block {b:?} has more than 1024 threads or z > 64")));
+        return Err(invalid(format!(
+            "block {b:?} has more than 1024 threads or z > 64"
+        )));
     }
     let shared = prog.dyn_shared_offset + cfg.shared_bytes as usize;
     if shared > 227 * 1024 {
-        return Err(invalid(format!("{shared} bytes of shared memory exceed the 227 KiB per block")));
+        return Err(invalid(format!(
+            "{shared} bytes of shared memory exceed the 227 KiB per block"
+        )));
     }
-    let mut ctx = Ctx { prog, mem: &mut st.mem, params, counters: Counters::default() };
+    let mut ctx = Ctx {
+        prog,
+        mem: &mut st.mem,
+        params,
+        counters: Counters::default(),
+    };
     ctx.counters.launches = 1;
     let r = run_grid(&mut ctx, [g.x, g.y, g.z], [b.x, b.y, b.z], cfg.shared_bytes);
     let counters = ctx.counters;
@@ -198,11 +242,14 @@ impl GpuRuntime for SimRuntime {
     fn alloc(&self, bytes: usize) -> rankfold_kernels::Result<DevicePtr> {
         let mut st = self.lock();
         let (cap, used) = (st.mem.cap, st.mem.used);
-        st.mem.alloc(bytes).map(DevicePtr).ok_or(KError::OutOfMemory {
-            requested: bytes,
-            free: cap.saturating_sub(used),
-            total: cap,
-        })
+        st.mem
+            .alloc(bytes)
+            .map(DevicePtr)
+            .ok_or(KError::OutOfMemory {
+                requested: bytes,
+                free: cap.saturating_sub(used),
+                total: cap,
+            })
     }
 
     unsafe fn free(&self, ptr: DevicePtr) -> rankfold_kernels::Result<()> {
@@ -215,29 +262,55 @@ impl GpuRuntime for SimRuntime {
 
     unsafe fn copy_h2d(&self, dst: DevicePtr, src: &[u8]) -> rankfold_kernels::Result<()> {
         let mut st = self.lock();
-        let d = st.mem.slice_mut(dst.0, src.len()).ok_or_else(|| bad_ptr("copy_h2d", dst.0, src.len()))?;
+        let d = st
+            .mem
+            .slice_mut(dst.0, src.len())
+            .ok_or_else(|| bad_ptr("copy_h2d", dst.0, src.len()))?;
         d.copy_from_slice(src);
         Ok(())
     }
 
     unsafe fn copy_d2h(&self, src: DevicePtr, dst: &mut [u8]) -> rankfold_kernels::Result<()> {
         let st = self.lock();
-        let s = st.mem.slice(src.0, dst.len()).ok_or_else(|| bad_ptr("copy_d2h", src.0, dst.len()))?;
+        let s = st
+            .mem
+            .slice(src.0, dst.len())
+            .ok_or_else(|| bad_ptr("copy_d2h", src.0, dst.len()))?;
         dst.copy_from_slice(s);
         Ok(())
     }
 
-    unsafe fn copy_d2d(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> rankfold_kernels::Result<()> {
+    unsafe fn copy_d2d(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        bytes: usize,
+    ) -> rankfold_kernels::Result<()> {
         let mut st = self.lock();
-        let tmp = st.mem.slice(src.0, bytes).ok_or_else(|| bad_ptr("copy_d2d", src.0, bytes))?.to_vec();
-        let d = st.mem.slice_mut(dst.0, bytes).ok_or_else(|| bad_ptr("copy_d2d", dst.0, bytes))?;
+        let tmp = st
+            .mem
+            .slice(src.0, bytes)
+            .ok_or_else(|| bad_ptr("copy_d2d", src.0, bytes))?
+            .to_vec();
+        let d = st
+            .mem
+            .slice_mut(dst.0, bytes)
+            .ok_or_else(|| bad_ptr("copy_d2d", dst.0, bytes))?;
         d.copy_from_slice(&tmp);
         Ok(())
     }
 
-    unsafe fn memset(&self, dst: DevicePtr, value: u8, bytes: usize) -> rankfold_kernels::Result<()> {
+    unsafe fn memset(
+        &self,
+        dst: DevicePtr,
+        value: u8,
+        bytes: usize,
+    ) -> rankfold_kernels::Result<()> {
         let mut st = self.lock();
-        let d = st.mem.slice_mut(dst.0, bytes).ok_or_else(|| bad_ptr("memset", dst.0, bytes))?;
+        let d = st
+            .mem
+            .slice_mut(dst.0, bytes)
+            .ok_or_else(|| bad_ptr("memset", dst.0, bytes))?;
         d.fill(value);
         Ok(())
     }
@@ -266,6 +339,9 @@ impl GpuRuntime for SimRuntime {
 
     fn memory_info(&self) -> rankfold_kernels::Result<MemoryInfo> {
         let st = self.lock();
-        Ok(MemoryInfo { free: st.mem.cap.saturating_sub(st.mem.used), total: st.mem.cap })
+        Ok(MemoryInfo {
+            free: st.mem.cap.saturating_sub(st.mem.used),
+            total: st.mem.cap,
+        })
     }
 }

@@ -45,14 +45,23 @@ fn lanes_of(ty: ScalarType) -> u64 {
 /// The common conversions whose PTX semantics are exactly Rust's `as` casts (int widening and narrowing,
 /// 32-bit int to f32 rounding to nearest); `None` sends everything else to the numerics module.
 #[inline]
-fn cvt_fast(dst: ScalarType, src: ScalarType, x: u64, rnd: Option<crate::types::Rounding>, ftz: bool, sat: bool) -> Option<u64> {
+fn cvt_fast(
+    dst: ScalarType,
+    src: ScalarType,
+    x: u64,
+    rnd: Option<crate::types::Rounding>,
+    ftz: bool,
+    sat: bool,
+) -> Option<u64> {
     use ScalarType::*;
     if sat || ftz {
         return None;
     }
     let rn = matches!(rnd, None | Some(crate::types::Rounding::Rn));
     Some(match (dst, src) {
-        (U64 | S64, U32) | (U32 | S32, U64 | S64) | (U32, S32) | (S32, U32) => x & mask_bits(dst.bits().min(src.bits())),
+        (U64 | S64, U32) | (U32 | S32, U64 | S64) | (U32, S32) | (S32, U32) => {
+            x & mask_bits(dst.bits().min(src.bits()))
+        }
         (U64 | S64, S32) => x as u32 as i32 as i64 as u64,
         (F32, S32) if rn => u64::from((x as u32 as i32 as f32).to_bits()),
         (F32, U32) if rn => u64::from((x as u32 as f32).to_bits()),
@@ -62,7 +71,11 @@ fn cvt_fast(dst: ScalarType, src: ScalarType, x: u64, rnd: Option<crate::types::
 
 /// Whether float modifiers ask for plain IEEE round-to-nearest (no ftz, saturation or approximation).
 fn plain_rn(m: numeric::FloatMods) -> bool {
-    matches!(m.rnd, None | Some(crate::types::Rounding::Rn)) && !m.ftz && !m.sat && !m.approx && !m.nan
+    matches!(m.rnd, None | Some(crate::types::Rounding::Rn))
+        && !m.ftz
+        && !m.sat
+        && !m.approx
+        && !m.nan
 }
 
 impl Warp {
@@ -86,7 +99,11 @@ impl Warp {
                                 u128::from(x).wrapping_sub(u128::from(y) + u128::from(cin))
                             };
                             if carry.set {
-                                let c = if op == IntOp::Add { wide >> w != 0 } else { u128::from(x) < u128::from(y) + u128::from(cin) };
+                                let c = if op == IntOp::Add {
+                                    wide >> w != 0
+                                } else {
+                                    u128::from(x) < u128::from(y) + u128::from(cin)
+                                };
                                 self.carry = (self.carry & !(1 << l)) | (u32::from(c) << l);
                             }
                             if sat && signed {
@@ -117,7 +134,11 @@ impl Warp {
                             }
                         }
                         IntOp::Min | IntOp::Max => {
-                            let less = if signed { sext(x, w) < sext(y, w) } else { x < y };
+                            let less = if signed {
+                                sext(x, w) < sext(y, w)
+                            } else {
+                                x < y
+                            };
                             if less == (op == IntOp::Min) {
                                 x
                             } else {
@@ -136,7 +157,8 @@ impl Warp {
                             }
                         }
                         IntOp::Shr => {
-                            let s = (self.get(&a[2], l) & 0xffff_ffff).min(u64::from(w) - 1 + u64::from(!signed));
+                            let s = (self.get(&a[2], l) & 0xffff_ffff)
+                                .min(u64::from(w) - 1 + u64::from(!signed));
                             if signed {
                                 ((sext(x, w) >> s.min(63)) as u64) & mk
                             } else if s >= u64::from(w) {
@@ -227,7 +249,11 @@ impl Warp {
                         IntUnOp::Clz => u64::from(x.leading_zeros() - (64 - w)),
                         IntUnOp::Brev => x.reverse_bits() >> (64 - w),
                         IntUnOp::Bfind => {
-                            let v = if ty.is_signed() && sext(x, w) < 0 { !x & mk } else { x };
+                            let v = if ty.is_signed() && sext(x, w) < 0 {
+                                !x & mk
+                            } else {
+                                x
+                            };
                             if v == 0 {
                                 0xffff_ffff
                             } else {
@@ -246,25 +272,41 @@ impl Warp {
             Op::Bfe { ty } => {
                 for l in lanes(exec) {
                     let (x, p, n) = (self.get(&a[1], l), self.get(&a[2], l), self.get(&a[3], l));
-                    self.set(&a[0], l, numeric::bfe(ty, x, (p & 0xff) as u32, (n & 0xff) as u32));
+                    self.set(
+                        &a[0],
+                        l,
+                        numeric::bfe(ty, x, (p & 0xff) as u32, (n & 0xff) as u32),
+                    );
                 }
             }
             Op::Bfi { ty } => {
                 for l in lanes(exec) {
                     let (f, b) = (self.get(&a[1], l), self.get(&a[2], l));
                     let (p, n) = (self.get(&a[3], l), self.get(&a[4], l));
-                    self.set(&a[0], l, numeric::bfi(ty, f, b, (p & 0xff) as u32, (n & 0xff) as u32));
+                    self.set(
+                        &a[0],
+                        l,
+                        numeric::bfi(ty, f, b, (p & 0xff) as u32, (n & 0xff) as u32),
+                    );
                 }
             }
             Op::Prmt { mode } => {
                 for l in lanes(exec) {
-                    let (x, y, s) = (self.get(&a[1], l) as u32, self.get(&a[2], l) as u32, self.get(&a[3], l) as u32);
+                    let (x, y, s) = (
+                        self.get(&a[1], l) as u32,
+                        self.get(&a[2], l) as u32,
+                        self.get(&a[3], l) as u32,
+                    );
                     self.set(&a[0], l, u64::from(numeric::prmt(x, y, s, mode)));
                 }
             }
             Op::Lop3 => {
                 for l in lanes(exec) {
-                    let (x, y, z) = (self.get(&a[1], l) as u32, self.get(&a[2], l) as u32, self.get(&a[3], l) as u32);
+                    let (x, y, z) = (
+                        self.get(&a[1], l) as u32,
+                        self.get(&a[2], l) as u32,
+                        self.get(&a[3], l) as u32,
+                    );
                     let lut = self.get(&a[4], l) as u8;
                     self.set(&a[0], l, u64::from(numeric::lop3(x, y, z, lut)));
                 }
@@ -276,7 +318,11 @@ impl Warp {
                     let c = self.get(&a[3], l) as u32;
                     let s = if wrap { c & 31 } else { c.min(32) };
                     let v = (hi << 32) | lo;
-                    let r = if left { (v << s) >> 32 } else { (v >> s) & 0xffff_ffff };
+                    let r = if left {
+                        (v << s) >> 32
+                    } else {
+                        (v >> s) & 0xffff_ffff
+                    };
                     self.set(&a[0], l, r & 0xffff_ffff);
                 }
             }
@@ -285,7 +331,9 @@ impl Warp {
                 let fast = ty == ScalarType::F32 && plain_rn(m) && op != FloatBinOp::Div;
                 for l in lanes(exec) {
                     let (x, y) = (self.get(&a[1], l), self.get(&a[2], l));
-                    let r = if fast && matches!(op, FloatBinOp::Add | FloatBinOp::Mul | FloatBinOp::Sub) {
+                    let r = if fast
+                        && matches!(op, FloatBinOp::Add | FloatBinOp::Mul | FloatBinOp::Sub)
+                    {
                         // Round-to-nearest f32 add/sub/mul without modifiers is exactly the host's IEEE operation.
                         let (fx, fy) = (f32::from_bits(x as u32), f32::from_bits(y as u32));
                         let v = match op {
@@ -337,7 +385,11 @@ impl Warp {
                 let mk = mask_bits(width(ty));
                 for l in lanes(exec) {
                     let (x, y) = (self.get(&a[1], l) & mk, self.get(&a[2], l) & mk);
-                    let t = if ty.is_float() { numeric::float_cmp(cmp, ty, x, y) } else { numeric::int_cmp(cmp, ty, x, y) };
+                    let t = if ty.is_float() {
+                        numeric::float_cmp(cmp, ty, x, y)
+                    } else {
+                        numeric::int_cmp(cmp, ty, x, y)
+                    };
                     let (rp, rq) = match bool_op {
                         None => (t, !t),
                         Some(b) => {
@@ -358,24 +410,39 @@ impl Warp {
                 let mk = mask_bits(width(ty));
                 for l in lanes(exec) {
                     let c = self.get(&a[3], l) != 0;
-                    let v = if c { self.get(&a[1], l) } else { self.get(&a[2], l) };
+                    let v = if c {
+                        self.get(&a[1], l)
+                    } else {
+                        self.get(&a[2], l)
+                    };
                     self.set(&a[0], l, v & mk);
                 }
             }
             Op::Mov { ty } => self.mov(inst, ty, exec),
-            Op::Cvt { dst, src, rnd, ftz, sat, relu } => {
+            Op::Cvt {
+                dst,
+                src,
+                rnd,
+                ftz,
+                sat,
+                relu,
+            } => {
                 let two = a.len() == 3;
                 for l in lanes(exec) {
                     let r = if two {
                         let hi = f32::from_bits(self.get(&a[1], l) as u32);
                         let lo = f32::from_bits(self.get(&a[2], l) as u32);
                         u64::from(numeric::cvt_pack_x2(dst, hi, lo, rnd, relu, sat))
-                    } else if relu && matches!(dst, ScalarType::F16 | ScalarType::Bf16) && src == ScalarType::F32 {
+                    } else if relu
+                        && matches!(dst, ScalarType::F16 | ScalarType::Bf16)
+                        && src == ScalarType::F32
+                    {
                         let x = f32::from_bits(self.get(&a[1], l) as u32);
                         u64::from(numeric::cvt_f32_to_half(dst, x, rnd, relu, sat))
                     } else {
                         let x = self.get(&a[1], l) & mask_bits(src.bits().min(64));
-                        cvt_fast(dst, src, x, rnd, ftz, sat).unwrap_or_else(|| numeric::cvt(dst, src, x, rnd, ftz, sat))
+                        cvt_fast(dst, src, x, rnd, ftz, sat)
+                            .unwrap_or_else(|| numeric::cvt(dst, src, x, rnd, ftz, sat))
                     };
                     self.set(&a[0], l, r);
                 }
@@ -388,11 +455,17 @@ impl Warp {
                 };
                 for l in lanes(exec) {
                     let x = self.get(&a[1], l);
-                    let r = if to { x.wrapping_sub(window) } else { x.wrapping_add(window) };
+                    let r = if to {
+                        x.wrapping_sub(window)
+                    } else {
+                        x.wrapping_add(window)
+                    };
                     self.set(&a[0], l, r);
                 }
             }
-            _ => return Err(self.exec_err(ctx, inst, exec, "instruction not executable by the ALU")),
+            _ => {
+                return Err(self.exec_err(ctx, inst, exec, "instruction not executable by the ALU"))
+            }
         }
         Ok(())
     }

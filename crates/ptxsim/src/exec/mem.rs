@@ -87,13 +87,23 @@ impl Warp {
         }
     }
 
-    pub(super) fn mem_op(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<()> {
+    pub(super) fn mem_op(
+        &mut self,
+        inst: &Inst,
+        exec: u32,
+        ctx: &mut Ctx<'_>,
+        blk: &mut Block,
+    ) -> Result<()> {
         let a = &inst.args;
         let mut tg = [Target::Global(0); 32];
         match inst.op {
             Op::Ld { space, ty, nvec } | Op::St { space, ty, nvec } => {
                 let store = matches!(inst.op, Op::St { .. });
-                let (ao, vo) = if store { (&a[0], &a[1]) } else { (&a[1], &a[0]) };
+                let (ao, vo) = if store {
+                    (&a[0], &a[1])
+                } else {
+                    (&a[1], &a[0])
+                };
                 for l in lanes(exec) {
                     tg[l] = target(space, self.addr_of(ao, l));
                 }
@@ -124,7 +134,11 @@ impl Warp {
                 }
             }
             Op::Atom { space, op, ty, ret } => {
-                let (ao, rest) = if ret { (&a[1], &a[2..]) } else { (&a[0], &a[1..]) };
+                let (ao, rest) = if ret {
+                    (&a[1], &a[2..])
+                } else {
+                    (&a[0], &a[1..])
+                };
                 for l in lanes(exec) {
                     tg[l] = target(space, self.addr_of(ao, l));
                 }
@@ -156,19 +170,39 @@ impl Warp {
                     self.check_align(ctx, inst, l, tg[l], size, Access::Store)?;
                     let mut buf = [0u8; 16];
                     for (i, b) in buf.iter_mut().enumerate().take(n) {
-                        *b = self.read(ctx, blk, inst, l, src[l].offset(i as u64), 1, Access::Load)? as u8;
+                        *b =
+                            self.read(ctx, blk, inst, l, src[l].offset(i as u64), 1, Access::Load)?
+                                as u8;
                     }
                     for (i, b) in buf.iter().enumerate().take(size) {
-                        self.write(ctx, blk, inst, l, tg[l].offset(i as u64), 1, u64::from(*b), Access::Store)?;
+                        self.write(
+                            ctx,
+                            blk,
+                            inst,
+                            l,
+                            tg[l].offset(i as u64),
+                            1,
+                            u64::from(*b),
+                            Access::Store,
+                        )?;
                     }
                 }
                 ctx.counters.shared_requests += 1;
             }
             Op::Ldmatrix { num, trans } => {
                 let nrows = 8 * usize::from(num);
-                let need = if nrows == 32 { u32::MAX } else { (1u32 << nrows) - 1 };
+                let need = if nrows == 32 {
+                    u32::MAX
+                } else {
+                    (1u32 << nrows) - 1
+                };
                 if exec & need != need {
-                    return Err(self.exec_err(ctx, inst, exec, "ldmatrix needs every lane that supplies a row address"));
+                    return Err(self.exec_err(
+                        ctx,
+                        inst,
+                        exec,
+                        "ldmatrix needs every lane that supplies a row address",
+                    ));
                 }
                 for l in lanes(need) {
                     tg[l] = target(Space::Shared, self.addr_of(&a[1], l));
@@ -178,12 +212,19 @@ impl Warp {
                 for (l, row) in rows.iter_mut().enumerate() {
                     self.check_align(ctx, inst, l, tg[l], 16, Access::Load)?;
                     for (i, b) in row.iter_mut().enumerate() {
-                        *b = self.read(ctx, blk, inst, l, tg[l].offset(i as u64), 1, Access::Load)? as u8;
+                        *b =
+                            self.read(ctx, blk, inst, l, tg[l].offset(i as u64), 1, Access::Load)?
+                                as u8;
                     }
                 }
                 let frags = crate::mma::ldmatrix(usize::from(num), trans, &rows);
                 let Opnd::Vec(dst) = &a[0] else {
-                    return Err(self.exec_err(ctx, inst, exec, "ldmatrix destination must be a vector"));
+                    return Err(self.exec_err(
+                        ctx,
+                        inst,
+                        exec,
+                        "ldmatrix destination must be a vector",
+                    ));
                 };
                 for l in lanes(exec) {
                     for (i, d) in dst.iter().enumerate() {
@@ -198,7 +239,16 @@ impl Warp {
 
     /// Counts one warp-level access: global bytes and sectors, or shared requests and bank conflicts.
     #[allow(clippy::too_many_arguments)]
-    fn account(&self, inst: &Inst, ctx: &mut Ctx<'_>, space: Space, tg: &[Target; 32], exec: u32, size: usize, store: bool) {
+    fn account(
+        &self,
+        inst: &Inst,
+        ctx: &mut Ctx<'_>,
+        space: Space,
+        tg: &[Target; 32],
+        exec: u32,
+        size: usize,
+        store: bool,
+    ) {
         let c = &mut ctx.counters;
         let mut sectors = [0u64; 64];
         let mut ns = 0;
@@ -267,7 +317,15 @@ impl Warp {
         }
     }
 
-    fn check_align(&self, ctx: &Ctx<'_>, inst: &Inst, l: usize, t: Target, size: usize, acc: Access) -> Result<()> {
+    fn check_align(
+        &self,
+        ctx: &Ctx<'_>,
+        inst: &Inst,
+        l: usize,
+        t: Target,
+        size: usize,
+        acc: Access,
+    ) -> Result<()> {
         if size > 1 && t.addr() % size as u64 != 0 {
             return Err(SimError::Misaligned {
                 site: self.site(ctx, inst, l),
@@ -280,12 +338,35 @@ impl Warp {
         Ok(())
     }
 
-    fn oob(&self, ctx: &Ctx<'_>, inst: &Inst, l: usize, t: Target, size: usize, acc: Access) -> SimError {
-        SimError::OutOfBounds { site: self.site(ctx, inst, l), space: t.space_name(), access: acc.name(), addr: t.addr(), size }
+    fn oob(
+        &self,
+        ctx: &Ctx<'_>,
+        inst: &Inst,
+        l: usize,
+        t: Target,
+        size: usize,
+        acc: Access,
+    ) -> SimError {
+        SimError::OutOfBounds {
+            site: self.site(ctx, inst, l),
+            space: t.space_name(),
+            access: acc.name(),
+            addr: t.addr(),
+            size,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn read(&self, ctx: &Ctx<'_>, blk: &mut Block, inst: &Inst, l: usize, t: Target, size: usize, acc: Access) -> Result<u64> {
+    fn read(
+        &self,
+        ctx: &Ctx<'_>,
+        blk: &mut Block,
+        inst: &Inst,
+        l: usize,
+        t: Target,
+        size: usize,
+        acc: Access,
+    ) -> Result<u64> {
         match t {
             Target::Global(a) => match ctx.mem.slice(a, size) {
                 Some(b) => Ok(read_le(b)),
@@ -314,7 +395,17 @@ impl Warp {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write(&self, ctx: &mut Ctx<'_>, blk: &mut Block, inst: &Inst, l: usize, t: Target, size: usize, v: u64, acc: Access) -> Result<()> {
+    fn write(
+        &self,
+        ctx: &mut Ctx<'_>,
+        blk: &mut Block,
+        inst: &Inst,
+        l: usize,
+        t: Target,
+        size: usize,
+        v: u64,
+        acc: Access,
+    ) -> Result<()> {
         match t {
             Target::Global(a) => match ctx.mem.slice_mut(a, size) {
                 Some(b) => {
@@ -323,7 +414,9 @@ impl Warp {
                 }
                 None => Err(self.oob(ctx, inst, l, t, size, acc)),
             },
-            Target::Param(_) => Err(self.exec_err(ctx, inst, 1 << l, "store to kernel parameter space")),
+            Target::Param(_) => {
+                Err(self.exec_err(ctx, inst, 1 << l, "store to kernel parameter space"))
+            }
             Target::Local(a) => {
                 let lb = ctx.prog.local_bytes as u64;
                 if a + size as u64 > lb {
@@ -359,7 +452,9 @@ impl Warp {
     ) -> Result<()> {
         let (e, t, we) = (blk.epoch, self.lin[l], self.wepoch);
         let start = blk.start_epoch;
-        let conflict = |ot: u32, owe: u32, oe: u32| oe == e && ot != t && (ot == MULTI || ot / 32 != t / 32 || owe == we);
+        let conflict = |ot: u32, owe: u32, oe: u32| {
+            oe == e && ot != t && (ot == MULTI || ot / 32 != t / 32 || owe == we)
+        };
         for i in off..off + size {
             let m = &mut blk.meta[i];
             if acc == Access::Atomic {
@@ -398,7 +493,10 @@ impl Warp {
                 }
             } else {
                 if m.init < start {
-                    return Err(SimError::UninitShared { site: self.site(ctx, inst, l), offset: i as u64 });
+                    return Err(SimError::UninitShared {
+                        site: self.site(ctx, inst, l),
+                        offset: i as u64,
+                    });
                 }
                 if conflict(m.w_tid, m.w_wepoch, m.w_epoch) {
                     return Err(race(m.w_tid, "store"));
@@ -409,7 +507,11 @@ impl Warp {
                     m.r_wepoch = we;
                 } else if m.r_tid != t {
                     // Several readers in one interval: remember the most recent when they share a warp sync.
-                    m.r_tid = if m.r_tid / 32 == t / 32 && m.r_wepoch != we { t } else { MULTI };
+                    m.r_tid = if m.r_tid / 32 == t / 32 && m.r_wepoch != we {
+                        t
+                    } else {
+                        MULTI
+                    };
                     m.r_wepoch = we;
                 }
             }
@@ -449,7 +551,11 @@ pub(crate) fn bank_conflicts(off: &[u64; 32], mask: u32, size: usize) -> u64 {
             if i > 0 && ps[i] == ps[i - 1] {
                 continue;
             }
-            run = if i > 0 && ps[i].0 == ps[i - 1].0 { run + 1 } else { 1 };
+            run = if i > 0 && ps[i].0 == ps[i - 1].0 {
+                run + 1
+            } else {
+                1
+            };
             best = best.max(run);
         }
         extra += best.saturating_sub(1);
@@ -460,14 +566,24 @@ pub(crate) fn bank_conflicts(off: &[u64; 32], mask: u32, size: usize) -> u64 {
 /// The new value of an atomic read-modify-write.
 fn atom_apply(op: AtomOp, ty: ScalarType, old: u64, b: u64, c: u64) -> u64 {
     let bits = ty.bits();
-    let mk = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let mk = if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
     let (o, b) = (old & mk, b & mk);
     let sext = |v: u64| ((v << (64 - bits)) as i64) >> (64 - bits);
     match op {
-        AtomOp::Add if ty.is_float() => numeric::float_binop(FloatBinOp::Add, ty, o, b, FloatMods::default()),
+        AtomOp::Add if ty.is_float() => {
+            numeric::float_binop(FloatBinOp::Add, ty, o, b, FloatMods::default())
+        }
         AtomOp::Add => o.wrapping_add(b) & mk,
         AtomOp::Min | AtomOp::Max => {
-            let less = if ty.is_signed() { sext(o) < sext(b) } else { o < b };
+            let less = if ty.is_signed() {
+                sext(o) < sext(b)
+            } else {
+                o < b
+            };
             if less == (op == AtomOp::Min) {
                 o
             } else {

@@ -6,6 +6,9 @@ mod alu;
 mod mem;
 mod warp_ops;
 
+#[cfg(test)]
+pub(crate) use mem::bank_conflicts;
+
 use crate::counters::Counters;
 use crate::error::{Result, SimError, Site};
 use crate::ir::{Inst, Op, Opnd, Sreg};
@@ -104,13 +107,28 @@ pub(crate) fn lanes(mask: u32) -> impl Iterator<Item = usize> {
 }
 
 /// Runs a whole grid. `dyn_shared` is the launch's dynamic shared memory in bytes.
-pub(crate) fn run_grid(ctx: &mut Ctx<'_>, grid: [u32; 3], block: [u32; 3], dyn_shared: u32) -> Result<()> {
+pub(crate) fn run_grid(
+    ctx: &mut Ctx<'_>,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dyn_shared: u32,
+) -> Result<()> {
     let prog = ctx.prog;
     let nthreads = block[0] * block[1] * block[2];
     let nwarps = nthreads.div_ceil(32);
-    let shared_len =
-        if dyn_shared > 0 { prog.dyn_shared_offset + dyn_shared as usize } else { prog.shared_static };
-    let geo = Geo { ntid: block, nctaid: grid, ctaid: [0; 3], nwarps, dyn_smem: dyn_shared, total_smem: shared_len as u32 };
+    let shared_len = if dyn_shared > 0 {
+        prog.dyn_shared_offset + dyn_shared as usize
+    } else {
+        prog.shared_static
+    };
+    let geo = Geo {
+        ntid: block,
+        nctaid: grid,
+        ctaid: [0; 3],
+        nwarps,
+        dyn_smem: dyn_shared,
+        total_smem: shared_len as u32,
+    };
     let mut warps: Vec<Warp> = (0..nwarps)
         .map(|w| Warp {
             regs: vec![0; prog.nregs as usize * 32],
@@ -133,7 +151,11 @@ pub(crate) fn run_grid(ctx: &mut Ctx<'_>, grid: [u32; 3], block: [u32; 3], dyn_s
             if t < nthreads {
                 w.valid |= 1 << l;
                 w.lin[l as usize] = t;
-                w.tid[l as usize] = [t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])];
+                w.tid[l as usize] = [
+                    t % block[0],
+                    (t / block[0]) % block[1],
+                    t / (block[0] * block[1]),
+                ];
             }
         }
     }
@@ -211,7 +233,10 @@ impl Warp {
                 }
             }
             // The smallest PC of the other lanes: the current group runs on alone until it gets there.
-            let others = lanes(runnable & !mask).map(|l| self.pc[l]).min().unwrap_or(u32::MAX);
+            let others = lanes(runnable & !mask)
+                .map(|l| self.pc[l])
+                .min()
+                .unwrap_or(u32::MAX);
             loop {
                 let Some(inst) = prog.code.get(pc as usize) else {
                     // Running off the end of the code behaves like `exit`.
@@ -257,7 +282,15 @@ impl Warp {
     }
 
     /// Executes one instruction for the lanes in `exec` (the lanes of `mask` whose guard holds).
-    fn step(&mut self, inst: &Inst, pc: u32, mask: u32, exec: u32, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<Flow> {
+    fn step(
+        &mut self,
+        inst: &Inst,
+        pc: u32,
+        mask: u32,
+        exec: u32,
+        ctx: &mut Ctx<'_>,
+        blk: &mut Block,
+    ) -> Result<Flow> {
         match inst.op {
             Op::Bra => {
                 let Some(Opnd::Label(t)) = inst.args.first() else {
@@ -317,7 +350,9 @@ impl Warp {
             }
             Op::Trap => {
                 if exec != 0 {
-                    return Err(SimError::Trap { site: self.site(ctx, inst, exec.trailing_zeros() as usize) });
+                    return Err(SimError::Trap {
+                        site: self.site(ctx, inst, exec.trailing_zeros() as usize),
+                    });
                 }
                 Ok(Flow::Next)
             }
@@ -383,7 +418,9 @@ impl Warp {
             Sreg::LaneMaskLe => (lt | 1 << l) as u32,
             Sreg::LaneMaskGt => !((lt | 1 << l) as u32),
             Sreg::LaneMaskGe => !(lt as u32),
-            Sreg::Clock | Sreg::Clock64 | Sreg::GlobalTimer => return self.wepoch as u64 + self.pc[l] as u64,
+            Sreg::Clock | Sreg::Clock64 | Sreg::GlobalTimer => {
+                return self.wepoch as u64 + self.pc[l] as u64
+            }
             Sreg::SmId => 0,
             Sreg::NSmId => 132,
             Sreg::DynSmem => g.dyn_smem,
@@ -394,7 +431,11 @@ impl Warp {
     /// The site of lane `l` executing `inst`.
     pub(crate) fn site(&self, ctx: &Ctx<'_>, inst: &Inst, l: usize) -> Box<Site> {
         let source = if inst.loc.1 > 0 {
-            ctx.prog.files.iter().find(|(i, _)| *i == inst.loc.0).map(|(_, f)| (f.clone(), inst.loc.1))
+            ctx.prog
+                .files
+                .iter()
+                .find(|(i, _)| *i == inst.loc.0)
+                .map(|(_, f)| (f.clone(), inst.loc.1))
         } else {
             None
         };
@@ -409,20 +450,33 @@ impl Warp {
 
     pub(crate) fn exec_err(&self, ctx: &Ctx<'_>, inst: &Inst, mask: u32, msg: &str) -> SimError {
         let l = mask.trailing_zeros().min(31) as usize;
-        SimError::Exec { site: self.site(ctx, inst, l), msg: msg.to_string() }
+        SimError::Exec {
+            site: self.site(ctx, inst, l),
+            msg: msg.to_string(),
+        }
     }
 
-    fn exec_op(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<()> {
+    fn exec_op(
+        &mut self,
+        inst: &Inst,
+        exec: u32,
+        ctx: &mut Ctx<'_>,
+        blk: &mut Block,
+    ) -> Result<()> {
         match &inst.op {
-            Op::Ld { .. } | Op::St { .. } | Op::Atom { .. } | Op::CpAsync { .. } | Op::Ldmatrix { .. } => {
-                self.mem_op(inst, exec, ctx, blk)
-            }
+            Op::Ld { .. }
+            | Op::St { .. }
+            | Op::Atom { .. }
+            | Op::CpAsync { .. }
+            | Op::Ldmatrix { .. } => self.mem_op(inst, exec, ctx, blk),
             Op::Bar | Op::Bra | Op::Call { .. } | Op::Ret | Op::Exit | Op::Trap => Ok(()),
             Op::BarWarp => {
                 self.wepoch += 1;
                 Ok(())
             }
-            Op::Shfl { .. } | Op::Vote { .. } | Op::Activemask | Op::Mma { .. } => self.warp_op(inst, exec, ctx),
+            Op::Shfl { .. } | Op::Vote { .. } | Op::Activemask | Op::Mma { .. } => {
+                self.warp_op(inst, exec, ctx)
+            }
             Op::Nop => Ok(()),
             _ => self.alu(inst, exec, ctx),
         }

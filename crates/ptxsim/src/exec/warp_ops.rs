@@ -65,7 +65,12 @@ impl Warp {
             }
             Op::Mma { k, ty } => {
                 if exec != u32::MAX {
-                    return Err(self.exec_err(ctx, inst, exec, "mma.sync needs all 32 lanes of the warp"));
+                    return Err(self.exec_err(
+                        ctx,
+                        inst,
+                        exec,
+                        "mma.sync needs all 32 lanes of the warp",
+                    ));
                 }
                 let vecs: Vec<&[Opnd]> = a
                     .iter()
@@ -75,7 +80,12 @@ impl Warp {
                     })
                     .collect();
                 if vecs.len() != 4 {
-                    return Err(self.exec_err(ctx, inst, exec, "mma.sync needs four operand vectors"));
+                    return Err(self.exec_err(
+                        ctx,
+                        inst,
+                        exec,
+                        "mma.sync needs four operand vectors",
+                    ));
                 }
                 let mut fa = [[0u32; 4]; 32];
                 let mut fb = [[0u32; 2]; 32];
@@ -91,8 +101,16 @@ impl Warp {
                         fc[l][i] = f32::from_bits(self.get(o, l) as u32);
                     }
                 }
-                let shape = if k == 16 { crate::mma::MmaShape::M16N8K16 } else { crate::mma::MmaShape::M16N8K8 };
-                let ab = if ty == ScalarType::Bf16 { ScalarType::Bf16 } else { ScalarType::F16 };
+                let shape = if k == 16 {
+                    crate::mma::MmaShape::M16N8K16
+                } else {
+                    crate::mma::MmaShape::M16N8K8
+                };
+                let ab = if ty == ScalarType::Bf16 {
+                    ScalarType::Bf16
+                } else {
+                    ScalarType::F16
+                };
                 let fd = crate::mma::mma_sync(shape, ab, &fa, &fb, &fc);
                 for l in 0..32 {
                     for (i, o) in vecs[0].iter().take(4).enumerate() {
