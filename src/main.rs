@@ -1,5 +1,7 @@
-//! The `rankfold` command line. Today it inspects safetensors files; training, evaluation, generation, merging
-//! and quantization subcommands join it as the adapter and model crates land.
+//! The `rankfold` command line. Today it inspects safetensors files and quantizes weights to NF4; training,
+//! evaluation, generation and merging subcommands join it as the adapter and model crates land.
+
+mod quantize;
 
 use std::path::PathBuf;
 
@@ -24,12 +26,15 @@ enum Command {
         /// A .safetensors file or a folder holding some.
         path: PathBuf,
     },
+    /// Rewrite the linear-layer weights of a model folder or .safetensors file in bitsandbytes NF4 layout.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { path } => inspect(&path, cli.json),
+        Command::Quantize(args) => quantize::run(&args, cli.json),
     }
 }
 

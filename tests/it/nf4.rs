@@ -7,14 +7,16 @@ use anyhow::{ensure, Context, Result};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use rankfold_kernels::nf4::{
-    self, cpu, double_dequantize, double_quantize, double_quantize_with_offset, fast, GemvShape, Nf4Element,
-    Nf4Quantized, NF4_CODEBOOK, NF4_THRESHOLDS,
+    self, cpu, double_dequantize, double_quantize, double_quantize_with_offset, fast, GemvShape,
+    Nf4Element, Nf4Quantized, NF4_CODEBOOK, NF4_THRESHOLDS,
 };
 use rankfold_tensor::safetensors::MmapedSafetensors;
 use rankfold_tensor::{DType, Device, WithDType};
 
 fn fixture(name: &str) -> Result<MmapedSafetensors> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nf4").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/nf4")
+        .join(name);
     MmapedSafetensors::open(&p).with_context(|| format!("fixture {}", p.display()))
 }
 
@@ -30,45 +32,98 @@ fn bits<T: Nf4Element>(v: &[T]) -> Vec<u32> {
 fn constants_match_bitsandbytes() -> Result<()> {
     let meta = fixture("meta.safetensors")?;
     let map: Vec<f32> = get(&meta, "dynamic_map")?;
-    ensure!(bits(&map) == bits(&nf4::dynamic_map_signed()), "DYNAMIC_MAP_SIGNED_BITS differs from bnb's map");
-    ensure!(bits(&get::<f32>(&meta, "nf4_code")?) == bits(&NF4_CODEBOOK), "NF4_CODEBOOK differs from bnb's");
-    ensure!(bits(&get::<f32>(&meta, "nf4_bounds")?) == bits(&NF4_THRESHOLDS), "NF4_THRESHOLDS differ from bnb's");
+    ensure!(
+        bits(&map) == bits(&nf4::dynamic_map_signed()),
+        "DYNAMIC_MAP_SIGNED_BITS differs from bnb's map"
+    );
+    ensure!(
+        bits(&get::<f32>(&meta, "nf4_code")?) == bits(&NF4_CODEBOOK),
+        "NF4_CODEBOOK differs from bnb's"
+    );
+    ensure!(
+        bits(&get::<f32>(&meta, "nf4_bounds")?) == bits(&NF4_THRESHOLDS),
+        "NF4_THRESHOLDS differ from bnb's"
+    );
     Ok(())
 }
 
 /// Checks one fixture case (`prefix.*` tensors) with input element type `T`.
-fn check_case<T: Nf4Element + WithDType>(st: &MmapedSafetensors, prefix: &str, blocksize: usize) -> Result<()> {
+fn check_case<T: Nf4Element + WithDType>(
+    st: &MmapedSafetensors,
+    prefix: &str,
+    blocksize: usize,
+) -> Result<()> {
     let what = |k: &str| format!("bs{blocksize} {prefix}: {k}");
     let x: Vec<T> = get(st, &format!("{prefix}.x"))?;
     let packed: Vec<u8> = get(st, &format!("{prefix}.packed"))?;
     let absmax: Vec<f32> = get(st, &format!("{prefix}.absmax"))?;
     let deq: Vec<T> = get(st, &format!("{prefix}.deq"))?;
-    for (name, q) in [("cpu", cpu::quantize(&x, blocksize)?), ("fast", fast::quantize(&x, blocksize)?)] {
-        ensure!(q.packed == packed, "{} ({name})", what("packed codes differ"));
-        ensure!(bits(&q.absmax) == bits(&absmax), "{} ({name})", what("absmax differs"));
+    for (name, q) in [
+        ("cpu", cpu::quantize(&x, blocksize)?),
+        ("fast", fast::quantize(&x, blocksize)?),
+    ] {
+        ensure!(
+            q.packed == packed,
+            "{} ({name})",
+            what("packed codes differ")
+        );
+        ensure!(
+            bits(&q.absmax) == bits(&absmax),
+            "{} ({name})",
+            what("absmax differs")
+        );
     }
-    let q = Nf4Quantized { packed, absmax: absmax.clone(), len: x.len(), blocksize };
+    let q = Nf4Quantized {
+        packed,
+        absmax: absmax.clone(),
+        len: x.len(),
+        blocksize,
+    };
     let mut out = vec![T::from_f32(0.0); x.len()];
     cpu::dequantize(q.view(), &mut out)?;
-    ensure!(bits(&out) == bits(&deq), "{}", what("cpu dequantize differs"));
+    ensure!(
+        bits(&out) == bits(&deq),
+        "{}",
+        what("cpu dequantize differs")
+    );
     let mut out2 = vec![T::from_f32(1.0); x.len()];
     fast::dequantize(q.view(), &mut out2)?;
-    ensure!(bits(&out2) == bits(&deq), "{}", what("fast dequantize differs"));
+    ensure!(
+        bits(&out2) == bits(&deq),
+        "{}",
+        what("fast dequantize differs")
+    );
 
     // Double quantization: everything downstream of bnb's offset is bit-exact; our offset is within an ulp.
     let offset = get::<f32>(st, &format!("{prefix}.dq_offset"))?[0];
     let dq = double_quantize_with_offset(&absmax, offset);
-    ensure!(dq.codes == get::<u8>(st, &format!("{prefix}.dq_codes"))?, "{}", what("nested codes differ"));
+    ensure!(
+        dq.codes == get::<u8>(st, &format!("{prefix}.dq_codes"))?,
+        "{}",
+        what("nested codes differ")
+    );
     let nested: Vec<f32> = get(st, &format!("{prefix}.dq_nested_absmax"))?;
-    ensure!(bits(&dq.nested_absmax) == bits(&nested), "{}", what("nested absmax differs"));
+    ensure!(
+        bits(&dq.nested_absmax) == bits(&nested),
+        "{}",
+        what("nested absmax differs")
+    );
     let ours = double_quantize(&absmax).offset;
     let ulp = f32::from_bits(offset.to_bits() + 1) - offset;
-    ensure!((ours - offset).abs() <= ulp, "{}: {ours} vs {offset}", what("offset further than an ulp"));
+    ensure!(
+        (ours - offset).abs() <= ulp,
+        "{}: {ours} vs {offset}",
+        what("offset further than an ulp")
+    );
     let mut am2 = vec![0f32; absmax.len()];
     double_dequantize(&dq, &mut am2)?;
     let q2 = Nf4Quantized { absmax: am2, ..q };
     cpu::dequantize(q2.view(), &mut out)?;
-    ensure!(bits(&out) == bits(&get::<T>(st, &format!("{prefix}.deq_nested"))?), "{}", what("nested dequantize differs"));
+    ensure!(
+        bits(&out) == bits(&get::<T>(st, &format!("{prefix}.deq_nested"))?),
+        "{}",
+        what("nested dequantize differs")
+    );
     Ok(())
 }
 
@@ -96,7 +151,13 @@ fn sample<T: Nf4Element>(seed: u64, n: usize) -> Vec<T> {
     let mut rng = rankfold_tensor::Rng::new(seed);
     let scale = 0.01 + 10.0 * rng.uniform();
     (0..n)
-        .map(|i| if i % 97 == 13 { T::from_f32(0.0) } else { T::from_f32(((rng.uniform() - 0.5) * scale) as f32) })
+        .map(|i| {
+            if i % 97 == 13 {
+                T::from_f32(0.0)
+            } else {
+                T::from_f32(((rng.uniform() - 0.5) * scale) as f32)
+            }
+        })
         .collect()
 }
 
@@ -104,19 +165,35 @@ fn fast_equals_twin<T: Nf4Element>(seed: u64, n: usize, blocksize: usize) -> Res
     let x: Vec<T> = sample(seed, n);
     let a = cpu::quantize(&x, blocksize)?;
     let b = fast::quantize(&x, blocksize)?;
-    ensure!(a == b, "fast quantize differs from the twin ({} n={n} bs={blocksize})", T::NAME);
+    ensure!(
+        a == b,
+        "fast quantize differs from the twin ({} n={n} bs={blocksize})",
+        T::NAME
+    );
     let mut da = vec![T::from_f32(0.0); n];
     let mut db = vec![T::from_f32(0.0); n];
     cpu::dequantize(a.view(), &mut da)?;
     fast::dequantize(a.view(), &mut db)?;
-    ensure!(bits(&da) == bits(&db), "fast dequantize differs from the twin ({} n={n})", T::NAME);
+    ensure!(
+        bits(&da) == bits(&db),
+        "fast dequantize differs from the twin ({} n={n})",
+        T::NAME
+    );
     // The largest codebook gap is between -1 and the next code; a value is at most half of it from its code.
-    let half_gap = NF4_CODEBOOK.windows(2).map(|w| w[1] - w[0]).fold(0f32, f32::max) / 2.0;
+    let half_gap = NF4_CODEBOOK
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0f32, f32::max)
+        / 2.0;
     let mut d32 = vec![0f32; n];
     cpu::dequantize(a.view(), &mut d32)?;
     for (i, (v, r)) in x.iter().zip(&d32).enumerate() {
         let am = a.absmax[i / blocksize];
-        ensure!((v.to_f32() - r).abs() <= half_gap * am * (1.0 + 1e-6), "round trip at {i}: {} vs {r}", v.to_f32());
+        ensure!(
+            (v.to_f32() - r).abs() <= half_gap * am * (1.0 + 1e-6),
+            "round trip at {i}: {} vs {r}",
+            v.to_f32()
+        );
     }
     Ok(())
 }
@@ -172,10 +249,16 @@ proptest! {
 fn bad_buffers_are_refused() {
     let x: Vec<f32> = sample(3, 100);
     let q = cpu::quantize(&x, 32).unwrap();
-    let short = nf4::Nf4Ref { packed: &q.packed[1..], ..q.view() };
+    let short = nf4::Nf4Ref {
+        packed: &q.packed[1..],
+        ..q.view()
+    };
     let mut out = vec![0f32; 100];
     let e = cpu::dequantize(short, &mut out).unwrap_err().to_string();
-    assert!(e.contains("nf4::cpu::dequantize") && e.contains("packed bytes"), "{e}");
+    assert!(
+        e.contains("nf4::cpu::dequantize") && e.contains("packed bytes"),
+        "{e}"
+    );
     assert!(fast::dequantize(q.view(), &mut out[1..]).is_err());
     assert!(fast::quantize(&x, 100).is_err());
 }
@@ -189,44 +272,81 @@ fn linear4bit_files_round_trip_with_bitsandbytes() -> Result<()> {
     let bnb_file = MmapedSafetensors::open(dir.join("linear4bit.safetensors"))?;
     let refs = fixture("linear4bit_ref.safetensors")?;
     let loaded = Nf4Tensor::load_all(dir.join("linear4bit.safetensors"))?;
-    ensure!(loaded.len() == 2, "two NF4 weights, found {:?}", loaded.keys());
+    ensure!(
+        loaded.len() == 2,
+        "two NF4 weights, found {:?}",
+        loaded.keys()
+    );
     let tmp = std::env::temp_dir().join(format!("rankfold-nf4-{}.safetensors", std::process::id()));
     for (name, double) in [("0.weight", true), ("1.weight", false)] {
         let w = &loaded[name];
-        ensure!(matches!(w.scales(), Nf4Scales::Double(_)) == double, "{name}: nesting");
+        ensure!(
+            matches!(w.scales(), Nf4Scales::Double(_)) == double,
+            "{name}: nesting"
+        );
         let deq = w.dequantize(w.dtype())?.to_vec::<f32>()?;
-        ensure!(bits(&deq) == bits(&get::<f32>(&refs, &format!("deq.{name}"))?), "{name}: dequantized values differ from bnb");
+        ensure!(
+            bits(&deq) == bits(&get::<f32>(&refs, &format!("deq.{name}"))?),
+            "{name}: dequantized values differ from bnb"
+        );
         let orig = refs.load(&format!("orig.{name}"), Device::Cpu)?;
         let ours = Nf4Tensor::quantize(&orig, 64, double)?;
-        ensure!(ours.packed() == w.packed() && ours.shape() == w.shape(), "{name}: packed codes differ");
+        ensure!(
+            ours.packed() == w.packed() && ours.shape() == w.shape(),
+            "{name}: packed codes differ"
+        );
         match (ours.scales(), w.scales()) {
             (Nf4Scales::Double(a), Nf4Scales::Double(b)) => {
                 let ulp = f32::from_bits(b.offset.to_bits() + 1) - b.offset;
-                ensure!((a.offset - b.offset).abs() <= ulp, "{name}: offset {} vs {}", a.offset, b.offset);
-                let again = double_quantize_with_offset(&cpu::quantize(&orig.to_vec::<f32>()?, 64)?.absmax, b.offset);
-                ensure!(&again == b, "{name}: double quantization given bnb's offset differs");
+                ensure!(
+                    (a.offset - b.offset).abs() <= ulp,
+                    "{name}: offset {} vs {}",
+                    a.offset,
+                    b.offset
+                );
+                let again = double_quantize_with_offset(
+                    &cpu::quantize(&orig.to_vec::<f32>()?, 64)?.absmax,
+                    b.offset,
+                );
+                ensure!(
+                    &again == b,
+                    "{name}: double quantization given bnb's offset differs"
+                );
             }
             (a, b) => ensure!(a == b, "{name}: absmax differs"),
         }
         // Our file has bnb's keys, dtypes and shapes, and the same quant state.
         Nf4Tensor::save(&tmp, &[(name, &ours)], &[])?;
         let mine = MmapedSafetensors::open(&tmp)?;
-        let theirs: Vec<String> = bnb_file.names().into_iter().filter(|k| k.starts_with(name)).collect();
+        let theirs: Vec<String> = bnb_file
+            .names()
+            .into_iter()
+            .filter(|k| k.starts_with(name))
+            .collect();
         let mut want = theirs.clone();
         want.sort();
         let mut got = mine.names();
         got.sort();
         ensure!(got == want, "{name}: keys {got:?} vs bnb's {want:?}");
         for k in &theirs {
-            ensure!(mine.info(k)? == bnb_file.info(k)?, "{k}: shape/dtype differ from bnb's");
+            ensure!(
+                mine.info(k)? == bnb_file.info(k)?,
+                "{k}: shape/dtype differ from bnb's"
+            );
         }
         let qs = |st: &MmapedSafetensors| -> Result<serde_json::Value> {
-            let mut v: serde_json::Value = serde_json::from_slice(&get::<u8>(st, &format!("{name}.quant_state.bitsandbytes__nf4"))?)?;
+            let mut v: serde_json::Value = serde_json::from_slice(&get::<u8>(
+                st,
+                &format!("{name}.quant_state.bitsandbytes__nf4"),
+            )?)?;
             v.as_object_mut().map(|o| o.remove("nested_offset"));
             Ok(v)
         };
         ensure!(qs(&mine)? == qs(&bnb_file)?, "{name}: quant state differs");
-        ensure!(Nf4Tensor::from_safetensors(&mine, name)? == ours, "{name}: our file does not read back");
+        ensure!(
+            Nf4Tensor::from_safetensors(&mine, name)? == ours,
+            "{name}: our file does not read back"
+        );
     }
     std::fs::remove_file(&tmp)?;
     Ok(())
@@ -235,16 +355,27 @@ fn linear4bit_files_round_trip_with_bitsandbytes() -> Result<()> {
 #[test]
 fn corrupt_quant_state_names_file_and_tensor() -> Result<()> {
     use rankfold_tensor::{Nf4Tensor, Tensor};
-    let w = Nf4Tensor::quantize(&Tensor::from_vec(sample::<f32>(5, 300), (10, 30), Device::Cpu)?, 64, true)?;
+    let w = Nf4Tensor::quantize(
+        &Tensor::from_vec(sample::<f32>(5, 300), (10, 30), Device::Cpu)?,
+        64,
+        true,
+    )?;
     let mut parts = w.to_named_tensors("lin.weight")?;
     let bad = b"{\"quant_type\": \"fp4\"}".to_vec();
-    parts.last_mut().expect("the quant state is last").1 = Tensor::from_vec(bad.clone(), bad.len(), Device::Cpu)?;
-    let tmp = std::env::temp_dir().join(format!("rankfold-nf4-bad-{}.safetensors", std::process::id()));
+    parts.last_mut().expect("the quant state is last").1 =
+        Tensor::from_vec(bad.clone(), bad.len(), Device::Cpu)?;
+    let tmp = std::env::temp_dir().join(format!(
+        "rankfold-nf4-bad-{}.safetensors",
+        std::process::id()
+    ));
     let refs: Vec<(&str, &Tensor)> = parts.iter().map(|(n, t)| (n.as_str(), t)).collect();
     rankfold_tensor::safetensors::save(&tmp, &refs, None)?;
     let e = Nf4Tensor::load_all(&tmp).unwrap_err().to_string();
     std::fs::remove_file(&tmp)?;
-    ensure!(e.contains("rankfold-nf4-bad") && e.contains("lin.weight.quant_state") && e.contains("fp4"), "{e}");
+    ensure!(
+        e.contains("rankfold-nf4-bad") && e.contains("lin.weight.quant_state") && e.contains("fp4"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -252,19 +383,156 @@ fn corrupt_quant_state_names_file_and_tensor() -> Result<()> {
 #[test]
 fn nf4_linear_matches_the_dequantized_composition() -> Result<()> {
     use rankfold_tensor::{Nf4Tensor, Tensor};
-    for (seed, (b, t, n, k)) in [(1u64, (2, 3, 17, 70)), (2, (1, 5, 300, 1000)), (3, (3, 1, 1, 33))] {
-        let w = std::sync::Arc::new(Nf4Tensor::quantize(&Tensor::from_vec(sample::<f32>(seed, n * k), (n, k), Device::Cpu)?, 64, true)?);
-        let x = Tensor::from_vec(sample::<f32>(seed ^ 7, b * t * k), (b, t, k), Device::Cpu)?.with_requires_grad(true);
+    for (seed, (b, t, n, k)) in [
+        (1u64, (2, 3, 17, 70)),
+        (2, (1, 5, 300, 1000)),
+        (3, (3, 1, 1, 33)),
+    ] {
+        let w = std::sync::Arc::new(Nf4Tensor::quantize(
+            &Tensor::from_vec(sample::<f32>(seed, n * k), (n, k), Device::Cpu)?,
+            64,
+            true,
+        )?);
+        let x = Tensor::from_vec(sample::<f32>(seed ^ 7, b * t * k), (b, t, k), Device::Cpu)?
+            .with_requires_grad(true);
         let r = Tensor::from_vec(sample::<f32>(seed ^ 8, b * t * n), (b, t, n), Device::Cpu)?;
         let y = x.nf4_linear(&w)?;
-        let gx = y.mul(&r)?.sum_all()?.backward()?.get(&x).context("x has a gradient")?.to_vec::<f64>()?;
+        let gx = y
+            .mul(&r)?
+            .sum_all()?
+            .backward()?
+            .get(&x)
+            .context("x has a gradient")?
+            .to_vec::<f64>()?;
         let wd = w.dequantize(DType::F32)?;
         let y2 = x.matmul(&wd.t()?)?;
-        let gx2 = y2.mul(&r)?.sum_all()?.backward()?.get(&x).context("x has a gradient")?.to_vec::<f64>()?;
-        let tol = crate::common::Tol { rel: 1e-4, abs: 1e-4 };
-        crate::common::assert_close(&y.to_vec::<f64>()?, &y2.to_vec::<f64>()?, tol, "nf4_linear forward")?;
+        let gx2 = y2
+            .mul(&r)?
+            .sum_all()?
+            .backward()?
+            .get(&x)
+            .context("x has a gradient")?
+            .to_vec::<f64>()?;
+        let tol = crate::common::Tol {
+            rel: 1e-4,
+            abs: 1e-4,
+        };
+        crate::common::assert_close(
+            &y.to_vec::<f64>()?,
+            &y2.to_vec::<f64>()?,
+            tol,
+            "nf4_linear forward",
+        )?;
         crate::common::assert_close(&gx, &gx2, tol, "nf4_linear backward")?;
         ensure!(y.dims() == [b, t, n]);
     }
+    Ok(())
+}
+
+/// `rankfold quantize` on a single file: default targets, sizes, refusal to overwrite, a truncated input.
+#[test]
+fn quantize_cli_writes_bnb_layout_and_refuses_bad_paths() -> Result<()> {
+    use rankfold_tensor::{Nf4Tensor, Tensor};
+    let dir = std::env::temp_dir().join(format!("rankfold-quantize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    let t = |seed, r, c| Tensor::from_vec(sample::<f32>(seed, r * c), (r, c), Device::Cpu);
+    let (q, e, n, odd) = (
+        t(1, 40, 64)?,
+        t(2, 50, 64)?,
+        Tensor::from_vec(vec![1f32; 64], 64, Device::Cpu)?,
+        t(3, 7, 9)?,
+    );
+    let odd16 = odd.to_dtype(DType::BF16)?;
+    rankfold_tensor::safetensors::save(
+        &inp,
+        &[
+            ("m.q_proj.weight", &q),
+            ("m.embed_tokens.weight", &e),
+            ("m.norm.weight", &n),
+            ("m.odd.weight", &odd16),
+        ],
+        None,
+    )?;
+    let bin = env!("CARGO_BIN_EXE_rankfold");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(bin)
+            .arg("quantize")
+            .args(args)
+            .output()
+    };
+    let o = run(&[
+        "--in".as_ref(),
+        inp.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--json".as_ref(),
+    ])?;
+    ensure!(
+        o.status.success(),
+        "quantize failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(o.stdout.trim_ascii())?;
+    ensure!(
+        summary["quantized"] == 2 && summary["tensors"] == 4,
+        "{summary}"
+    );
+    let loaded = Nf4Tensor::load_all(&out)?;
+    let mut names: Vec<&String> = loaded.keys().collect();
+    names.sort();
+    ensure!(names == ["m.odd.weight", "m.q_proj.weight"], "{names:?}");
+    ensure!(
+        loaded["m.odd.weight"].dtype() == DType::BF16
+            && loaded["m.odd.weight"].shape().dims() == [7, 9]
+    );
+    let want = Nf4Tensor::quantize(&q, 64, true)?;
+    ensure!(
+        loaded["m.q_proj.weight"] == want,
+        "the CLI's weight differs from Nf4Tensor::quantize"
+    );
+    let plain = MmapedSafetensors::open(&out)?;
+    ensure!(
+        plain
+            .load("m.embed_tokens.weight", Device::Cpu)?
+            .to_vec::<f32>()?
+            == e.to_vec::<f32>()?
+    );
+
+    // Its own input, a bad blocksize and a truncated file are refused with messages that say why.
+    let o = run(&[
+        "--in".as_ref(),
+        inp.as_os_str(),
+        "--out".as_ref(),
+        inp.as_os_str(),
+    ])?;
+    ensure!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("refusing"),
+        "overwrote its input"
+    );
+    let o = run(&[
+        "--in".as_ref(),
+        inp.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--blocksize".as_ref(),
+        "48".as_ref(),
+    ])?;
+    ensure!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("blocksize 48"));
+    let bytes = std::fs::read(&inp)?;
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100])?;
+    let o = run(&[
+        "--in".as_ref(),
+        cut.as_os_str(),
+        "--out".as_ref(),
+        dir.join("o2.safetensors").as_os_str(),
+    ])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        !o.status.success() && err.contains("cut.safetensors"),
+        "truncated input: {err}"
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -44,7 +44,10 @@ pub struct Nf4Tensor {
 }
 
 fn nf4_err(op: &'static str, e: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument { op, msg: e.to_string() }
+    Error::InvalidArgument {
+        op,
+        msg: e.to_string(),
+    }
 }
 
 fn torch_dtype_name(d: DType) -> Option<&'static str> {
@@ -77,12 +80,22 @@ impl Nf4Tensor {
             dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
         }
         .map_err(|e| nf4_err(OP, e))?;
-        let scales = if double_quant { Nf4Scales::Double(nf4::double_quantize(&q.absmax)) } else { Nf4Scales::Plain(q.absmax) };
+        let scales = if double_quant {
+            Nf4Scales::Double(nf4::double_quantize(&q.absmax))
+        } else {
+            Nf4Scales::Plain(q.absmax)
+        };
         Self::from_parts(t.shape().clone(), t.dtype(), blocksize, q.packed, scales)
     }
 
     /// Assembles an NF4 tensor from its parts, checking that they fit together.
-    pub fn from_parts(shape: Shape, dtype: DType, blocksize: usize, packed: Vec<u8>, scales: Nf4Scales) -> Result<Nf4Tensor> {
+    pub fn from_parts(
+        shape: Shape,
+        dtype: DType,
+        blocksize: usize,
+        packed: Vec<u8>,
+        scales: Nf4Scales,
+    ) -> Result<Nf4Tensor> {
         const OP: &str = "Nf4Tensor::from_parts";
         if torch_dtype_name(dtype).is_none() {
             return Err(Error::UnsupportedDType { op: OP, dtype });
@@ -98,9 +111,22 @@ impl Nf4Tensor {
             }
         };
         if absmax.len() != nblocks {
-            return Err(nf4_err(OP, format!("{n} elements in blocks of {blocksize} need {nblocks} scales, got {}", absmax.len())));
+            return Err(nf4_err(
+                OP,
+                format!(
+                    "{n} elements in blocks of {blocksize} need {nblocks} scales, got {}",
+                    absmax.len()
+                ),
+            ));
         }
-        let t = Nf4Tensor { shape, dtype, blocksize, packed, scales, absmax };
+        let t = Nf4Tensor {
+            shape,
+            dtype,
+            blocksize,
+            packed,
+            scales,
+            absmax,
+        };
         t.view().validate(OP).map_err(|e| nf4_err(OP, e))?;
         Ok(t)
     }
@@ -131,7 +157,12 @@ impl Nf4Tensor {
     }
     /// A borrowed view for the `rankfold_kernels::nf4` functions.
     pub fn view(&self) -> Nf4Ref<'_> {
-        Nf4Ref { packed: &self.packed, absmax: &self.absmax, len: self.shape.elem_count(), blocksize: self.blocksize }
+        Nf4Ref {
+            packed: &self.packed,
+            absmax: &self.absmax,
+            len: self.shape.elem_count(),
+            blocksize: self.blocksize,
+        }
     }
     /// Bytes this takes in memory and on disk (codes and scales).
     pub fn storage_bytes(&self) -> usize {
@@ -187,45 +218,87 @@ impl Nf4Tensor {
     /// The tensors bitsandbytes stores for this weight under the name `name`, in its key order.
     pub fn to_named_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>> {
         let cpu = Device::Cpu;
-        let mut v = vec![(name.to_string(), Tensor::from_vec(self.packed.clone(), (self.packed.len(), 1), cpu)?)];
+        let mut v = vec![(
+            name.to_string(),
+            Tensor::from_vec(self.packed.clone(), (self.packed.len(), 1), cpu)?,
+        )];
         match &self.scales {
-            Nf4Scales::Plain(a) => v.push((format!("{name}.absmax"), Tensor::from_vec(a.clone(), a.len(), cpu)?)),
-            Nf4Scales::Double(dq) => v.push((format!("{name}.absmax"), Tensor::from_vec(dq.codes.clone(), dq.codes.len(), cpu)?)),
+            Nf4Scales::Plain(a) => v.push((
+                format!("{name}.absmax"),
+                Tensor::from_vec(a.clone(), a.len(), cpu)?,
+            )),
+            Nf4Scales::Double(dq) => v.push((
+                format!("{name}.absmax"),
+                Tensor::from_vec(dq.codes.clone(), dq.codes.len(), cpu)?,
+            )),
         }
-        v.push((format!("{name}.quant_map"), Tensor::from_vec(NF4_CODEBOOK.to_vec(), 16, cpu)?));
+        v.push((
+            format!("{name}.quant_map"),
+            Tensor::from_vec(NF4_CODEBOOK.to_vec(), 16, cpu)?,
+        ));
         if let Nf4Scales::Double(dq) = &self.scales {
             let na = dq.nested_absmax.clone();
-            v.push((format!("{name}.nested_absmax"), Tensor::from_vec(na.clone(), na.len(), cpu)?));
-            v.push((format!("{name}.nested_quant_map"), Tensor::from_vec(nf4::dynamic_map_signed().to_vec(), 256, cpu)?));
+            v.push((
+                format!("{name}.nested_absmax"),
+                Tensor::from_vec(na.clone(), na.len(), cpu)?,
+            ));
+            v.push((
+                format!("{name}.nested_quant_map"),
+                Tensor::from_vec(nf4::dynamic_map_signed().to_vec(), 256, cpu)?,
+            ));
         }
         let json = self.quant_state_json().into_bytes();
         let len = json.len();
-        v.push((format!("{name}{QUANT_STATE_SUFFIX}"), Tensor::from_vec(json, len, cpu)?));
+        v.push((
+            format!("{name}{QUANT_STATE_SUFFIX}"),
+            Tensor::from_vec(json, len, cpu)?,
+        ));
         Ok(v)
     }
 
     /// Reads the NF4 weight named `name` from a safetensors file, checking every companion tensor.
     pub fn from_safetensors(st: &MmapedSafetensors, name: &str) -> Result<Nf4Tensor> {
         let path = st.path().display().to_string();
-        let bad = |key: &str, msg: String| Error::SafeTensorsTensor { path: path.clone(), name: key.to_string(), msg };
+        let bad = |key: &str, msg: String| Error::SafeTensorsTensor {
+            path: path.clone(),
+            name: key.to_string(),
+            msg,
+        };
         let load_as = |key: &str, dtype: DType| -> Result<Tensor> {
             let t = st.load(key, Device::Cpu)?;
             if t.dtype() != dtype {
-                return Err(bad(key, format!("dtype {} where bitsandbytes writes {dtype}", t.dtype())));
+                return Err(bad(
+                    key,
+                    format!("dtype {} where bitsandbytes writes {dtype}", t.dtype()),
+                ));
             }
             Ok(t)
         };
         let qs_key = format!("{name}{QUANT_STATE_SUFFIX}");
         let json_bytes: Vec<u8> = load_as(&qs_key, DType::U8)?.to_vec()?;
-        let qs: serde_json::Value =
-            serde_json::from_slice(&json_bytes).map_err(|e| bad(&qs_key, format!("quant state is not JSON: {e}")))?;
-        let field = |f: &str| qs.get(f).ok_or_else(|| bad(&qs_key, format!("quant state lacks `{f}`")));
+        let qs: serde_json::Value = serde_json::from_slice(&json_bytes)
+            .map_err(|e| bad(&qs_key, format!("quant state is not JSON: {e}")))?;
+        let field = |f: &str| {
+            qs.get(f)
+                .ok_or_else(|| bad(&qs_key, format!("quant state lacks `{f}`")))
+        };
         if field("quant_type")?.as_str() != Some("nf4") {
-            return Err(bad(&qs_key, format!("quant_type {} is not \"nf4\"", field("quant_type")?)));
+            return Err(bad(
+                &qs_key,
+                format!("quant_type {} is not \"nf4\"", field("quant_type")?),
+            ));
         }
-        let blocksize = field("blocksize")?.as_u64().ok_or_else(|| bad(&qs_key, "blocksize is not an integer".into()))? as usize;
+        let blocksize = field("blocksize")?
+            .as_u64()
+            .ok_or_else(|| bad(&qs_key, "blocksize is not an integer".into()))?
+            as usize;
         let dtype_s = field("dtype")?.as_str().unwrap_or_default().to_string();
-        let dtype = dtype_from_torch(&dtype_s).ok_or_else(|| bad(&qs_key, format!("dtype \"{dtype_s}\" is not float32/float16/bfloat16")))?;
+        let dtype = dtype_from_torch(&dtype_s).ok_or_else(|| {
+            bad(
+                &qs_key,
+                format!("dtype \"{dtype_s}\" is not float32/float16/bfloat16"),
+            )
+        })?;
         let dims: Vec<usize> = field("shape")?
             .as_array()
             .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
@@ -233,17 +306,39 @@ impl Nf4Tensor {
         let shape = Shape::new(dims);
         let packed: Vec<u8> = load_as(name, DType::U8)?.to_vec()?;
         let qmap: Vec<f32> = load_as(&format!("{name}.quant_map"), DType::F32)?.to_vec()?;
-        if qmap.iter().map(|v| v.to_bits()).ne(NF4_CODEBOOK.iter().map(|v| v.to_bits())) {
-            return Err(bad(&format!("{name}.quant_map"), "is not the NF4 codebook".into()));
+        if qmap
+            .iter()
+            .map(|v| v.to_bits())
+            .ne(NF4_CODEBOOK.iter().map(|v| v.to_bits()))
+        {
+            return Err(bad(
+                &format!("{name}.quant_map"),
+                "is not the NF4 codebook".into(),
+            ));
         }
         let scales = if let Some(off) = qs.get("nested_offset") {
-            let offset = off.as_f64().ok_or_else(|| bad(&qs_key, "nested_offset is not a number".into()))? as f32;
-            if qs.get("nested_blocksize").and_then(|b| b.as_u64()) != Some(NESTED_BLOCKSIZE as u64) {
-                return Err(bad(&qs_key, format!("nested_blocksize must be {NESTED_BLOCKSIZE}")));
+            let offset = off
+                .as_f64()
+                .ok_or_else(|| bad(&qs_key, "nested_offset is not a number".into()))?
+                as f32;
+            if qs.get("nested_blocksize").and_then(|b| b.as_u64()) != Some(NESTED_BLOCKSIZE as u64)
+            {
+                return Err(bad(
+                    &qs_key,
+                    format!("nested_blocksize must be {NESTED_BLOCKSIZE}"),
+                ));
             }
-            let nmap: Vec<f32> = load_as(&format!("{name}.nested_quant_map"), DType::F32)?.to_vec()?;
-            if nmap.iter().map(|v| v.to_bits()).ne(nf4::DYNAMIC_MAP_SIGNED_BITS.iter().copied()) {
-                return Err(bad(&format!("{name}.nested_quant_map"), "is not bitsandbytes' signed dynamic map".into()));
+            let nmap: Vec<f32> =
+                load_as(&format!("{name}.nested_quant_map"), DType::F32)?.to_vec()?;
+            if nmap
+                .iter()
+                .map(|v| v.to_bits())
+                .ne(nf4::DYNAMIC_MAP_SIGNED_BITS.iter().copied())
+            {
+                return Err(bad(
+                    &format!("{name}.nested_quant_map"),
+                    "is not bitsandbytes' signed dynamic map".into(),
+                ));
             }
             Nf4Scales::Double(DoubleQuant {
                 offset,
@@ -253,29 +348,47 @@ impl Nf4Tensor {
         } else {
             Nf4Scales::Plain(load_as(&format!("{name}.absmax"), DType::F32)?.to_vec()?)
         };
-        Self::from_parts(shape, dtype, blocksize, packed, scales).map_err(|e| bad(name, e.to_string()))
+        Self::from_parts(shape, dtype, blocksize, packed, scales)
+            .map_err(|e| bad(name, e.to_string()))
     }
 
     /// The names of the NF4 weights in a safetensors file (those with a quant-state key).
     pub fn names_in(st: &MmapedSafetensors) -> Vec<String> {
-        st.names().into_iter().filter_map(|n| n.strip_suffix(QUANT_STATE_SUFFIX).map(str::to_string)).collect()
+        st.names()
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(QUANT_STATE_SUFFIX).map(str::to_string))
+            .collect()
     }
 
     /// Is `key` one of the companion tensors bitsandbytes stores beside the NF4 weight `name`?
     pub fn is_companion(name: &str, key: &str) -> bool {
         key.strip_prefix(name).is_some_and(|rest| {
-            matches!(rest, ".absmax" | ".quant_map" | ".nested_absmax" | ".nested_quant_map" | QUANT_STATE_SUFFIX)
+            matches!(
+                rest,
+                ".absmax"
+                    | ".quant_map"
+                    | ".nested_absmax"
+                    | ".nested_quant_map"
+                    | QUANT_STATE_SUFFIX
+            )
         })
     }
 
     /// Loads every NF4 weight of a file.
     pub fn load_all(path: impl AsRef<Path>) -> Result<HashMap<String, Nf4Tensor>> {
         let st = MmapedSafetensors::open(path)?;
-        Self::names_in(&st).into_iter().map(|n| Ok((n.clone(), Self::from_safetensors(&st, &n)?))).collect()
+        Self::names_in(&st)
+            .into_iter()
+            .map(|n| Ok((n.clone(), Self::from_safetensors(&st, &n)?)))
+            .collect()
     }
 
     /// Writes NF4 weights (and plain tensors) to one safetensors file atomically, in bitsandbytes' layout.
-    pub fn save(path: impl AsRef<Path>, nf4: &[(&str, &Nf4Tensor)], plain: &[(&str, &Tensor)]) -> Result<()> {
+    pub fn save(
+        path: impl AsRef<Path>,
+        nf4: &[(&str, &Nf4Tensor)],
+        plain: &[(&str, &Tensor)],
+    ) -> Result<()> {
         let mut owned = Vec::new();
         for (name, t) in nf4 {
             owned.extend(t.to_named_tensors(name)?);
@@ -294,11 +407,21 @@ impl Tensor {
         const OP: &str = "nf4_linear";
         let (n, k) = match w.shape().dims() {
             [n, k] => (*n, *k),
-            _ => return Err(Error::InvalidShape { op: OP, shape: w.shape().clone(), msg: "the weight must be 2-D".into() }),
+            _ => {
+                return Err(Error::InvalidShape {
+                    op: OP,
+                    shape: w.shape().clone(),
+                    msg: "the weight must be 2-D".into(),
+                })
+            }
         };
         let dims = self.dims();
         if dims.last() != Some(&k) {
-            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().clone(), rhs: w.shape().clone() });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: w.shape().clone(),
+            });
         }
         let m = self.elem_count() / k.max(1);
         let x = self.to_dtype(DType::F32)?.to_vec::<f32>()?;
@@ -306,7 +429,15 @@ impl Tensor {
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("x has at least one dim") = n;
         let storage = Storage::Cpu(CpuStorage::new(float_into_data(y, DType::F32)));
-        let grad = edges(&[self]).map(|e| (BackwardOp::Nf4Linear { w: w.clone(), x_shape: self.shape().clone() }, e));
+        let grad = edges(&[self]).map(|e| {
+            (
+                BackwardOp::Nf4Linear {
+                    w: w.clone(),
+                    x_shape: self.shape().clone(),
+                },
+                e,
+            )
+        });
         let y = Tensor::from_op(storage, Shape::new(out_dims), grad);
         if self.dtype() == DType::F32 {
             Ok(y)
@@ -322,7 +453,11 @@ pub(crate) fn nf4_linear_backward(g: &Tensor, w: &Nf4Tensor, x_shape: &Shape) ->
     let m = g.elem_count() / n.max(1);
     let dy = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
     let dx = nf4_matmul::backward_x(&dy, m, w.view(), n, k);
-    let t = Tensor::from_op(Storage::Cpu(CpuStorage::new(float_into_data(dx, DType::F32))), x_shape.clone(), None);
+    let t = Tensor::from_op(
+        Storage::Cpu(CpuStorage::new(float_into_data(dx, DType::F32))),
+        x_shape.clone(),
+        None,
+    );
     if g.dtype() == DType::F32 {
         Ok(t)
     } else {

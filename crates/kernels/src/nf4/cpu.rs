@@ -2,8 +2,8 @@
 //! CUDA kernels and the tests. See the module docs of `nf4` for the exact rules it follows.
 
 use super::{
-    check_blocksize, check_gemv, check_len, code_of, GemvShape, Nf4Element, Nf4Quantized, Nf4Ref, NF4_CODEBOOK,
-    SCALE_FLOOR, ZERO_CODE,
+    check_blocksize, check_gemv, check_len, code_of, GemvShape, Nf4Element, Nf4Quantized, Nf4Ref,
+    NF4_CODEBOOK, SCALE_FLOOR, ZERO_CODE,
 };
 use crate::Result;
 
@@ -44,7 +44,12 @@ pub fn quantize<T: Nf4Element>(x: &[T], blocksize: usize) -> Result<Nf4Quantized
         absmax[b] = if full { am } else { floored };
     }
     let packed = codes.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect();
-    Ok(Nf4Quantized { packed, absmax, len: n, blocksize })
+    Ok(Nf4Quantized {
+        packed,
+        absmax,
+        len: n,
+        blocksize,
+    })
 }
 
 /// The code of element `i`.
@@ -94,7 +99,11 @@ mod tests {
     fn thresholds_sit_between_codes() {
         for i in 0..15 {
             assert!(NF4_CODEBOOK[i] < NF4_THRESHOLDS[i] && NF4_THRESHOLDS[i] < NF4_CODEBOOK[i + 1]);
-            assert_eq!(code_of(NF4_THRESHOLDS[i]), i as u8, "a value on a midpoint takes the lower code");
+            assert_eq!(
+                code_of(NF4_THRESHOLDS[i]),
+                i as u8,
+                "a value on a midpoint takes the lower code"
+            );
             assert_eq!(code_of(NF4_CODEBOOK[i]), i as u8);
         }
         assert_eq!(code_of(1.0), 15);
@@ -103,11 +112,16 @@ mod tests {
     #[test]
     fn edges_follow_bitsandbytes_cpu() {
         // Full zero block: absmax 0 and the zero code; short zero tail: the floor; odd length: zero-code pad.
-        let x: Vec<f32> = (0..32).map(|i| i as f32 - 7.5).chain(std::iter::repeat_n(0.0, 32 + 5)).collect();
+        let x: Vec<f32> = (0..32)
+            .map(|i| i as f32 - 7.5)
+            .chain(std::iter::repeat_n(0.0, 32 + 5))
+            .collect();
         let q = quantize(&x, 32).unwrap();
         assert_eq!(q.absmax, vec![23.5, 0.0, SCALE_FLOOR]);
         assert!(q.packed[16..32].iter().all(|&b| b == 0x77));
         assert_eq!(q.packed.last().copied(), Some(0x77));
-        assert!(quantize(&x, 48).is_err() && quantize(&x, 16).is_err() && quantize(&x, 8192).is_err());
+        assert!(
+            quantize(&x, 48).is_err() && quantize(&x, 16).is_err() && quantize(&x, 8192).is_err()
+        );
     }
 }

@@ -75,9 +75,17 @@ pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
     let n = absmax.len();
     let mut codes = vec![0u8; n];
     let mut nested_absmax = Vec::with_capacity(n.div_ceil(NESTED_BLOCKSIZE));
-    for (b, (block, out)) in absmax.chunks(NESTED_BLOCKSIZE).zip(codes.chunks_mut(NESTED_BLOCKSIZE)).enumerate() {
+    for (b, (block, out)) in absmax
+        .chunks(NESTED_BLOCKSIZE)
+        .zip(codes.chunks_mut(NESTED_BLOCKSIZE))
+        .enumerate()
+    {
         // bitsandbytes ignores NaN lanes when taking the block maximum.
-        let am = block.iter().map(|&a| (a - offset).abs()).filter(|a| !a.is_nan()).fold(0f32, f32::max);
+        let am = block
+            .iter()
+            .map(|&a| (a - offset).abs())
+            .filter(|a| !a.is_nan())
+            .fold(0f32, f32::max);
         nested_absmax.push(am);
         debug_assert_eq!(nested_absmax.len(), b + 1);
         if am == 0.0 {
@@ -88,7 +96,11 @@ pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
             *o = lut[lut_index((a - offset) * inv)];
         }
     }
-    DoubleQuant { offset, codes, nested_absmax }
+    DoubleQuant {
+        offset,
+        codes,
+        nested_absmax,
+    }
 }
 
 /// Reconstructs the f32 block scales: `code[q] · nested_absmax[i / 256] + offset`, two f32 roundings.
@@ -98,7 +110,12 @@ pub fn double_dequantize(dq: &DoubleQuant, out: &mut [f32]) -> Result<()> {
     if dq.nested_absmax.len() != dq.codes.len().div_ceil(NESTED_BLOCKSIZE) {
         return Err(shape_err(
             OP,
-            format!("{} codes need {} nested absmax values, got {}", dq.codes.len(), dq.codes.len().div_ceil(256), dq.nested_absmax.len()),
+            format!(
+                "{} codes need {} nested absmax values, got {}",
+                dq.codes.len(),
+                dq.codes.len().div_ceil(256),
+                dq.nested_absmax.len()
+            ),
         ));
     }
     let code = dynamic_map_signed();
@@ -126,12 +143,17 @@ mod tests {
 
     #[test]
     fn round_trip_error_is_small() {
-        let absmax: Vec<f32> = (0..700).map(|i| 0.5 + ((i * 37) % 101) as f32 / 50.0).collect();
+        let absmax: Vec<f32> = (0..700)
+            .map(|i| 0.5 + ((i * 37) % 101) as f32 / 50.0)
+            .collect();
         let dq = double_quantize(&absmax);
         let mut back = vec![0f32; absmax.len()];
         double_dequantize(&dq, &mut back).unwrap();
         for (a, b) in absmax.iter().zip(&back) {
-            assert!((a - b).abs() <= 0.02 * dq.nested_absmax.iter().fold(0f32, |m, &v| m.max(v)), "{a} vs {b}");
+            assert!(
+                (a - b).abs() <= 0.02 * dq.nested_absmax.iter().fold(0f32, |m, &v| m.max(v)),
+                "{a} vs {b}"
+            );
         }
     }
 }

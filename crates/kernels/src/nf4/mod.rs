@@ -35,7 +35,8 @@ mod dynamic_map;
 pub mod fast;
 
 pub use dq::{
-    double_dequantize, double_quantize, double_quantize_with_offset, dynamic_map_signed, mean_offset, DoubleQuant,
+    double_dequantize, double_quantize, double_quantize_with_offset, dynamic_map_signed,
+    mean_offset, DoubleQuant,
 };
 pub use dynamic_map::DYNAMIC_MAP_SIGNED_BITS;
 
@@ -147,7 +148,12 @@ pub struct Nf4Quantized {
 impl Nf4Quantized {
     /// A borrowed view for the dequantize / GEMV functions.
     pub fn view(&self) -> Nf4Ref<'_> {
-        Nf4Ref { packed: &self.packed, absmax: &self.absmax, len: self.len, blocksize: self.blocksize }
+        Nf4Ref {
+            packed: &self.packed,
+            absmax: &self.absmax,
+            len: self.len,
+            blocksize: self.blocksize,
+        }
     }
 }
 
@@ -172,7 +178,12 @@ impl Nf4Ref<'_> {
         if self.packed.len() != self.len.div_ceil(2) {
             return Err(shape_err(
                 op,
-                format!("{} elements need {} packed bytes, got {}", self.len, self.len.div_ceil(2), self.packed.len()),
+                format!(
+                    "{} elements need {} packed bytes, got {}",
+                    self.len,
+                    self.len.div_ceil(2),
+                    self.packed.len()
+                ),
             ));
         }
         let nb = self.len.div_ceil(self.blocksize);
@@ -206,7 +217,9 @@ pub fn check_blocksize(op: &'static str, blocksize: usize) -> Result<()> {
     if !blocksize.is_power_of_two() || !(MIN_BLOCKSIZE..=MAX_BLOCKSIZE).contains(&blocksize) {
         return Err(shape_err(
             op,
-            format!("blocksize {blocksize} is not a power of two in {MIN_BLOCKSIZE}..={MAX_BLOCKSIZE}"),
+            format!(
+                "blocksize {blocksize} is not a power of two in {MIN_BLOCKSIZE}..={MAX_BLOCKSIZE}"
+            ),
         ));
     }
     Ok(())
@@ -216,21 +229,39 @@ pub(crate) fn shape_err(op: &'static str, msg: String) -> Error {
     Error::Shape { op, msg }
 }
 
-pub(crate) fn check_gemv(op: &'static str, w: &Nf4Ref<'_>, shape: GemvShape, x: usize, y: usize) -> Result<()> {
+pub(crate) fn check_gemv(
+    op: &'static str,
+    w: &Nf4Ref<'_>,
+    shape: GemvShape,
+    x: usize,
+    y: usize,
+) -> Result<()> {
     w.validate(op)?;
-    let n = shape.rows.checked_mul(shape.cols).ok_or_else(|| shape_err(op, format!("{shape:?} overflows")))?;
+    let n = shape
+        .rows
+        .checked_mul(shape.cols)
+        .ok_or_else(|| shape_err(op, format!("{shape:?} overflows")))?;
     if n != w.len {
-        return Err(shape_err(op, format!("weight holds {} elements, {shape:?} needs {n}", w.len)));
+        return Err(shape_err(
+            op,
+            format!("weight holds {} elements, {shape:?} needs {n}", w.len),
+        ));
     }
     if x != shape.cols || y != shape.rows {
-        return Err(shape_err(op, format!("x [{x}] and y [{y}] do not fit a weight of {shape:?}")));
+        return Err(shape_err(
+            op,
+            format!("x [{x}] and y [{y}] do not fit a weight of {shape:?}"),
+        ));
     }
     Ok(())
 }
 
 pub(crate) fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
     if have != need {
-        return Err(shape_err(op, format!("{what} holds {have} elements, expected {need}")));
+        return Err(shape_err(
+            op,
+            format!("{what} holds {have} elements, expected {need}"),
+        ));
     }
     Ok(())
 }
