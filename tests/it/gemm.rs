@@ -14,18 +14,21 @@ use rankfold_tensor::Rng;
 use crate::gpu::{check_frobenius, random, runtimes};
 
 /// (m, n, k, extra elements per row of A and B, alpha, beta).
-const CASES: [(usize, usize, usize, usize, f32, f32); 7] = [
+const CASES: [(usize, usize, usize, usize, f32, f32); 8] = [
     (1, 1, 1, 0, 1.0, 0.0),
     // K = 29: rows are not 16-byte aligned, so the scalar load path runs.
     (37, 45, 29, 0, 1.0, 0.0),
     // M and N cross the 128 tile; K = 40 is a multiple of 8 but not of 16 or 32 (zero-filled k tail).
     (130, 70, 40, 0, 1.0, 0.0),
     (64, 136, 64, 0, 0.5, 0.0),
-    // Padded rows: +8 keeps 16-byte alignment (cp.async), +3 does not (scalar path).
-    (33, 17, 48, 8, 1.0, 0.0),
+    // Padded rows: lda = 45 + 11 = 56 keeps 16-byte alignment, and K = 45 ends inside a 16-byte chunk (cp.async
+    // with a partial src-size); +3 is not aligned (scalar path).
+    (33, 17, 45, 11, 1.0, 0.0),
     (20, 21, 22, 3, 1.0, 0.0),
     // Accumulate into C.
     (45, 130, 35, 0, 0.75, -1.25),
+    // Seven k tiles through the double buffer, two n tiles, accumulating.
+    (96, 136, 200, 0, 1.0, 0.5),
 ];
 
 fn gemm_on<O: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, layout: GemmLayout, rng: &mut Rng) -> Result<()> {
