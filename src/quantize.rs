@@ -54,9 +54,7 @@ impl Targets {
     fn new(a: &QuantizeArgs) -> Result<Self> {
         let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>> {
             s.as_deref()
-                .map(|p| {
-                    Regex::new(p).with_context(|| format!("--{flag} {p:?} is not a valid regex"))
-                })
+                .map(|p| Regex::new(p).with_context(|| format!("--{flag} {p:?} is not a valid regex")))
                 .transpose()
         };
         Ok(Targets {
@@ -67,9 +65,7 @@ impl Targets {
     }
 
     fn wants(&self, name: &str, dims: &[usize], dtype: DType) -> bool {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-            || dims.iter().product::<usize>() == 0
-        {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || dims.iter().product::<usize>() == 0 {
             return false;
         }
         let included = match &self.include {
@@ -163,12 +159,7 @@ fn quantize_file(
 }
 
 /// Adds bitsandbytes' `quantization_config` to a config.json so transformers loads the NF4 weights.
-fn quantized_config(
-    bytes: &[u8],
-    path: &Path,
-    a: &QuantizeArgs,
-    skipped: Vec<String>,
-) -> Result<Vec<u8>> {
+fn quantized_config(bytes: &[u8], path: &Path, a: &QuantizeArgs, skipped: Vec<String>) -> Result<Vec<u8>> {
     let mut cfg: serde_json::Value =
         serde_json::from_slice(bytes).with_context(|| format!("{} is not JSON", path.display()))?;
     let obj = cfg
@@ -194,11 +185,7 @@ fn quantized_config(
 pub(crate) fn run(a: &QuantizeArgs, json: bool) -> Result<()> {
     rankfold_kernels_check(a.blocksize)?;
     let targets = Targets::new(a)?;
-    ensure!(
-        a.input.exists(),
-        "input {} does not exist",
-        a.input.display()
-    );
+    ensure!(a.input.exists(), "input {} does not exist", a.input.display());
     if same_or_inside(&a.output, &a.input) {
         bail!(
             "refusing to write {} over or inside the input {}",
@@ -208,8 +195,7 @@ pub(crate) fn run(a: &QuantizeArgs, json: bool) -> Result<()> {
     }
     let mut rows = Vec::new();
     if a.input.is_dir() {
-        std::fs::create_dir_all(&a.output)
-            .with_context(|| format!("creating {}", a.output.display()))?;
+        std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&a.input)
             .with_context(|| format!("reading folder {}", a.input.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -230,10 +216,7 @@ pub(crate) fn run(a: &QuantizeArgs, json: bool) -> Result<()> {
         {
             let name = p.file_name().expect("a listed file has a name");
             for key in quantize_file(p, &a.output.join(name), a, &targets, &mut rows)? {
-                weight_map.insert(
-                    key,
-                    serde_json::Value::String(name.to_string_lossy().into_owned()),
-                );
+                weight_map.insert(key, serde_json::Value::String(name.to_string_lossy().into_owned()));
             }
         }
         let skipped: Vec<String> = rows
@@ -250,8 +233,8 @@ pub(crate) fn run(a: &QuantizeArgs, json: bool) -> Result<()> {
             let bytes = match name.to_str() {
                 Some("config.json") => quantized_config(&bytes, p, a, skipped.clone())?,
                 Some(n) if n.ends_with(".safetensors.index.json") => {
-                    let mut idx: serde_json::Value = serde_json::from_slice(&bytes)
-                        .with_context(|| format!("{} is not JSON", p.display()))?;
+                    let mut idx: serde_json::Value =
+                        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", p.display()))?;
                     idx["weight_map"] = serde_json::Value::Object(weight_map.clone());
                     serde_json::to_vec_pretty(&idx)?
                 }
@@ -277,10 +260,7 @@ fn report(rows: &[Row], a: &QuantizeArgs, json: bool) -> Result<()> {
     let before: usize = rows.iter().map(|r| r.before).sum();
     let after: usize = rows.iter().map(|r| r.after).sum();
     let quantized: Vec<&Row> = rows.iter().filter(|r| r.rel_rms.is_some()).collect();
-    let worst = quantized
-        .iter()
-        .filter_map(|r| r.rel_rms)
-        .fold(0f64, f64::max);
+    let worst = quantized.iter().filter_map(|r| r.rel_rms).fold(0f64, f64::max);
     if json {
         println!(
             "{}",

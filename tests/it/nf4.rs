@@ -7,8 +7,8 @@ use anyhow::{ensure, Context, Result};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use rankfold_kernels::nf4::{
-    self, cpu, double_dequantize, double_quantize, double_quantize_with_offset, fast, GemvShape,
-    Nf4Element, Nf4Quantized, NF4_CODEBOOK, NF4_THRESHOLDS,
+    self, cpu, double_dequantize, double_quantize, double_quantize_with_offset, fast, GemvShape, Nf4Element,
+    Nf4Quantized, NF4_CODEBOOK, NF4_THRESHOLDS,
 };
 use rankfold_tensor::safetensors::MmapedSafetensors;
 use rankfold_tensor::{DType, Device, WithDType};
@@ -48,11 +48,7 @@ fn constants_match_bitsandbytes() -> Result<()> {
 }
 
 /// Checks one fixture case (`prefix.*` tensors) with input element type `T`.
-fn check_case<T: Nf4Element + WithDType>(
-    st: &MmapedSafetensors,
-    prefix: &str,
-    blocksize: usize,
-) -> Result<()> {
+fn check_case<T: Nf4Element + WithDType>(st: &MmapedSafetensors, prefix: &str, blocksize: usize) -> Result<()> {
     let what = |k: &str| format!("bs{blocksize} {prefix}: {k}");
     let x: Vec<T> = get(st, &format!("{prefix}.x"))?;
     let packed: Vec<u8> = get(st, &format!("{prefix}.packed"))?;
@@ -62,16 +58,8 @@ fn check_case<T: Nf4Element + WithDType>(
         ("cpu", cpu::quantize(&x, blocksize)?),
         ("fast", fast::quantize(&x, blocksize)?),
     ] {
-        ensure!(
-            q.packed == packed,
-            "{} ({name})",
-            what("packed codes differ")
-        );
-        ensure!(
-            bits(&q.absmax) == bits(&absmax),
-            "{} ({name})",
-            what("absmax differs")
-        );
+        ensure!(q.packed == packed, "{} ({name})", what("packed codes differ"));
+        ensure!(bits(&q.absmax) == bits(&absmax), "{} ({name})", what("absmax differs"));
     }
     let q = Nf4Quantized {
         packed,
@@ -81,18 +69,10 @@ fn check_case<T: Nf4Element + WithDType>(
     };
     let mut out = vec![T::from_f32(0.0); x.len()];
     cpu::dequantize(q.view(), &mut out)?;
-    ensure!(
-        bits(&out) == bits(&deq),
-        "{}",
-        what("cpu dequantize differs")
-    );
+    ensure!(bits(&out) == bits(&deq), "{}", what("cpu dequantize differs"));
     let mut out2 = vec![T::from_f32(1.0); x.len()];
     fast::dequantize(q.view(), &mut out2)?;
-    ensure!(
-        bits(&out2) == bits(&deq),
-        "{}",
-        what("fast dequantize differs")
-    );
+    ensure!(bits(&out2) == bits(&deq), "{}", what("fast dequantize differs"));
 
     // Double quantization: everything downstream of bnb's offset is bit-exact; our offset is within an ulp.
     let offset = get::<f32>(st, &format!("{prefix}.dq_offset"))?[0];
@@ -180,11 +160,7 @@ fn fast_equals_twin<T: Nf4Element>(seed: u64, n: usize, blocksize: usize) -> Res
         T::NAME
     );
     // The largest codebook gap is between -1 and the next code; a value is at most half of it from its code.
-    let half_gap = NF4_CODEBOOK
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0f32, f32::max)
-        / 2.0;
+    let half_gap = NF4_CODEBOOK.windows(2).map(|w| w[1] - w[0]).fold(0f32, f32::max) / 2.0;
     let mut d32 = vec![0f32; n];
     cpu::dequantize(a.view(), &mut d32)?;
     for (i, (v, r)) in x.iter().zip(&d32).enumerate() {
@@ -255,10 +231,7 @@ fn bad_buffers_are_refused() {
     };
     let mut out = vec![0f32; 100];
     let e = cpu::dequantize(short, &mut out).unwrap_err().to_string();
-    assert!(
-        e.contains("nf4::cpu::dequantize") && e.contains("packed bytes"),
-        "{e}"
-    );
+    assert!(e.contains("nf4::cpu::dequantize") && e.contains("packed bytes"), "{e}");
     assert!(fast::dequantize(q.view(), &mut out[1..]).is_err());
     assert!(fast::quantize(&x, 100).is_err());
 }
@@ -272,18 +245,11 @@ fn linear4bit_files_round_trip_with_bitsandbytes() -> Result<()> {
     let bnb_file = MmapedSafetensors::open(dir.join("linear4bit.safetensors"))?;
     let refs = fixture("linear4bit_ref.safetensors")?;
     let loaded = Nf4Tensor::load_all(dir.join("linear4bit.safetensors"))?;
-    ensure!(
-        loaded.len() == 2,
-        "two NF4 weights, found {:?}",
-        loaded.keys()
-    );
+    ensure!(loaded.len() == 2, "two NF4 weights, found {:?}", loaded.keys());
     let tmp = std::env::temp_dir().join(format!("rankfold-nf4-{}.safetensors", std::process::id()));
     for (name, double) in [("0.weight", true), ("1.weight", false)] {
         let w = &loaded[name];
-        ensure!(
-            matches!(w.scales(), Nf4Scales::Double(_)) == double,
-            "{name}: nesting"
-        );
+        ensure!(matches!(w.scales(), Nf4Scales::Double(_)) == double, "{name}: nesting");
         let deq = w.dequantize(w.dtype())?.to_vec::<f32>()?;
         ensure!(
             bits(&deq) == bits(&get::<f32>(&refs, &format!("deq.{name}"))?),
@@ -304,41 +270,26 @@ fn linear4bit_files_round_trip_with_bitsandbytes() -> Result<()> {
                     a.offset,
                     b.offset
                 );
-                let again = double_quantize_with_offset(
-                    &cpu::quantize(&orig.to_vec::<f32>()?, 64)?.absmax,
-                    b.offset,
-                );
-                ensure!(
-                    &again == b,
-                    "{name}: double quantization given bnb's offset differs"
-                );
+                let again = double_quantize_with_offset(&cpu::quantize(&orig.to_vec::<f32>()?, 64)?.absmax, b.offset);
+                ensure!(&again == b, "{name}: double quantization given bnb's offset differs");
             }
             (a, b) => ensure!(a == b, "{name}: absmax differs"),
         }
         // Our file has bnb's keys, dtypes and shapes, and the same quant state.
         Nf4Tensor::save(&tmp, &[(name, &ours)], &[])?;
         let mine = MmapedSafetensors::open(&tmp)?;
-        let theirs: Vec<String> = bnb_file
-            .names()
-            .into_iter()
-            .filter(|k| k.starts_with(name))
-            .collect();
+        let theirs: Vec<String> = bnb_file.names().into_iter().filter(|k| k.starts_with(name)).collect();
         let mut want = theirs.clone();
         want.sort();
         let mut got = mine.names();
         got.sort();
         ensure!(got == want, "{name}: keys {got:?} vs bnb's {want:?}");
         for k in &theirs {
-            ensure!(
-                mine.info(k)? == bnb_file.info(k)?,
-                "{k}: shape/dtype differ from bnb's"
-            );
+            ensure!(mine.info(k)? == bnb_file.info(k)?, "{k}: shape/dtype differ from bnb's");
         }
         let qs = |st: &MmapedSafetensors| -> Result<serde_json::Value> {
-            let mut v: serde_json::Value = serde_json::from_slice(&get::<u8>(
-                st,
-                &format!("{name}.quant_state.bitsandbytes__nf4"),
-            )?)?;
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&get::<u8>(st, &format!("{name}.quant_state.bitsandbytes__nf4"))?)?;
             v.as_object_mut().map(|o| o.remove("nested_offset"));
             Ok(v)
         };
@@ -362,12 +313,8 @@ fn corrupt_quant_state_names_file_and_tensor() -> Result<()> {
     )?;
     let mut parts = w.to_named_tensors("lin.weight")?;
     let bad = b"{\"quant_type\": \"fp4\"}".to_vec();
-    parts.last_mut().expect("the quant state is last").1 =
-        Tensor::from_vec(bad.clone(), bad.len(), Device::Cpu)?;
-    let tmp = std::env::temp_dir().join(format!(
-        "rankfold-nf4-bad-{}.safetensors",
-        std::process::id()
-    ));
+    parts.last_mut().expect("the quant state is last").1 = Tensor::from_vec(bad.clone(), bad.len(), Device::Cpu)?;
+    let tmp = std::env::temp_dir().join(format!("rankfold-nf4-bad-{}.safetensors", std::process::id()));
     let refs: Vec<(&str, &Tensor)> = parts.iter().map(|(n, t)| (n.as_str(), t)).collect();
     rankfold_tensor::safetensors::save(&tmp, &refs, None)?;
     let e = Nf4Tensor::load_all(&tmp).unwrap_err().to_string();
@@ -383,18 +330,13 @@ fn corrupt_quant_state_names_file_and_tensor() -> Result<()> {
 #[test]
 fn nf4_linear_matches_the_dequantized_composition() -> Result<()> {
     use rankfold_tensor::{Nf4Tensor, Tensor};
-    for (seed, (b, t, n, k)) in [
-        (1u64, (2, 3, 17, 70)),
-        (2, (1, 5, 300, 1000)),
-        (3, (3, 1, 1, 33)),
-    ] {
+    for (seed, (b, t, n, k)) in [(1u64, (2, 3, 17, 70)), (2, (1, 5, 300, 1000)), (3, (3, 1, 1, 33))] {
         let w = std::sync::Arc::new(Nf4Tensor::quantize(
             &Tensor::from_vec(sample::<f32>(seed, n * k), (n, k), Device::Cpu)?,
             64,
             true,
         )?);
-        let x = Tensor::from_vec(sample::<f32>(seed ^ 7, b * t * k), (b, t, k), Device::Cpu)?
-            .with_requires_grad(true);
+        let x = Tensor::from_vec(sample::<f32>(seed ^ 7, b * t * k), (b, t, k), Device::Cpu)?.with_requires_grad(true);
         let r = Tensor::from_vec(sample::<f32>(seed ^ 8, b * t * n), (b, t, n), Device::Cpu)?;
         let y = x.nf4_linear(&w)?;
         let gx = y
@@ -413,16 +355,8 @@ fn nf4_linear_matches_the_dequantized_composition() -> Result<()> {
             .get(&x)
             .context("x has a gradient")?
             .to_vec::<f64>()?;
-        let tol = crate::common::Tol {
-            rel: 1e-4,
-            abs: 1e-4,
-        };
-        crate::common::assert_close(
-            &y.to_vec::<f64>()?,
-            &y2.to_vec::<f64>()?,
-            tol,
-            "nf4_linear forward",
-        )?;
+        let tol = crate::common::Tol { rel: 1e-4, abs: 1e-4 };
+        crate::common::assert_close(&y.to_vec::<f64>()?, &y2.to_vec::<f64>()?, tol, "nf4_linear forward")?;
         crate::common::assert_close(&gx, &gx2, tol, "nf4_linear backward")?;
         ensure!(y.dims() == [b, t, n]);
     }
@@ -455,12 +389,7 @@ fn quantize_cli_writes_bnb_layout_and_refuses_bad_paths() -> Result<()> {
         None,
     )?;
     let bin = env!("CARGO_BIN_EXE_rankfold");
-    let run = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new(bin)
-            .arg("quantize")
-            .args(args)
-            .output()
-    };
+    let run = |args: &[&std::ffi::OsStr]| std::process::Command::new(bin).arg("quantize").args(args).output();
     let o = run(&[
         "--in".as_ref(),
         inp.as_os_str(),
@@ -474,38 +403,22 @@ fn quantize_cli_writes_bnb_layout_and_refuses_bad_paths() -> Result<()> {
         String::from_utf8_lossy(&o.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(o.stdout.trim_ascii())?;
-    ensure!(
-        summary["quantized"] == 2 && summary["tensors"] == 4,
-        "{summary}"
-    );
+    ensure!(summary["quantized"] == 2 && summary["tensors"] == 4, "{summary}");
     let loaded = Nf4Tensor::load_all(&out)?;
     let mut names: Vec<&String> = loaded.keys().collect();
     names.sort();
     ensure!(names == ["m.odd.weight", "m.q_proj.weight"], "{names:?}");
-    ensure!(
-        loaded["m.odd.weight"].dtype() == DType::BF16
-            && loaded["m.odd.weight"].shape().dims() == [7, 9]
-    );
+    ensure!(loaded["m.odd.weight"].dtype() == DType::BF16 && loaded["m.odd.weight"].shape().dims() == [7, 9]);
     let want = Nf4Tensor::quantize(&q, 64, true)?;
     ensure!(
         loaded["m.q_proj.weight"] == want,
         "the CLI's weight differs from Nf4Tensor::quantize"
     );
     let plain = MmapedSafetensors::open(&out)?;
-    ensure!(
-        plain
-            .load("m.embed_tokens.weight", Device::Cpu)?
-            .to_vec::<f32>()?
-            == e.to_vec::<f32>()?
-    );
+    ensure!(plain.load("m.embed_tokens.weight", Device::Cpu)?.to_vec::<f32>()? == e.to_vec::<f32>()?);
 
     // Its own input, a bad blocksize and a truncated file are refused with messages that say why.
-    let o = run(&[
-        "--in".as_ref(),
-        inp.as_os_str(),
-        "--out".as_ref(),
-        inp.as_os_str(),
-    ])?;
+    let o = run(&["--in".as_ref(), inp.as_os_str(), "--out".as_ref(), inp.as_os_str()])?;
     ensure!(
         !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("refusing"),
         "overwrote its input"

@@ -44,10 +44,7 @@ pub struct Nf4Tensor {
 }
 
 fn nf4_err(op: &'static str, e: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument {
-        op,
-        msg: e.to_string(),
-    }
+    Error::InvalidArgument { op, msg: e.to_string() }
 }
 
 fn torch_dtype_name(d: DType) -> Option<&'static str> {
@@ -210,7 +207,9 @@ impl Nf4Tensor {
         );
         if let Nf4Scales::Double(dq) = &self.scales {
             let off = serde_json::to_string(&(dq.offset as f64)).expect("a finite f64 serializes");
-            s += &format!(", \"nested_blocksize\": {NESTED_BLOCKSIZE}, \"nested_dtype\": \"float32\", \"nested_offset\": {off}");
+            s += &format!(
+                ", \"nested_blocksize\": {NESTED_BLOCKSIZE}, \"nested_dtype\": \"float32\", \"nested_offset\": {off}"
+            );
         }
         s + "}"
     }
@@ -223,10 +222,7 @@ impl Nf4Tensor {
             Tensor::from_vec(self.packed.clone(), (self.packed.len(), 1), cpu)?,
         )];
         match &self.scales {
-            Nf4Scales::Plain(a) => v.push((
-                format!("{name}.absmax"),
-                Tensor::from_vec(a.clone(), a.len(), cpu)?,
-            )),
+            Nf4Scales::Plain(a) => v.push((format!("{name}.absmax"), Tensor::from_vec(a.clone(), a.len(), cpu)?)),
             Nf4Scales::Double(dq) => v.push((
                 format!("{name}.absmax"),
                 Tensor::from_vec(dq.codes.clone(), dq.codes.len(), cpu)?,
@@ -249,10 +245,7 @@ impl Nf4Tensor {
         }
         let json = self.quant_state_json().into_bytes();
         let len = json.len();
-        v.push((
-            format!("{name}{QUANT_STATE_SUFFIX}"),
-            Tensor::from_vec(json, len, cpu)?,
-        ));
+        v.push((format!("{name}{QUANT_STATE_SUFFIX}"), Tensor::from_vec(json, len, cpu)?));
         Ok(v)
     }
 
@@ -276,8 +269,8 @@ impl Nf4Tensor {
         };
         let qs_key = format!("{name}{QUANT_STATE_SUFFIX}");
         let json_bytes: Vec<u8> = load_as(&qs_key, DType::U8)?.to_vec()?;
-        let qs: serde_json::Value = serde_json::from_slice(&json_bytes)
-            .map_err(|e| bad(&qs_key, format!("quant state is not JSON: {e}")))?;
+        let qs: serde_json::Value =
+            serde_json::from_slice(&json_bytes).map_err(|e| bad(&qs_key, format!("quant state is not JSON: {e}")))?;
         let field = |f: &str| {
             qs.get(f)
                 .ok_or_else(|| bad(&qs_key, format!("quant state lacks `{f}`")))
@@ -290,15 +283,10 @@ impl Nf4Tensor {
         }
         let blocksize = field("blocksize")?
             .as_u64()
-            .ok_or_else(|| bad(&qs_key, "blocksize is not an integer".into()))?
-            as usize;
+            .ok_or_else(|| bad(&qs_key, "blocksize is not an integer".into()))? as usize;
         let dtype_s = field("dtype")?.as_str().unwrap_or_default().to_string();
-        let dtype = dtype_from_torch(&dtype_s).ok_or_else(|| {
-            bad(
-                &qs_key,
-                format!("dtype \"{dtype_s}\" is not float32/float16/bfloat16"),
-            )
-        })?;
+        let dtype = dtype_from_torch(&dtype_s)
+            .ok_or_else(|| bad(&qs_key, format!("dtype \"{dtype_s}\" is not float32/float16/bfloat16")))?;
         let dims: Vec<usize> = field("shape")?
             .as_array()
             .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
@@ -311,25 +299,16 @@ impl Nf4Tensor {
             .map(|v| v.to_bits())
             .ne(NF4_CODEBOOK.iter().map(|v| v.to_bits()))
         {
-            return Err(bad(
-                &format!("{name}.quant_map"),
-                "is not the NF4 codebook".into(),
-            ));
+            return Err(bad(&format!("{name}.quant_map"), "is not the NF4 codebook".into()));
         }
         let scales = if let Some(off) = qs.get("nested_offset") {
             let offset = off
                 .as_f64()
-                .ok_or_else(|| bad(&qs_key, "nested_offset is not a number".into()))?
-                as f32;
-            if qs.get("nested_blocksize").and_then(|b| b.as_u64()) != Some(NESTED_BLOCKSIZE as u64)
-            {
-                return Err(bad(
-                    &qs_key,
-                    format!("nested_blocksize must be {NESTED_BLOCKSIZE}"),
-                ));
+                .ok_or_else(|| bad(&qs_key, "nested_offset is not a number".into()))? as f32;
+            if qs.get("nested_blocksize").and_then(|b| b.as_u64()) != Some(NESTED_BLOCKSIZE as u64) {
+                return Err(bad(&qs_key, format!("nested_blocksize must be {NESTED_BLOCKSIZE}")));
             }
-            let nmap: Vec<f32> =
-                load_as(&format!("{name}.nested_quant_map"), DType::F32)?.to_vec()?;
+            let nmap: Vec<f32> = load_as(&format!("{name}.nested_quant_map"), DType::F32)?.to_vec()?;
             if nmap
                 .iter()
                 .map(|v| v.to_bits())
@@ -348,8 +327,7 @@ impl Nf4Tensor {
         } else {
             Nf4Scales::Plain(load_as(&format!("{name}.absmax"), DType::F32)?.to_vec()?)
         };
-        Self::from_parts(shape, dtype, blocksize, packed, scales)
-            .map_err(|e| bad(name, e.to_string()))
+        Self::from_parts(shape, dtype, blocksize, packed, scales).map_err(|e| bad(name, e.to_string()))
     }
 
     /// The names of the NF4 weights in a safetensors file (those with a quant-state key).
@@ -365,11 +343,7 @@ impl Nf4Tensor {
         key.strip_prefix(name).is_some_and(|rest| {
             matches!(
                 rest,
-                ".absmax"
-                    | ".quant_map"
-                    | ".nested_absmax"
-                    | ".nested_quant_map"
-                    | QUANT_STATE_SUFFIX
+                ".absmax" | ".quant_map" | ".nested_absmax" | ".nested_quant_map" | QUANT_STATE_SUFFIX
             )
         })
     }
@@ -384,11 +358,7 @@ impl Nf4Tensor {
     }
 
     /// Writes NF4 weights (and plain tensors) to one safetensors file atomically, in bitsandbytes' layout.
-    pub fn save(
-        path: impl AsRef<Path>,
-        nf4: &[(&str, &Nf4Tensor)],
-        plain: &[(&str, &Tensor)],
-    ) -> Result<()> {
+    pub fn save(path: impl AsRef<Path>, nf4: &[(&str, &Nf4Tensor)], plain: &[(&str, &Tensor)]) -> Result<()> {
         let mut owned = Vec::new();
         for (name, t) in nf4 {
             owned.extend(t.to_named_tensors(name)?);

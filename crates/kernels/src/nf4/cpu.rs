@@ -2,8 +2,8 @@
 //! CUDA kernels and the tests. See the module docs of `nf4` for the exact rules it follows.
 
 use super::{
-    check_blocksize, check_gemv, check_len, code_of, GemvShape, Nf4Element, Nf4Quantized, Nf4Ref,
-    NF4_CODEBOOK, SCALE_FLOOR, ZERO_CODE,
+    check_blocksize, check_gemv, check_len, code_of, GemvShape, Nf4Element, Nf4Quantized, Nf4Ref, NF4_CODEBOOK,
+    SCALE_FLOOR, ZERO_CODE,
 };
 use crate::Result;
 
@@ -120,8 +120,6 @@ mod tests {
         assert_eq!(q.absmax, vec![23.5, 0.0, SCALE_FLOOR]);
         assert!(q.packed[16..32].iter().all(|&b| b == 0x77));
         assert_eq!(q.packed.last().copied(), Some(0x77));
-        assert!(
-            quantize(&x, 48).is_err() && quantize(&x, 16).is_err() && quantize(&x, 8192).is_err()
-        );
+        assert!(quantize(&x, 48).is_err() && quantize(&x, 16).is_err() && quantize(&x, 8192).is_err());
     }
 }

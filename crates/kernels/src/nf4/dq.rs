@@ -143,9 +143,7 @@ mod tests {
 
     #[test]
     fn round_trip_error_is_small() {
-        let absmax: Vec<f32> = (0..700)
-            .map(|i| 0.5 + ((i * 37) % 101) as f32 / 50.0)
-            .collect();
+        let absmax: Vec<f32> = (0..700).map(|i| 0.5 + ((i * 37) % 101) as f32 / 50.0).collect();
         let dq = double_quantize(&absmax);
         let mut back = vec![0f32; absmax.len()];
         double_dequantize(&dq, &mut back).unwrap();

@@ -5,8 +5,8 @@
 use rayon::prelude::*;
 
 use super::{
-    check_blocksize, check_gemv, check_len, code_of, GemvShape, Nf4Element, Nf4Quantized, Nf4Ref,
-    NF4_CODEBOOK, SCALE_FLOOR,
+    check_blocksize, check_gemv, check_len, code_of, GemvShape, Nf4Element, Nf4Quantized, Nf4Ref, NF4_CODEBOOK,
+    SCALE_FLOOR,
 };
 use crate::Result;
 
@@ -56,12 +56,7 @@ pub fn quantize<T: Nf4Element>(x: &[T], blocksize: usize) -> Result<Nf4Quantized
 }
 
 /// Quantizes `x` into caller-provided buffers: `packed [x.len().div_ceil(2)]`, `absmax [x.len().div_ceil(blocksize)]`.
-pub fn quantize_into<T: Nf4Element>(
-    x: &[T],
-    blocksize: usize,
-    packed: &mut [u8],
-    absmax: &mut [f32],
-) -> Result<()> {
+pub fn quantize_into<T: Nf4Element>(x: &[T], blocksize: usize, packed: &mut [u8], absmax: &mut [f32]) -> Result<()> {
     const OP: &str = "nf4::fast::quantize";
     check_blocksize(OP, blocksize)?;
     check_len(OP, "packed", packed.len(), x.len().div_ceil(2))?;
@@ -198,16 +193,14 @@ fn dequantize_segment<T: Nf4Element>(packed: &[u8], s: f32, mut i: usize, mut ou
 pub fn gemv(w: Nf4Ref<'_>, shape: GemvShape, x: &[f32], y: &mut [f32]) -> Result<()> {
     check_gemv("nf4::fast::gemv", &w, shape, x.len(), y.len())?;
     let rows_per_task = (TASK_ELEMS / shape.cols.max(1)).max(1);
-    y.par_chunks_mut(rows_per_task)
-        .enumerate()
-        .for_each(|(t, ys)| {
-            let mut row = vec![0f32; shape.cols];
-            for (k, yr) in ys.iter_mut().enumerate() {
-                let r = t * rows_per_task + k;
-                dequantize_span(w, r * shape.cols, &mut row);
-                *yr = dot(&row, x);
-            }
-        });
+    y.par_chunks_mut(rows_per_task).enumerate().for_each(|(t, ys)| {
+        let mut row = vec![0f32; shape.cols];
+        for (k, yr) in ys.iter_mut().enumerate() {
+            let r = t * rows_per_task + k;
+            dequantize_span(w, r * shape.cols, &mut row);
+            *yr = dot(&row, x);
+        }
+    });
     Ok(())
 }
 

@@ -35,8 +35,7 @@ mod dynamic_map;
 pub mod fast;
 
 pub use dq::{
-    double_dequantize, double_quantize, double_quantize_with_offset, dynamic_map_signed,
-    mean_offset, DoubleQuant,
+    double_dequantize, double_quantize, double_quantize_with_offset, dynamic_map_signed, mean_offset, DoubleQuant,
 };
 pub use dynamic_map::DYNAMIC_MAP_SIGNED_BITS;
 
@@ -217,9 +216,7 @@ pub fn check_blocksize(op: &'static str, blocksize: usize) -> Result<()> {
     if !blocksize.is_power_of_two() || !(MIN_BLOCKSIZE..=MAX_BLOCKSIZE).contains(&blocksize) {
         return Err(shape_err(
             op,
-            format!(
-                "blocksize {blocksize} is not a power of two in {MIN_BLOCKSIZE}..={MAX_BLOCKSIZE}"
-            ),
+            format!("blocksize {blocksize} is not a power of two in {MIN_BLOCKSIZE}..={MAX_BLOCKSIZE}"),
         ));
     }
     Ok(())
@@ -229,13 +226,7 @@ pub(crate) fn shape_err(op: &'static str, msg: String) -> Error {
     Error::Shape { op, msg }
 }
 
-pub(crate) fn check_gemv(
-    op: &'static str,
-    w: &Nf4Ref<'_>,
-    shape: GemvShape,
-    x: usize,
-    y: usize,
-) -> Result<()> {
+pub(crate) fn check_gemv(op: &'static str, w: &Nf4Ref<'_>, shape: GemvShape, x: usize, y: usize) -> Result<()> {
     w.validate(op)?;
     let n = shape
         .rows
@@ -258,10 +249,7 @@ pub(crate) fn check_gemv(
 
 pub(crate) fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
     if have != need {
-        return Err(shape_err(
-            op,
-            format!("{what} holds {have} elements, expected {need}"),
-        ));
+        return Err(shape_err(op, format!("{what} holds {have} elements, expected {need}")));
     }
     Ok(())
 }

@@ -16,12 +16,10 @@ fn tile_rows(n: usize, k: usize) -> usize {
 
 /// Dequantizes rows `r0 .. r0 + rows` of `w` (`[n, k]`) into `buf [rows, k]`, rows split across threads.
 fn dequantize_rows(w: Nf4Ref<'_>, k: usize, r0: usize, buf: &mut [f32]) {
-    buf.par_chunks_mut(k.max(1) * 8)
-        .enumerate()
-        .for_each(|(c, dst)| {
-            fast::dequantize_range(w, (r0 + c * 8) * k, dst)
-                .expect("the tile lies inside the weight (checked by the caller)");
-        });
+    buf.par_chunks_mut(k.max(1) * 8).enumerate().for_each(|(c, dst)| {
+        fast::dequantize_range(w, (r0 + c * 8) * k, dst)
+            .expect("the tile lies inside the weight (checked by the caller)");
+    });
 }
 
 fn parallelism(macs: usize) -> Parallelism {
