@@ -175,7 +175,7 @@ fn warp_shuffles() -> Result<()> {
     let got = ob.to_vec::<i32>()?;
     let total = n.div_ceil(block as usize) * block as usize;
     let v = |i: usize| if i < n { x[i] } else { -1_000_000 };
-    for i in 0..n {
+    for (i, &g) in got.iter().enumerate() {
         let w = i / 32 * 32;
         let m = (w..w + 32)
             .filter(|&j| j < total)
@@ -184,7 +184,7 @@ fn warp_shuffles() -> Result<()> {
             .expect("a warp has lanes");
         let lane = i % 32;
         let up = if lane >= 3 { v(i - 3) } else { v(i) };
-        ensure!(got[i] == m + v(w + 5) + up, "sim_shfl_mix element {i}");
+        ensure!(g == m + v(w + 5) + up, "sim_shfl_mix element {i}");
     }
     Ok(())
 }
@@ -217,15 +217,15 @@ fn votes_and_ballots() -> Result<()> {
         ],
     )?;
     let got = ob.to_vec::<i32>()?;
-    for i in 0..n {
+    for (i, &g) in got.iter().enumerate() {
         let w = i / 32 * 32;
         let p: Vec<bool> = (w..w + 32).map(|j| j < n && x[j] > 50).collect();
         let cnt = p.iter().filter(|&&b| b).count() as i32;
         let want = cnt * 4 + i32::from(cnt > 0) * 2 + i32::from(cnt == 32);
         ensure!(
-            got[i] == want,
+            g == want,
             "sim_vote element {i}: got {}, want {want}",
-            got[i]
+            g
         );
     }
     Ok(())

@@ -389,22 +389,21 @@ fn link_inst(
     // of a device function's parameters into per-thread local accesses, and generic `[sym]` into its space.
     if let Some(space) = sym_space {
         match &mut out.op {
-            Op::Ld { space: s, .. } | Op::St { space: s, .. } | Op::Atom { space: s, .. } => {
+            Op::Ld { space: s, .. } | Op::St { space: s, .. } | Op::Atom { space: s, .. }
                 if *s == Space::Generic
                     || (*s == Space::Param && space == Space::Local)
-                    || *s == Space::Const
-                {
-                    *s = if *s == Space::Const {
-                        Space::Global
-                    } else {
-                        space
-                    };
-                    out.class = match space {
-                        Space::Local => crate::ir::Class::Local,
-                        Space::Shared => crate::ir::Class::Shared,
-                        _ => out.class,
-                    };
-                }
+                    || *s == Space::Const =>
+            {
+                *s = if *s == Space::Const {
+                    Space::Global
+                } else {
+                    space
+                };
+                out.class = match space {
+                    Space::Local => crate::ir::Class::Local,
+                    Space::Shared => crate::ir::Class::Shared,
+                    _ => out.class,
+                };
             }
             _ => {}
         }

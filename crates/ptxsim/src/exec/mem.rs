@@ -534,12 +534,12 @@ pub(crate) fn bank_conflicts(off: &[u64; 32], mask: u32, size: usize) -> u64 {
     for p in 0..phases {
         let mut pairs = [(0u32, 0u64); 128];
         let mut n = 0;
-        for l in p * per..(p + 1) * per {
+        for (l, &o) in off.iter().enumerate().skip(p * per).take(per) {
             if mask & (1 << l) == 0 {
                 continue;
             }
             for w in 0..words {
-                let word = off[l] / 4 + w;
+                let word = o / 4 + w;
                 pairs[n] = ((word % 32) as u32, word);
                 n += 1;
             }

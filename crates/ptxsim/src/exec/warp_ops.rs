@@ -112,9 +112,9 @@ impl Warp {
                     ScalarType::F16
                 };
                 let fd = crate::mma::mma_sync(shape, ab, &fa, &fb, &fc);
-                for l in 0..32 {
+                for (l, dl) in fd.iter().enumerate() {
                     for (i, o) in vecs[0].iter().take(4).enumerate() {
-                        self.set(o, l, u64::from(fd[l][i].to_bits()));
+                        self.set(o, l, u64::from(dl[i].to_bits()));
                     }
                 }
                 ctx.counters.mma += 1;
