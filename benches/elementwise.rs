@@ -26,6 +26,9 @@ fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.uniform() * 8.0 - 4.0) as f32).collect()
 }
 
+/// A GPU case: its name, the bytes it moves, and the launch.
+type Case<'a> = (&'static str, usize, Box<dyn Fn() + 'a>);
+
 /// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
 fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
     let mut total = Duration::ZERO;
@@ -97,7 +100,7 @@ fn cuda(c: &mut Criterion) {
         }
         .expect("input");
         let y = GpuBuffer::zeroed(&rt, n * s).expect("output");
-        let cases: [(&str, usize, Box<dyn Fn()>); 3] = [
+        let cases: [Case<'_>; 3] = [
             (
                 "cuda_add",
                 3 * n * s,

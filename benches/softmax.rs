@@ -35,6 +35,9 @@ fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.uniform() * 8.0 - 4.0) as f32).collect()
 }
 
+/// A GPU pass: its name, the bytes it moves per element byte, and the launch.
+type Pass<'a> = (&'static str, u64, Box<dyn Fn() + 'a>);
+
 /// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
 fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
     let mut total = Duration::ZERO;
@@ -101,7 +104,7 @@ fn cuda(c: &mut Criterion) {
             let y = GpuBuffer::zeroed(&rt, n * dtype.size()).expect("output");
             let dx = GpuBuffer::zeroed(&rt, n * dtype.size()).expect("output");
             let shape = format!("{dtype:?}/{}x{}", s.rows, s.cols);
-            let passes: [(&str, u64, Box<dyn Fn()>); 2] = [
+            let passes: [Pass<'_>; 2] = [
                 (
                     "cuda_forward",
                     2,

@@ -71,7 +71,7 @@ mod tests {
         let shape = SoftmaxShape { rows: 2, cols: 7 };
         let x: Vec<f32> = (0..14).map(|i| (i as f32 * 0.37).sin()).collect();
         let y = forward(shape, &x).expect("matching shape");
-        let dx = backward(shape, &y, &vec![0.5f32; 14]).expect("matching shape");
+        let dx = backward(shape, &y, &[0.5f32; 14]).expect("matching shape");
         assert!(dx.iter().all(|v| v.abs() < 1e-7), "{dx:?}");
     }
 
