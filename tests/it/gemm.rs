@@ -14,7 +14,7 @@ use rankfold_tensor::Rng;
 use crate::gpu::{check_frobenius, random, runtimes};
 
 /// (m, n, k, extra elements per row of A and B, alpha, beta).
-const CASES: [(usize, usize, usize, usize, f32, f32); 8] = [
+const CASES: [(usize, usize, usize, usize, f32, f32); 9] = [
     (1, 1, 1, 0, 1.0, 0.0),
     // K = 29: rows are not 16-byte aligned, so the scalar load path runs.
     (37, 45, 29, 0, 1.0, 0.0),
@@ -27,6 +27,8 @@ const CASES: [(usize, usize, usize, usize, f32, f32); 8] = [
     (20, 21, 22, 3, 1.0, 0.0),
     // Accumulate into C.
     (45, 130, 35, 0, 0.75, -1.25),
+    // K = 0: no k tile at all, C = beta·C.
+    (5, 7, 0, 0, 1.0, 0.5),
     // Seven k tiles through the double buffer, two n tiles, accumulating.
     (96, 136, 200, 0, 1.0, 0.5),
 ];
