@@ -3,9 +3,11 @@ gemm.cu: tiled bf16 GEMM with f32 accumulation on tensor cores (mma.sync m16n8k1
 Math:      C = alpha·A·op(B) + beta·C (C is read only when beta ≠ 0); products and sums in f32, one rounding on store.
 Layout:    A [m, k] row-major (row stride lda); "nt": B [n, k] row-major (ldb), op(B) = Bᵀ, the nn.Linear weight layout
            y = x·Wᵀ; "nn": B [k, n] row-major (ldb); C [m, n] row-major (ldc), bf16 or f32. Strides in elements.
-Traffic:   minimum 2·(m·k + n·k) + s_c·m·n B (s_c = 2 or 4; twice that with beta ≠ 0); FLOPs 2·m·n·k. Each 128×128
-           CTA tile loads (128 + 128)·32·2 = 16 KiB per k-step for 2·128·128·32 FLOPs → 64 FLOP/B from L2, so at
-           m = n = k = 4096 (1.1e11 FLOPs) the kernel is compute-bound: ~0.2 ms at H200's ~700 TFLOP/s for mma.sync.
+Traffic:   minimum 2·(m·k + n·k) + s_c·m·n B (s_c = 2 or 4; twice that with beta ≠ 0); FLOPs 2·m·n·k. At
+           m = n = k = 4096: 1.4e11 FLOPs over ≥ 100 MB of DRAM traffic (1,400 FLOP/B) → compute-bound, ≥ 0.17 ms at
+           the H200's 790 TFLOP/s bf16 roofline (mma.sync, without wgmma, reaches perhaps 60–70% of it). Each CTA
+           tile loads (128 + 128)·32·2 = 16 KiB from L2 per k-step for 2·128·128·32 FLOPs → 64 FLOP/B, so 600 TFLOP/s
+           also needs ~9 TB/s of L2 bandwidth: larger CTA tiles or a third stage are the next steps.
 Launch:    CTA tile 128×128×32, 256 threads = 8 warps as 2 (m) × 4 (n), warp tile 64×32 = 4×4 m16n8 fragments;
            grid = (ceil(n/128), ceil(m/128)); 32 KiB static shared memory (two stages of A and B tiles, XOR-swizzled
            16-byte chunks so that ldmatrix and cp.async hit distinct banks). Tiles past m, n, k are zero-filled by
