@@ -122,4 +122,21 @@ mod tests {
         assert_eq!(q.packed.last().copied(), Some(0x77));
         assert!(quantize(&x, 48).is_err() && quantize(&x, 16).is_err() && quantize(&x, 8192).is_err());
     }
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        use crate::nf4::Nf4Element;
+        let specials = [0.0f32, -0.0, 1.0, f32::MAX, f32::MIN, f32::INFINITY, f32::NEG_INFINITY, 1e-40, -3.0e38];
+        let mut s = 0x1234_5678u32;
+        let randoms = (0..100_000).map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            f32::from_bits(s)
+        });
+        for v in specials.into_iter().chain(randoms) {
+            let (a, b) = (<half::bf16 as Nf4Element>::from_f32(v), half::bf16::from_f32(v));
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{v:e}: {a} vs {b}");
+        }
+    }
 }

@@ -125,9 +125,14 @@ impl Nf4Element for half::bf16 {
     fn to_f32(self) -> f32 {
         half::bf16::to_f32(self)
     }
+    /// Round to nearest even on the bits, as `half::bf16::from_f32` does (a NaN stays a quiet NaN), written
+    /// branch-free so that the dequantize loops vectorize.
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
-        half::bf16::from_f32(v)
+        let b = v.to_bits();
+        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+        let nan = ((b >> 16) as u16) | 0x0040;
+        half::bf16::from_bits(if v.is_nan() { nan } else { rounded })
     }
 }
 
