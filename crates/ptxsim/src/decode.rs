@@ -3,7 +3,7 @@
 use crate::error::{Result, SimError};
 use crate::ir::{
     AtomOp, BoolOp, Carry, Class, IntOp, IntUnOp, MulMode, Op, Opnd, ShflMode, Space, SymRef,
-    VoteMode,
+    TestKind, VoteMode,
 };
 use crate::numeric::{CmpOp, FloatBinOp, FloatMods, FloatUnOp, PrmtMode};
 use crate::types::{Rounding, ScalarType};
@@ -553,6 +553,45 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             (Op::Vote { mode }, Class::Sync)
         }
         "activemask" => (Op::Activemask, Class::Sync),
+        "redux" => {
+            need_ty()?;
+            let op = if m.has("add") {
+                IntOp::Add
+            } else if m.has("min") {
+                IntOp::Min
+            } else if m.has("max") {
+                IntOp::Max
+            } else if m.has("and") {
+                IntOp::And
+            } else if m.has("or") {
+                IntOp::Or
+            } else if m.has("xor") {
+                IntOp::Xor
+            } else {
+                return Err(bad(format!("unsupported redux `{}`", parts.join("."))));
+            };
+            (Op::Redux { op, ty }, Class::Sync)
+        }
+        "isspacep" => (Op::Isspacep { space: m.space() }, Class::Int),
+        "dp4a" if m.types.len() == 2 => {
+            let op = Op::Dp4a {
+                a_signed: m.types[0].is_signed(),
+                b_signed: m.types[1].is_signed(),
+            };
+            (op, Class::Int)
+        }
+        "testp" => {
+            let kind = match parts.get(1).copied() {
+                Some("finite") => TestKind::Finite,
+                Some("infinite") => TestKind::Infinite,
+                Some("number") => TestKind::Number,
+                Some("notanumber") => TestKind::NotANumber,
+                Some("normal") => TestKind::Normal,
+                Some("subnormal") => TestKind::Subnormal,
+                _ => return Err(bad(format!("unsupported testp `{}`", parts.join(".")))),
+            };
+            (Op::Testp { kind, ty }, fc)
+        }
         "trap" | "brkpt" => (Op::Trap, Class::Control),
         _ => {
             return Err(bad(format!(

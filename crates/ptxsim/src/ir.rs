@@ -402,8 +402,38 @@ pub(crate) enum Op {
         mode: VoteMode,
     },
     Activemask,
+    /// `redux.sync`: a warp-wide add/min/max/and/or/xor of one register.
+    Redux {
+        op: IntOp,
+        ty: ScalarType,
+    },
+    /// `isspacep.space`: whether a generic address lies in that space.
+    Isspacep {
+        space: Space,
+    },
+    /// `dp4a.atype.btype`: four 8-bit products summed into a 32-bit accumulator.
+    Dp4a {
+        a_signed: bool,
+        b_signed: bool,
+    },
+    /// `testp.kind.f32/f64`.
+    Testp {
+        kind: TestKind,
+        ty: ScalarType,
+    },
     Trap,
     Nop,
+}
+
+/// The property `testp` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TestKind {
+    Finite,
+    Infinite,
+    Number,
+    NotANumber,
+    Normal,
+    Subnormal,
 }
 
 /// One instruction: guard predicate, operation and operands, and where it came from.

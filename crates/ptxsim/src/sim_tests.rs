@@ -207,3 +207,36 @@ fn bank_conflicts_count_extra_wavefronts() {
     off[1] = 128;
     assert_eq!(bank_conflicts(&off, 0b11, 4), 1);
 }
+
+#[test]
+fn redux_and_dp4a() {
+    let body = "redux.sync.add.u32 %r11, %r1, -1;\nredux.sync.max.s32 %r12, %r2, -1;\n\
+                dp4a.s32.u32 %r13, %r1, %r2, %r3;\nxor.b32 %r14, %r11, %r12;\nadd.u32 %r10, %r14, %r13;";
+    let n = 128;
+    let (input, got) = run(body, n, 11);
+    for i in 0..n {
+        let w = i / 32 * 32;
+        let sum = (w..w + 32).fold(0u32, |s, j| s.wrapping_add(input[j][0]));
+        let max = (w..w + 32)
+            .map(|j| input[j][1] as i32)
+            .max()
+            .expect("32 lanes") as u32;
+        let [a, b, c] = input[i];
+        let dot: i64 = (0..4)
+            .map(|k| i64::from((a >> (8 * k)) as u8 as i8) * i64::from((b >> (8 * k)) as u8))
+            .sum();
+        let dp = (i64::from(c as i32) + dot) as u32;
+        assert_eq!(got[i], (sum ^ max).wrapping_add(dp), "thread {i}");
+    }
+}
+
+#[test]
+fn generic_windows_round_trip() {
+    // A shared offset made generic lies in the shared window and converts back; a global pointer is global.
+    let body = "and.b32 %r20, %r1, 4095;\ncvt.u64.u32 %rd9, %r20;\ncvta.shared.u64 %rd10, %rd9;\n\
+                isspacep.shared %p1, %rd10;\nisspacep.global %p2, %rd10;\ncvta.to.shared.u64 %rd11, %rd10;\n\
+                cvt.u32.u64 %r11, %rd11;\nselp.u32 %r12, 10000, 0, %p1;\nselp.u32 %r13, 20000, 0, %p2;\n\
+                isspacep.global %p3, %rd1;\nselp.u32 %r14, 40000, 0, %p3;\n\
+                add.u32 %r10, %r11, %r12;\nadd.u32 %r10, %r10, %r13;\nadd.u32 %r10, %r10, %r14;";
+    check(body, 50, |_, [a, _, _]| (a & 4095) + 10000 + 40000);
+}

@@ -3,8 +3,8 @@
 
 use super::{lanes, Ctx, Warp};
 use crate::error::Result;
-use crate::ir::{BoolOp, Inst, IntOp, IntUnOp, MulMode, Op, Opnd, Space};
-use crate::memory::{LOCAL_WINDOW, SHARED_WINDOW};
+use crate::ir::{BoolOp, Inst, IntOp, IntUnOp, MulMode, Op, Opnd, Space, TestKind};
+use crate::memory::{LOCAL_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
 use crate::numeric::{self, FloatBinOp};
 use crate::types::ScalarType;
 
@@ -461,6 +461,61 @@ impl Warp {
                         x.wrapping_add(window)
                     };
                     self.set(&a[0], l, r);
+                }
+            }
+            Op::Isspacep { space } => {
+                for l in lanes(exec) {
+                    let x = self.get(&a[1], l);
+                    let shared = x.wrapping_sub(SHARED_WINDOW) < WINDOW_SIZE;
+                    let local = x.wrapping_sub(LOCAL_WINDOW) < WINDOW_SIZE;
+                    let r = match space {
+                        Space::Shared => shared,
+                        Space::Local => local,
+                        Space::Global => !shared && !local,
+                        _ => false,
+                    };
+                    self.set(&a[0], l, u64::from(r));
+                }
+            }
+            Op::Dp4a { a_signed, b_signed } => {
+                let byte = |v: u64, i: u32, s: bool| -> i64 {
+                    let b = (v >> (8 * i)) as u8;
+                    if s {
+                        i64::from(b as i8)
+                    } else {
+                        i64::from(b)
+                    }
+                };
+                for l in lanes(exec) {
+                    let (x, y, c) = (self.get(&a[1], l), self.get(&a[2], l), self.get(&a[3], l));
+                    let dot: i64 = (0..4)
+                        .map(|i| byte(x, i, a_signed) * byte(y, i, b_signed))
+                        .sum();
+                    self.set(&a[0], l, (c as i64).wrapping_add(dot) as u64 & 0xffff_ffff);
+                }
+            }
+            Op::Testp { kind, ty } => {
+                for l in lanes(exec) {
+                    let x = self.get(&a[1], l);
+                    let v = if ty == ScalarType::F64 {
+                        f64::from_bits(x)
+                    } else {
+                        f64::from(f32::from_bits(x as u32))
+                    };
+                    let sub = if ty == ScalarType::F64 {
+                        f64::from_bits(x).is_subnormal()
+                    } else {
+                        f32::from_bits(x as u32).is_subnormal()
+                    };
+                    let r = match kind {
+                        TestKind::Finite => v.is_finite(),
+                        TestKind::Infinite => v.is_infinite(),
+                        TestKind::Number => !v.is_nan(),
+                        TestKind::NotANumber => v.is_nan(),
+                        TestKind::Normal => v.is_finite() && v != 0.0 && !sub,
+                        TestKind::Subnormal => sub,
+                    };
+                    self.set(&a[0], l, u64::from(r));
                 }
             }
             _ => {

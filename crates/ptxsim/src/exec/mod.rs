@@ -474,9 +474,11 @@ impl Warp {
                 self.wepoch += 1;
                 Ok(())
             }
-            Op::Shfl { .. } | Op::Vote { .. } | Op::Activemask | Op::Mma { .. } => {
-                self.warp_op(inst, exec, ctx)
-            }
+            Op::Shfl { .. }
+            | Op::Vote { .. }
+            | Op::Activemask
+            | Op::Mma { .. }
+            | Op::Redux { .. } => self.warp_op(inst, exec, ctx),
             Op::Nop => Ok(()),
             _ => self.alu(inst, exec, ctx),
         }

@@ -2,7 +2,7 @@
 
 use super::{lanes, Ctx, Warp};
 use crate::error::Result;
-use crate::ir::{Inst, Op, Opnd, ShflMode, VoteMode};
+use crate::ir::{Inst, IntOp, Op, Opnd, ShflMode, VoteMode};
 use crate::types::ScalarType;
 
 impl Warp {
@@ -56,6 +56,29 @@ impl Warp {
                 };
                 for l in lanes(exec) {
                     self.set(&a[0], l, r);
+                }
+            }
+            Op::Redux { op, ty } => {
+                let signed = ty.is_signed();
+                let mut acc: Option<u32> = None;
+                for l in lanes(exec) {
+                    let v = self.get(&a[1], l) as u32;
+                    acc = Some(match acc {
+                        None => v,
+                        Some(x) => match op {
+                            IntOp::Add => x.wrapping_add(v),
+                            IntOp::Min if signed => (x as i32).min(v as i32) as u32,
+                            IntOp::Max if signed => (x as i32).max(v as i32) as u32,
+                            IntOp::Min => x.min(v),
+                            IntOp::Max => x.max(v),
+                            IntOp::And => x & v,
+                            IntOp::Or => x | v,
+                            _ => x ^ v,
+                        },
+                    });
+                }
+                for l in lanes(exec) {
+                    self.set(&a[0], l, u64::from(acc.unwrap_or(0)));
                 }
             }
             Op::Activemask => {
