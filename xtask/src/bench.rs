@@ -22,10 +22,11 @@ struct BenchFile {
 }
 
 /// The bench files, in the order they run and their rows print.
-const BENCH_FILES: [BenchFile; 3] = [
+const BENCH_FILES: [BenchFile; 4] = [
     BenchFile { file: "matmul", groups: &["matmul"] },
     BenchFile { file: "ops", groups: &["softmax", "rms_norm"] },
     BenchFile { file: "optim", groups: &["adamw"] },
+    BenchFile { file: "nf4", groups: &["nf4"] },
 ];
 
 /// The options of `cargo xtask bench`.
