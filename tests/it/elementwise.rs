@@ -135,6 +135,28 @@ fn unary_ops_match_the_cpu_twin() -> Result<()> {
 }
 
 #[test]
+fn size_one_dims_keep_the_fast_path() -> Result<()> {
+    let mut rng = Rng::new(0x1D1D);
+    for (name, rt) in runtimes()? {
+        // Dims of size 1 carry arbitrary strides; the views are still dense, so nothing is uploaded.
+        let (dims, strides) = ([1usize, 37, 1, 5], [999usize, 5, 3, 1]);
+        let layout = DeviceLayout::new(&rt, &dims, &[&strides, &strides])?;
+        anyhow::ensure!(layout.is_contiguous(), "{name}: size-1 dims forced the strided path");
+        let a: Vec<f32> = random(&mut rng, 185, -2.0, 2.0);
+        let b: Vec<f32> = random(&mut rng, 185, 0.5, 2.0);
+        let want = cpu::binary(BinaryOp::Div, &dims, &a, &strides, &b, &strides)?;
+        let (ga, gb, gy) = (
+            GpuBuffer::from_slice(&rt, &a)?,
+            GpuBuffer::from_slice(&rt, &b)?,
+            GpuBuffer::zeroed(&rt, 185 * 4)?,
+        );
+        elementwise::binary(&rt, BinaryOp::Div, elementwise::FloatType::F32, &ga, &gb, &gy, &layout)?;
+        check_frobenius(&gy.to_vec::<f32>()?, &want, 1e-5, &format!("{name} size-1 dims"))?;
+    }
+    Ok(())
+}
+
+#[test]
 fn empty_outputs_launch_nothing() -> Result<()> {
     for (_, rt) in runtimes()? {
         let layout = DeviceLayout::new(&rt, &[0, 4], &[&[4, 1]])?;

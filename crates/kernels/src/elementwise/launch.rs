@@ -121,7 +121,9 @@ impl DeviceLayout {
             check_view(OP, "input", dims, s, usize::MAX)?;
         }
         check_gpu_limits(dims, strides)?;
-        let all_contiguous = strides.iter().all(|s| *s == contiguous.as_slice());
+        // A size-1 dim is only ever read at index 0, so its stride does not matter.
+        let dense = |s: &[usize]| dims.iter().zip(s).zip(&contiguous).all(|((&d, &s), &c)| d == 1 || s == c);
+        let all_contiguous = strides.iter().all(|s| dense(s));
         let info = if all_contiguous || n == 0 {
             None
         } else {
