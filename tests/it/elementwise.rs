@@ -203,3 +203,37 @@ fn bad_layouts_and_buffers_are_typed_errors() -> Result<()> {
     }
     Ok(())
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, failure_persistence: None, ..Default::default() })]
+
+    /// The twin on a broadcast view equals the twin on that view materialized by explicit index loops.
+    #[test]
+    fn twin_broadcast_equals_materialized(dims in proptest::collection::vec(1usize..5, 1..5), mask in 0u32..16, seed in 0u64..1000) {
+        let rank = dims.len();
+        // b has size 1 (stride 0) in the dims whose bit is set in `mask`, and is dense over the rest.
+        let bdims: Vec<usize> = (0..rank).map(|d| if mask >> d & 1 == 1 { 1 } else { dims[d] }).collect();
+        let bdense = elementwise::contiguous_strides(&bdims);
+        let bstrides: Vec<usize> = (0..rank).map(|d| if bdims[d] == 1 { 0 } else { bdense[d] }).collect();
+        let n: usize = dims.iter().product();
+        let mut rng = Rng::new(seed);
+        let a: Vec<f32> = random(&mut rng, n, -3.0, 3.0);
+        let b: Vec<f32> = random(&mut rng, bdims.iter().product(), -3.0, 3.0);
+        // Materialize b over dims: walk the output index as a mixed-radix counter.
+        let mut full = Vec::with_capacity(n);
+        let mut idx = vec![0usize; rank];
+        for _ in 0..n {
+            let off: usize = (0..rank).map(|d| if bdims[d] == 1 { 0 } else { idx[d] * bdense[d] }).sum();
+            full.push(b[off]);
+            for d in (0..rank).rev() {
+                idx[d] += 1;
+                if idx[d] < dims[d] { break; }
+                idx[d] = 0;
+            }
+        }
+        let dense = elementwise::contiguous_strides(&dims);
+        let got = cpu::binary(BinaryOp::Sub, &dims, &a, &dense, &b, &bstrides).expect("views");
+        let want = cpu::binary(BinaryOp::Sub, &dims, &a, &dense, &full, &dense).expect("views");
+        proptest::prop_assert_eq!(got, want);
+    }
+}

@@ -119,3 +119,26 @@ fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
     }
     Ok(())
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, failure_persistence: None, ..Default::default() })]
+
+    /// The twin gives the same C for B stored as [n, k] ("nt") and for its transpose stored as [k, n] ("nn"),
+    /// and scaling alpha scales C (bf16 products are exact in f64, so both hold to the last f32 bit).
+    #[test]
+    fn twin_layouts_agree_and_alpha_scales(m in 1usize..9, n in 1usize..9, k in 0usize..20, seed in 0u64..1000) {
+        let mut rng = Rng::new(seed);
+        let a: Vec<bf16> = random(&mut rng, m * k, -1.0, 1.0);
+        let bt: Vec<bf16> = random(&mut rng, n * k, -1.0, 1.0);
+        let bn: Vec<bf16> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
+        let (mut c1, mut c2, mut c3) = (vec![0.0f32; m * n], vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        cpu::gemm(&GemmParams::packed(GemmLayout::Nt, m, n, k), &a, &bt, &mut c1).expect("shapes");
+        cpu::gemm(&GemmParams::packed(GemmLayout::Nn, m, n, k), &a, &bn, &mut c2).expect("shapes");
+        let doubled = GemmParams { alpha: 2.0, ..GemmParams::packed(GemmLayout::Nt, m, n, k) };
+        cpu::gemm(&doubled, &a, &bt, &mut c3).expect("shapes");
+        proptest::prop_assert_eq!(&c1, &c2);
+        for (x, y) in c1.iter().zip(&c3) {
+            proptest::prop_assert_eq!(2.0 * x, *y);
+        }
+    }
+}
