@@ -222,11 +222,7 @@ fn votes_and_ballots() -> Result<()> {
         let p: Vec<bool> = (w..w + 32).map(|j| j < n && x[j] > 50).collect();
         let cnt = p.iter().filter(|&&b| b).count() as i32;
         let want = cnt * 4 + i32::from(cnt > 0) * 2 + i32::from(cnt == 32);
-        ensure!(
-            g == want,
-            "sim_vote element {i}: got {}, want {want}",
-            g
-        );
+        ensure!(g == want, "sim_vote element {i}: got {}, want {want}", g);
     }
     Ok(())
 }
@@ -669,5 +665,131 @@ fn planted_checks() -> Result<()> {
         "{e}"
     );
     ensure!(*access == "store" && *other_access == "store", "{e}");
+    Ok(())
+}
+
+#[test]
+fn module_variables_constant_and_global() -> Result<()> {
+    let (sim, rt) = runtime();
+    let mut rng = Rng(8);
+    let n = 91usize;
+    let x: Vec<f32> = (0..n).map(|_| rng.f32(-3.0, 3.0)).collect();
+    let xb = GpuBuffer::from_slice(&rt, &x)?;
+    let ob = GpuBuffer::zeroed(&rt, 4 * n)?;
+    let tb = GpuBuffer::zeroed(&rt, 4 * n)?;
+    let args = [ptr(&xb), ptr(&ob), ptr(&tb), KernelArg::I32(n as i32)];
+    run(&sim, "sim_module_vars", cfg(n, 40), &args)?;
+    let coef = [0.5f32, -1.25, 2.0, 3.5];
+    let want: Vec<f32> = x.iter().enumerate().map(|(i, v)| coef[i % 4] * v).collect();
+    ensure!(ob.to_vec::<f32>()? == want, "constant table");
+    let mut tickets = tb.to_vec::<u32>()?;
+    tickets.sort_unstable();
+    ensure!(
+        tickets == (7..7 + n as u32).collect::<Vec<_>>(),
+        "tickets {tickets:?}"
+    );
+    // The module stays loaded, so a second launch continues from the counter the first one left.
+    run(&sim, "sim_module_vars", cfg(n, 40), &args)?;
+    ensure!(
+        tb.to_vec::<u32>()?.iter().all(|&t| t >= 7 + n as u32),
+        "the __device__ variable persists"
+    );
+    Ok(())
+}
+
+/// Naive row-major reference of `alpha·op(a)·op(b) + beta·c` in f64.
+#[allow(clippy::too_many_arguments)]
+fn gemm_ref(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &[f32],
+    alpha: f32,
+    beta: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            for p in 0..k {
+                let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                s += f64::from(av) * f64::from(bv);
+            }
+            out[i * n + j] =
+                (f64::from(alpha) * s + f64::from(beta) * f64::from(c[i * n + j])) as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn library_gemm_stand_in() -> Result<()> {
+    use rankfold_kernels::{GemmConfig, GemmDType};
+    let (_sim, rt) = runtime();
+    let mut rng = Rng(9);
+    for (m, n, k, ta, tb) in [
+        (13usize, 7usize, 29usize, false, false),
+        (5, 17, 9, true, false),
+        (8, 3, 33, true, true),
+    ] {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let c: Vec<f32> = (0..m * n).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let (alpha, beta) = (0.75f32, -0.5f32);
+        let want = gemm_ref(m, n, k, &a, ta, &b, tb, &c, alpha, beta);
+        for dtype in [GemmDType::F32, GemmDType::Bf16] {
+            let to_dev = |v: &[f32]| -> Result<GpuBuffer> {
+                Ok(match dtype {
+                    GemmDType::F32 => GpuBuffer::from_slice(&rt, v)?,
+                    GemmDType::Bf16 => GpuBuffer::from_slice(
+                        &rt,
+                        &v.iter()
+                            .map(|&x| half::bf16::from_f32(x))
+                            .collect::<Vec<_>>(),
+                    )?,
+                })
+            };
+            let (ab, bb, cb) = (to_dev(&a)?, to_dev(&b)?, to_dev(&c)?);
+            let cfg = GemmConfig {
+                dtype,
+                m,
+                n,
+                k,
+                a: ab.ptr(),
+                lda: if ta { m } else { k },
+                trans_a: ta,
+                b: bb.ptr(),
+                ldb: if tb { k } else { n },
+                trans_b: tb,
+                c: cb.ptr(),
+                ldc: n,
+                alpha,
+                beta,
+            };
+            // SAFETY: the three buffers were allocated above with exactly the sizes cfg describes.
+            unsafe { rt.gemm(&cfg)? };
+            let got: Vec<f32> = match dtype {
+                GemmDType::F32 => cb.to_vec::<f32>()?,
+                GemmDType::Bf16 => cb
+                    .to_vec::<half::bf16>()?
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+            };
+            // bf16 inputs and output round each value to 8 bits of mantissa.
+            let tol = if dtype == GemmDType::F32 { 1e-5 } else { 3e-2 };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                ensure!(
+                    (g - w).abs() <= tol * (1.0 + w.abs()) * (k as f32).sqrt(),
+                    "{dtype:?} {m}x{n}x{k} [{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -148,3 +148,15 @@ extern "C" __global__ void sim_loop(float* out, int n, int k) {
     }
     out[i] = a;
 }
+
+__constant__ float sim_coef[4] = {0.5f, -1.25f, 2.0f, 3.5f};
+__device__ unsigned sim_ticket = 7;
+
+// Module variables: a __constant__ table with an initializer and a __device__ counter handed out by atomics.
+// out[i] = coef[i % 4] * x[i]; order[i] = the ticket thread i drew (a permutation of 7 … 7 + n - 1).
+extern "C" __global__ void sim_module_vars(const float* x, float* out, unsigned* order, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    out[i] = sim_coef[i % 4] * x[i];
+    order[i] = atomicAdd(&sim_ticket, 1u);
+}
