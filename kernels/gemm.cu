@@ -1,5 +1,5 @@
 /*
-gemm.cu: tiled bf16 GEMM with f32 accumulation on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async double buffer).
+gemm.cu: tiled bf16 GEMM with f32 accumulation on tensor cores (mma.sync m16n8k16, ldmatrix, 3-stage cp.async).
 Math:      C = alpha·A·op(B) + beta·C (C is read only when beta ≠ 0); products and sums in f32, one rounding on store.
 Layout:    A [m, k] row-major (row stride lda); "nt": B [n, k] row-major (ldb), op(B) = Bᵀ, the nn.Linear weight layout
            y = x·Wᵀ; "nn": B [k, n] row-major (ldb); C [m, n] row-major (ldc), bf16 or f32. Strides in elements.
@@ -7,10 +7,11 @@ Traffic:   minimum 2·(m·k + n·k) + s_c·m·n B (s_c = 2 or 4; twice that with
            m = n = k = 4096: 1.4e11 FLOPs over ≥ 100 MB of DRAM traffic (1,400 FLOP/B) → compute-bound, ≥ 0.17 ms at
            the H200's 790 TFLOP/s bf16 roofline (mma.sync, without wgmma, reaches perhaps 60–70% of it). Each CTA
            tile loads (128 + 128)·32·2 = 16 KiB from L2 per k-step for 2·128·128·32 FLOPs → 64 FLOP/B, so 600 TFLOP/s
-           also needs ~9 TB/s of L2 bandwidth: larger CTA tiles or a third stage are the next steps.
+           also needs ~9 TB/s of L2 bandwidth: larger CTA tiles (or wgmma on sm_90) are the next step.
 Launch:    CTA tile 128×128×32, 256 threads = 8 warps as 2 (m) × 4 (n), warp tile 64×32 = 4×4 m16n8 fragments;
-           grid = (ceil(n/128), ceil(m/128)); 32 KiB static shared memory (two stages of A and B tiles, XOR-swizzled
-           16-byte chunks so that ldmatrix and cp.async hit distinct banks). Tiles past m, n, k are zero-filled by
+           grid = (ceil(n/128), ceil(m/128)); 48 KiB static shared memory (three stages of A and B tiles: two k tiles
+           in flight while one is computed, one barrier per k tile; XOR-swizzled 16-byte chunks so that ldmatrix and
+           cp.async hit distinct banks). Tiles past m, n, k are zero-filled by
            cp.async's src-size; when a base pointer is not 16-byte aligned or lda / ldb is not a multiple of 8, a
            scalar path fills the same shared tiles with bounds-checked loads.
 Reference: crates/kernels/src/gemm/cpu.rs::gemm   Test: tests/it/gemm.rs
@@ -26,6 +27,7 @@ constexpr int kThreads = 256;               // 8 warps.
 constexpr int WM = 64, WN = 32;             // Warp tile; warps are laid out 2 (m) × 4 (n).
 constexpr int MT = WM / 16, NT = WN / 8;    // m16 and n8 fragments per warp.
 constexpr int kTileElems = BM * BK;         // One A tile, and one B tile (BN·BK = BK·BN), in bf16 elements.
+constexpr int kStages = 3;                  // Shared-memory stages of the cp.async pipeline (16 KiB each).
 
 enum class Layout { NT, NN };
 
@@ -211,17 +213,23 @@ __device__ __forceinline__ void gemm_body(const Args<OutT>& p, bf16* smem) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-    if (ktiles > 0) load_stage(0, 0);
-    cp_async_commit();
-    for (int kt = 0; kt < ktiles; ++kt) {
-        // Prefetch the next k-tile into the other stage; the barrier that ended the previous iteration ensures
-        // no warp still reads it. An empty group is committed on the last tile to keep the wait count uniform.
-        if (kt + 1 < ktiles) load_stage((kt + 1) & 1, kt + 1);
+    // Prologue: k tiles 0 .. kStages − 2 in flight, one commit group each (empty groups past the last tile keep
+    // the wait count uniform).
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < ktiles) load_stage(s, s);
         cp_async_commit();
-        cp_async_wait<1>();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        // Tile kt has landed once at most kStages − 2 groups are pending; the barrier then also ensures that
+        // every warp has finished computing tile kt − 1, whose stage the prefetch below overwrites.
+        cp_async_wait<kStages - 2>();
         __syncthreads();
+        const int next = kt + kStages - 1;
+        if (next < ktiles) load_stage(next % kStages, next);
+        cp_async_commit();
 
-        const bf16* sa = smem + (kt & 1) * 2 * kTileElems;
+        const bf16* sa = smem + (kt % kStages) * 2 * kTileElems;
         const bf16* sb = sa + kTileElems;
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ++ks) {
@@ -254,7 +262,6 @@ __device__ __forceinline__ void gemm_body(const Args<OutT>& p, bf16* smem) {
                 for (int nt = 0; nt < NT; ++nt) mma_bf16(acc[mt][nt], afrag, bfrag[nt][0], bfrag[nt][1]);
             }
         }
-        __syncthreads();
     }
 
     // Epilogue: lane l holds rows l/4 and l/4 + 8, columns 2·(l % 4) + {0, 1} of each m16n8 fragment; the two
@@ -275,7 +282,7 @@ __device__ __forceinline__ void gemm_body(const Args<OutT>& p, bf16* smem) {
 }
 
 template <Layout L, typename OutT> __device__ __forceinline__ void gemm(const Args<OutT>& p) {
-    __shared__ __align__(128) bf16 smem[2 * 2 * kTileElems];
+    __shared__ __align__(128) bf16 smem[kStages * 2 * kTileElems];
     // cp.async moves 16-byte chunks: every row start must be 16-byte aligned, else the scalar path runs.
     const bool aligned = ((reinterpret_cast<unsigned long long>(p.a) | reinterpret_cast<unsigned long long>(p.b)) & 15) == 0
                          && p.lda % 8 == 0 && p.ldb % 8 == 0;

@@ -29,7 +29,7 @@ const CASES: [(usize, usize, usize, usize, f32, f32); 9] = [
     (45, 130, 35, 0, 0.75, -1.25),
     // K = 0: no k tile at all, C = beta·C.
     (5, 7, 0, 0, 1.0, 0.5),
-    // Seven k tiles through the double buffer, two n tiles, accumulating.
+    // Seven k tiles through the three-stage pipeline, two n tiles, accumulating.
     (96, 136, 200, 0, 1.0, 0.5),
 ];
 
