@@ -226,7 +226,7 @@ pub(crate) fn run(a: &QuantizeArgs, json: bool) -> Result<()> {
             .collect();
         for p in entries
             .iter()
-            .filter(|p| !p.extension().is_some_and(|e| e == "safetensors"))
+            .filter(|p| p.extension().is_none_or(|e| e != "safetensors"))
         {
             let name = p.file_name().expect("a listed file has a name");
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;

@@ -42,6 +42,8 @@ pub use dynamic_map::DYNAMIC_MAP_SIGNED_BITS;
 use crate::{Error, Result};
 
 /// The 16 NF4 code values, index `0b0000 → 0b1111` (QLoRA, Dettmers et al. 2023; bitsandbytes' table).
+// The literals are the published f64 digits; each rounds to the f32 bitsandbytes uses (checked against its table).
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODEBOOK: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
