@@ -3,16 +3,20 @@
 //! Commands:
 //! - `bench [--quick] [--filter NAME] [--json PATH] [--peers] [--threads N]`: runs the criterion benches and
 //!   prints one table of throughputs, optionally beside the same workloads in numpy (see `bench.rs`, `peers.rs`).
+//! - `codegen [--check]`: writes `kernels/nf4_codebook.cuh` from the Rust NF4 constants (see `codegen.rs`).
 //! - `cuda-toolchain`: installs the pinned NVRTC 12.4 and CUDA headers from PyPI wheels (see `toolchain.rs`).
 //! - `kernels [--check]`: compiles `kernels/*.cu` to the committed PTX and `RESOURCES.md` (see `kernels.rs`).
 //! - `gpu-check`: runs the kernel tests and benches on a CUDA GPU, failing when there is none (`gpu_check.rs`).
+//! - `profile KERNEL [--shape S]`: one kernel on ptxsim with its counters and an H200 roofline (`profile.rs`).
 //! - `tidy`: checks the repository's house rules (see `tidy.rs`); `cargo test -p xtask` runs the same checks.
 
 mod bench;
+mod codegen;
 mod gpu_check;
 mod kernels;
 mod nvrtc;
 mod peers;
+mod profile;
 mod tidy;
 mod toolchain;
 
@@ -32,6 +36,9 @@ commands:
         --peers      run the same workloads in numpy (Python from $RANKFOLD_PEERS_PYTHON,
                      ~/.cache/rankfold-peers/bin/python or python3) and print the ratios
         --threads N  threads for rankfold (RAYON_NUM_THREADS) and for the peers' BLAS [default: 2]
+  codegen [--check]
+        Write kernels/nf4_codebook.cuh from the NF4 constants in crates/kernels/src/nf4 (hex floats).
+        --check      compare instead of writing; fail when the header is stale
   cuda-toolchain
         Install the pinned NVRTC 12.4 and CUDA headers (PyPI wheels, sha256-checked) into
         $RANKFOLD_CUDA_HOME or ~/.cache/rankfold/cuda-12.4.127 and print the folder. Idempotent.
@@ -43,6 +50,11 @@ commands:
   gpu-check
         Run the kernel tests and benches on CUDA device 0 (fails when there is no GPU) and print
         one time per kernel bench.
+  profile KERNEL [--shape S]
+        Run one kernel (a name such as gemm_nt_bf16, or a family: gemm, softmax, elementwise) on
+        ptxsim with random inputs and print its counters, the minimum traffic and FLOPs, and an H200
+        roofline estimate; with a GPU, also its time (CUDA events). S: MxNxK (gemm), ROWSxCOLS
+        (softmax), N (elementwise).
   tidy  Check the house rules: //! docs, file lengths, ARCHITECTURE.md, .cu headers.
 ";
 
@@ -54,9 +66,11 @@ fn main() -> Result<()> {
     };
     match cmd.as_str() {
         "bench" => bench::run(&project_root(), bench::Options::parse(rest)?),
+        "codegen" => codegen::run(&project_root(), rest),
         "cuda-toolchain" => toolchain::run(rest),
         "kernels" => kernels::run(&project_root(), rest),
         "gpu-check" => gpu_check::run(&project_root(), rest),
+        "profile" => profile::run(profile::Options::parse(rest)?),
         "tidy" => {
             if let Some(extra) = rest.first() {
                 bail!("tidy takes no arguments, got `{extra}`");
