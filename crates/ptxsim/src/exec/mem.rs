@@ -168,23 +168,19 @@ impl Warp {
                     let n = a.get(3).map_or(size, |o| self.get(o, l) as usize).min(size);
                     self.check_align(ctx, inst, l, src[l], size, Access::Load)?;
                     self.check_align(ctx, inst, l, tg[l], size, Access::Store)?;
+                    // Whole 8-byte (or 4-byte) pieces when the full size is copied, else byte by byte.
+                    let piece = if n == size { size.min(8) } else { 1 };
                     let mut buf = [0u8; 16];
-                    for (i, b) in buf.iter_mut().enumerate().take(n) {
-                        *b =
-                            self.read(ctx, blk, inst, l, src[l].offset(i as u64), 1, Access::Load)?
-                                as u8;
+                    for i in (0..n).step_by(piece) {
+                        let t = src[l].offset(i as u64);
+                        let v = self.read(ctx, blk, inst, l, t, piece, Access::Load)?;
+                        buf[i..i + piece].copy_from_slice(&v.to_le_bytes()[..piece]);
                     }
-                    for (i, b) in buf.iter().enumerate().take(size) {
-                        self.write(
-                            ctx,
-                            blk,
-                            inst,
-                            l,
-                            tg[l].offset(i as u64),
-                            1,
-                            u64::from(*b),
-                            Access::Store,
-                        )?;
+                    let piece = size.min(8);
+                    for i in (0..size).step_by(piece) {
+                        let v = read_le(&buf[i..i + piece]);
+                        let t = tg[l].offset(i as u64);
+                        self.write(ctx, blk, inst, l, t, piece, v, Access::Store)?;
                     }
                 }
                 ctx.counters.shared_requests += 1;
@@ -211,10 +207,10 @@ impl Warp {
                 let mut rows = vec![[0u8; 16]; nrows];
                 for (l, row) in rows.iter_mut().enumerate() {
                     self.check_align(ctx, inst, l, tg[l], 16, Access::Load)?;
-                    for (i, b) in row.iter_mut().enumerate() {
-                        *b =
-                            self.read(ctx, blk, inst, l, tg[l].offset(i as u64), 1, Access::Load)?
-                                as u8;
+                    for half in 0..2 {
+                        let t = tg[l].offset(8 * half as u64);
+                        let v = self.read(ctx, blk, inst, l, t, 8, Access::Load)?;
+                        row[8 * half..8 * half + 8].copy_from_slice(&v.to_le_bytes());
                     }
                 }
                 let frags = crate::mma::ldmatrix(usize::from(num), trans, &rows);
