@@ -70,9 +70,7 @@ fn sim(c: &mut Criterion) {
     let mut group = c.benchmark_group("elementwise");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));
-    group.bench_function(BenchmarkId::new("ptxsim_thread_insts_gelu", SIM_ELEMS), |bench| {
-        bench.iter(run)
-    });
+    group.bench_function(BenchmarkId::new("ptxsim_thread_insts_gelu", SIM_ELEMS), |bench| bench.iter(run));
     group.finish();
 }
 

@@ -28,9 +28,7 @@ const SIM_SHAPE: (usize, usize, usize) = (128, 256, 64);
 const FLUSH_BYTES: usize = 256 << 20;
 
 fn random_bf16(rng: &mut Rng, n: usize) -> Vec<bf16> {
-    (0..n)
-        .map(|_| bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32))
-        .collect()
+    (0..n).map(|_| bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32)).collect()
 }
 
 /// Device operands A [m, k], B [n, k] and C [m, n] bf16 for the "nt" layout.
@@ -83,10 +81,9 @@ fn sim(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemm");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));
-    group.bench_function(
-        BenchmarkId::new("ptxsim_thread_insts", format!("{m}x{n}x{k}")),
-        |bench| bench.iter(|| gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("simulated gemm")),
-    );
+    group.bench_function(BenchmarkId::new("ptxsim_thread_insts", format!("{m}x{n}x{k}")), |bench| {
+        bench.iter(|| gemm::gemm(&rt, &p, FloatType::Bf16, &a, &b, &out).expect("simulated gemm"))
+    });
     group.finish();
 }
 

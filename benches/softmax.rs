@@ -19,16 +19,8 @@ use rankfold_tensor::Rng;
 const CPU_SHAPE: SoftmaxShape = SoftmaxShape { rows: 256, cols: 1024 };
 const SIM_SHAPE: SoftmaxShape = SoftmaxShape { rows: 64, cols: 512 };
 /// Attention-like rows (Llama-sized context) and vocabulary-sized rows.
-const GPU_SHAPES: [SoftmaxShape; 2] = [
-    SoftmaxShape {
-        rows: 65536,
-        cols: 2048,
-    },
-    SoftmaxShape {
-        rows: 2048,
-        cols: 32768,
-    },
-];
+const GPU_SHAPES: [SoftmaxShape; 2] =
+    [SoftmaxShape { rows: 65536, cols: 2048 }, SoftmaxShape { rows: 2048, cols: 32768 }];
 const FLUSH_BYTES: usize = 256 << 20;
 
 fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -58,10 +50,9 @@ fn cpu_twin(c: &mut Criterion) {
     let x = random_f32(&mut Rng::new(1), s.rows * s.cols);
     let mut group = c.benchmark_group("softmax");
     group.throughput(Throughput::Elements((s.rows * s.cols) as u64));
-    group.bench_function(
-        BenchmarkId::new("cpu_twin_forward", format!("{}x{}", s.rows, s.cols)),
-        |bench| bench.iter(|| cpu::forward(s, &x).expect("valid shape")),
-    );
+    group.bench_function(BenchmarkId::new("cpu_twin_forward", format!("{}x{}", s.rows, s.cols)), |bench| {
+        bench.iter(|| cpu::forward(s, &x).expect("valid shape"))
+    });
     group.finish();
 }
 
@@ -76,10 +67,9 @@ fn sim(c: &mut Criterion) {
     let mut group = c.benchmark_group("softmax");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));
-    group.bench_function(
-        BenchmarkId::new("ptxsim_thread_insts", format!("{}x{}", s.rows, s.cols)),
-        |bench| bench.iter(|| softmax::forward(&rt, FloatType::F32, s, &x, &y).expect("simulated softmax")),
-    );
+    group.bench_function(BenchmarkId::new("ptxsim_thread_insts", format!("{}x{}", s.rows, s.cols)), |bench| {
+        bench.iter(|| softmax::forward(&rt, FloatType::F32, s, &x, &y).expect("simulated softmax"))
+    });
     group.finish();
 }
 
@@ -105,16 +95,8 @@ fn cuda(c: &mut Criterion) {
             let dx = GpuBuffer::zeroed(&rt, n * dtype.size()).expect("output");
             let shape = format!("{dtype:?}/{}x{}", s.rows, s.cols);
             let passes: [Pass<'_>; 2] = [
-                (
-                    "cuda_forward",
-                    2,
-                    Box::new(|| softmax::forward(&rt, dtype, s, &x, &y).expect("forward")),
-                ),
-                (
-                    "cuda_backward",
-                    3,
-                    Box::new(|| softmax::backward(&rt, dtype, s, &y, &x, &dx).expect("backward")),
-                ),
+                ("cuda_forward", 2, Box::new(|| softmax::forward(&rt, dtype, s, &x, &y).expect("forward"))),
+                ("cuda_backward", 3, Box::new(|| softmax::backward(&rt, dtype, s, &y, &x, &dx).expect("backward"))),
             ];
             for (name, per_elem, run) in passes {
                 group.throughput(Throughput::BytesDecimal(per_elem * (n * dtype.size()) as u64));

@@ -34,16 +34,8 @@ fn cases(inputs: usize) -> Vec<Case> {
     };
     vec![
         // 703 elements: not a multiple of the 256-thread block.
-        Case {
-            name: "contiguous 37x19",
-            dims: vec![37, 19],
-            inputs: two(dense(&[37, 19]), dense(&[37, 19])),
-        },
-        Case {
-            name: "one element",
-            dims: vec![1],
-            inputs: two(dense(&[1]), dense(&[1])),
-        },
+        Case { name: "contiguous 37x19", dims: vec![37, 19], inputs: two(dense(&[37, 19]), dense(&[37, 19])) },
+        Case { name: "one element", dims: vec![1], inputs: two(dense(&[1]), dense(&[1])) },
         // a is the transpose of a [33, 7] buffer; b is a [7] row broadcast over dims 0 and 2 (stride 0).
         Case {
             name: "transposed and broadcast 7x33x3",
@@ -76,13 +68,7 @@ fn binary_on<T: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, rng: &mut Rng)
             // Divisors keep away from zero; the sign still varies.
             let b: Vec<T> = random::<T>(rng, case.inputs[1].1, 0.25, 4.0)
                 .into_iter()
-                .map(|v| {
-                    if rng.uniform() < 0.5 {
-                        T::from_f32(-v.to_f32())
-                    } else {
-                        v
-                    }
-                })
+                .map(|v| if rng.uniform() < 0.5 { T::from_f32(-v.to_f32()) } else { v })
                 .collect();
             let want = cpu::binary(op, &case.dims, &a, &case.inputs[0].0, &b, &case.inputs[1].0)?;
             let (ga, gb) = (GpuBuffer::from_slice(rt, &a)?, GpuBuffer::from_slice(rt, &b)?);
@@ -145,11 +131,8 @@ fn size_one_dims_keep_the_fast_path() -> Result<()> {
         let a: Vec<f32> = random(&mut rng, 185, -2.0, 2.0);
         let b: Vec<f32> = random(&mut rng, 185, 0.5, 2.0);
         let want = cpu::binary(BinaryOp::Div, &dims, &a, &strides, &b, &strides)?;
-        let (ga, gb, gy) = (
-            GpuBuffer::from_slice(&rt, &a)?,
-            GpuBuffer::from_slice(&rt, &b)?,
-            GpuBuffer::zeroed(&rt, 185 * 4)?,
-        );
+        let (ga, gb, gy) =
+            (GpuBuffer::from_slice(&rt, &a)?, GpuBuffer::from_slice(&rt, &b)?, GpuBuffer::zeroed(&rt, 185 * 4)?);
         elementwise::binary(&rt, BinaryOp::Div, elementwise::FloatType::F32, &ga, &gb, &gy, &layout)?;
         check_frobenius(&gy.to_vec::<f32>()?, &want, 1e-5, &format!("{name} size-1 dims"))?;
     }
@@ -173,22 +156,13 @@ fn bad_layouts_and_buffers_are_typed_errors() -> Result<()> {
     for (_, rt) in runtimes()? {
         // Rank 7, and strides that do not match the rank.
         let seven = [1usize; 7];
-        assert!(matches!(
-            DeviceLayout::new(&rt, &seven, &[&seven]),
-            Err(Error::Shape { .. })
-        ));
-        assert!(matches!(
-            DeviceLayout::new(&rt, &[2, 3], &[&[3]]),
-            Err(Error::Shape { .. })
-        ));
+        assert!(matches!(DeviceLayout::new(&rt, &seven, &[&seven]), Err(Error::Shape { .. })));
+        assert!(matches!(DeviceLayout::new(&rt, &[2, 3], &[&[3]]), Err(Error::Shape { .. })));
         // A view that reaches past its buffer: [4, 5] padded to 6 columns needs 23 elements, the buffer has 20.
         let layout = DeviceLayout::new(&rt, &[4, 5], &[&[6, 1]])?;
         let x = GpuBuffer::from_slice(&rt, &[0.0f32; 20])?;
         let y = GpuBuffer::zeroed(&rt, 20 * 4)?;
-        assert!(matches!(
-            elementwise::unary(&rt, UnaryOp::Neg, F32, &x, &y, &layout),
-            Err(Error::Shape { .. })
-        ));
+        assert!(matches!(elementwise::unary(&rt, UnaryOp::Neg, F32, &x, &y, &layout), Err(Error::Shape { .. })));
         // An output one element short.
         let layout = DeviceLayout::contiguous(&[4, 5], 2)?;
         let a = GpuBuffer::from_slice(&rt, &[0.0f32; 20])?;
@@ -196,10 +170,7 @@ fn bad_layouts_and_buffers_are_typed_errors() -> Result<()> {
         let r = elementwise::binary(&rt, BinaryOp::Add, F32, &a, &a, &short, &layout);
         assert!(matches!(r, Err(Error::BufferTooSmall { name: "y", .. })), "{r:?}");
         // A unary op handed a two-input layout.
-        assert!(matches!(
-            elementwise::unary(&rt, UnaryOp::Neg, F32, &a, &y, &layout),
-            Err(Error::Shape { .. })
-        ));
+        assert!(matches!(elementwise::unary(&rt, UnaryOp::Neg, F32, &a, &y, &layout), Err(Error::Shape { .. })));
     }
     Ok(())
 }

@@ -39,25 +39,15 @@ fn gemm_on<O: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, layout: GemmLayo
             GemmLayout::Nt => k + pad,
             GemmLayout::Nn => n + pad,
         };
-        let p = GemmParams {
-            lda: k + pad,
-            ldb,
-            ldc: n + pad,
-            alpha,
-            beta,
-            ..GemmParams::packed(layout, m, n, k)
-        };
+        let p = GemmParams { lda: k + pad, ldb, ldc: n + pad, alpha, beta, ..GemmParams::packed(layout, m, n, k) };
         let (na, nb, nc) = p.min_lens();
         let a: Vec<bf16> = random(rng, na, -1.0, 1.0);
         let b: Vec<bf16> = random(rng, nb, -1.0, 1.0);
         let c0: Vec<O> = random(rng, nc, -1.0, 1.0);
         let mut want = c0.clone();
         cpu::gemm(&p, &a, &b, &mut want)?;
-        let (ga, gb, gc) = (
-            GpuBuffer::from_slice(rt, &a)?,
-            GpuBuffer::from_slice(rt, &b)?,
-            GpuBuffer::from_slice(rt, &c0)?,
-        );
+        let (ga, gb, gc) =
+            (GpuBuffer::from_slice(rt, &a)?, GpuBuffer::from_slice(rt, &b)?, GpuBuffer::from_slice(rt, &c0)?);
         gemm::gemm(rt, &p, O::TYPE, &ga, &gb, &gc)?;
         let got: Vec<O> = gc.to_vec()?;
         // bf16 output rounds each element once (relative 2⁻⁹); f32 output differs from f64 only in summation order.
@@ -65,10 +55,8 @@ fn gemm_on<O: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, layout: GemmLayo
             FloatType::Bf16 => 1e-2,
             FloatType::F32 => 1e-5,
         };
-        let what = format!(
-            "{rt_name} {layout:?} out {:?} m={m} n={n} k={k} pad={pad} alpha={alpha} beta={beta}",
-            O::TYPE
-        );
+        let what =
+            format!("{rt_name} {layout:?} out {:?} m={m} n={n} k={k} pad={pad} alpha={alpha} beta={beta}", O::TYPE);
         check_frobenius(&got, &want, tol, &what)?;
     }
     Ok(())
@@ -98,19 +86,7 @@ fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
         let r = gemm::gemm(&rt, &GemmParams { lda: 7, ..ok }, FloatType::F32, &a, &b, &c);
         assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
         // B too short for n = 6 rows.
-        let r = gemm::gemm(
-            &rt,
-            &GemmParams {
-                n: 6,
-                ldc: 6,
-                m: 5,
-                ..ok
-            },
-            FloatType::F32,
-            &a,
-            &b,
-            &c,
-        );
+        let r = gemm::gemm(&rt, &GemmParams { n: 6, ldc: 6, m: 5, ..ok }, FloatType::F32, &a, &b, &c);
         assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
         // C too short for f32 output of [6, 6] once B fits.
         let b6 = GpuBuffer::zeroed(&rt, 2 * 6 * 8)?;

@@ -29,35 +29,18 @@ pub(crate) fn check_frobenius<T: Element>(got: &[T], want: &[T], tol: f64, what:
 /// As `check_frobenius`, measuring the error against `max(‖want‖, floor)`: for results that are differences of
 /// much larger terms, `floor` is the norm of those terms (rounding is relative to them, not to the result).
 pub(crate) fn check_frobenius_floor<T: Element>(got: &[T], want: &[T], floor: f64, tol: f64, what: &str) -> Result<()> {
-    ensure!(
-        got.len() == want.len(),
-        "{what}: {} values, want {}",
-        got.len(),
-        want.len()
-    );
+    ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
     let got = widen(got);
     let want = widen(want);
     if let Some(i) = (0..got.len()).find(|&i| want[i].is_finite() != got[i].is_finite()) {
         anyhow::bail!("{what}: element {i} is {}, want {}", got[i], want[i]);
     }
-    let finite = |v: &[f64]| {
-        v.iter()
-            .map(|x| if x.is_finite() { *x } else { 0.0 })
-            .collect::<Vec<_>>()
-    };
+    let finite = |v: &[f64]| v.iter().map(|x| if x.is_finite() { *x } else { 0.0 }).collect::<Vec<_>>();
     let (got, want) = (finite(&got), finite(&want));
-    let diff: f64 = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (g - w) * (g - w))
-        .sum::<f64>()
-        .sqrt();
+    let diff: f64 = got.iter().zip(&want).map(|(g, w)| (g - w) * (g - w)).sum::<f64>().sqrt();
     let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt().max(floor);
     let err = if norm > 0.0 { diff / norm } else { diff };
-    ensure!(
-        err <= tol,
-        "{what}: relative Frobenius error {err:.3e} exceeds {tol:.0e}"
-    );
+    ensure!(err <= tol, "{what}: relative Frobenius error {err:.3e} exceeds {tol:.0e}");
     Ok(())
 }
 
@@ -68,9 +51,7 @@ pub(crate) fn widen<T: Element>(v: &[T]) -> Vec<f64> {
 
 /// `n` uniform values in [lo, hi), rounded to `T`.
 pub(crate) fn random<T: Element>(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<T> {
-    (0..n)
-        .map(|_| T::from_f32((lo + (hi - lo) * rng.uniform()) as f32))
-        .collect()
+    (0..n).map(|_| T::from_f32((lo + (hi - lo) * rng.uniform()) as f32)).collect()
 }
 
 /// The tolerance of a storage type: 1e-5 for f32, and for bf16 a few units of its 2⁻⁸ rounding (both sides

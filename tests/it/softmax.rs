@@ -48,19 +48,9 @@ fn forward_and_backward_on<T: Element>(rt: &Arc<dyn GpuRuntime>, rt_name: &str, 
         softmax::backward(rt, T::TYPE, shape, &gy, &gdy, &gdx)?;
         // dx is y ⊙ dy minus y·(Σ y ⊙ dy): with near one-hot rows (logits of ±1e4) the two cancel to ~0, so the
         // error is measured against the norm of y ⊙ dy, the size of the terms that cancel.
-        let terms: f64 = want_y
-            .iter()
-            .zip(&dy)
-            .map(|(a, b)| (a.to_f32() as f64 * b.to_f32() as f64).powi(2))
-            .sum();
+        let terms: f64 = want_y.iter().zip(&dy).map(|(a, b)| (a.to_f32() as f64 * b.to_f32() as f64).powi(2)).sum();
         let got_dx = gdx.to_vec::<T>()?;
-        check_frobenius_floor(
-            &got_dx,
-            &want_dx,
-            terms.sqrt(),
-            tol_of::<T>(),
-            &format!("backward {what}"),
-        )?;
+        check_frobenius_floor(&got_dx, &want_dx, terms.sqrt(), tol_of::<T>(), &format!("backward {what}"))?;
     }
     Ok(())
 }
@@ -81,10 +71,7 @@ fn bad_softmax_shapes_are_typed_errors() -> Result<()> {
         let x = GpuBuffer::zeroed(&rt, 4 * 12)?;
         let y = GpuBuffer::zeroed(&rt, 4 * 11)?;
         let zero_cols = SoftmaxShape { rows: 3, cols: 0 };
-        assert!(matches!(
-            softmax::forward(&rt, FloatType::F32, zero_cols, &x, &x),
-            Err(Error::Shape { .. })
-        ));
+        assert!(matches!(softmax::forward(&rt, FloatType::F32, zero_cols, &x, &x), Err(Error::Shape { .. })));
         let shape = SoftmaxShape { rows: 3, cols: 4 };
         let r = softmax::forward(&rt, FloatType::F32, shape, &x, &y);
         assert!(matches!(r, Err(Error::BufferTooSmall { name: "y", .. })), "{r:?}");

@@ -127,9 +127,7 @@ pub fn unary<T: Element>(
     x_strides: &[usize],
 ) -> Result<Vec<T>> {
     let n = check_view("elementwise::cpu::unary", "x", dims, x_strides, x.len())?;
-    Ok((0..n)
-        .map(|i| T::from_f32(unary_f64(op, x[offset(i, dims, x_strides)].to_f32() as f64) as f32))
-        .collect())
+    Ok((0..n).map(|i| T::from_f32(unary_f64(op, x[offset(i, dims, x_strides)].to_f32() as f64) as f32)).collect())
 }
 
 #[cfg(test)]

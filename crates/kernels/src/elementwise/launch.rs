@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{contiguous_strides, BinaryOp, FloatType, UnaryOp, MAX_RANK};
-use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, KernelId, Launch, LaunchConfig, Result};
+use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, Launch, LaunchConfig, Result};
 
 /// Threads per block of every elementwise kernel.
 const BLOCK: u32 = 256;
@@ -18,41 +18,26 @@ const MAX_ELEMS: usize = (1 << 31) - 1;
 /// Checks a strided view of `dims` over a buffer of `len` elements and returns the element count of `dims`.
 pub(crate) fn check_view(op: &'static str, name: &str, dims: &[usize], strides: &[usize], len: usize) -> Result<usize> {
     if dims.len() > MAX_RANK {
-        return Err(Error::Shape {
-            op,
-            msg: format!("rank {} exceeds the maximum {MAX_RANK}", dims.len()),
-        });
+        return Err(Error::Shape { op, msg: format!("rank {} exceeds the maximum {MAX_RANK}", dims.len()) });
     }
     if strides.len() != dims.len() {
         return Err(Error::Shape {
             op,
-            msg: format!(
-                "`{name}` has {} strides for {} dims {dims:?}",
-                strides.len(),
-                dims.len()
-            ),
+            msg: format!("`{name}` has {} strides for {} dims {dims:?}", strides.len(), dims.len()),
         });
     }
     let n = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::Shape {
-            op,
-            msg: format!("dims {dims:?} overflow usize"),
-        })?;
+        .ok_or_else(|| Error::Shape { op, msg: format!("dims {dims:?} overflow usize") })?;
     if n == 0 {
         return Ok(0);
     }
     let last = dims
         .iter()
         .zip(strides)
-        .try_fold(0usize, |acc, (&d, &s)| {
-            (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
-        })
-        .ok_or_else(|| Error::Shape {
-            op,
-            msg: format!("`{name}` strides {strides:?} overflow usize"),
-        })?;
+        .try_fold(0usize, |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)))
+        .ok_or_else(|| Error::Shape { op, msg: format!("`{name}` strides {strides:?} overflow usize") })?;
     if last >= len {
         return Err(Error::Shape {
             op,
@@ -71,18 +56,10 @@ pub(crate) fn check_buffer(
     need: usize,
 ) -> Result<()> {
     if !std::ptr::addr_eq(Arc::as_ptr(rt), Arc::as_ptr(buf.runtime())) {
-        return Err(Error::Shape {
-            op,
-            msg: format!("buffer `{name}` belongs to another runtime"),
-        });
+        return Err(Error::Shape { op, msg: format!("buffer `{name}` belongs to another runtime") });
     }
     if buf.len() < need {
-        return Err(Error::BufferTooSmall {
-            op,
-            name,
-            have: buf.len(),
-            need,
-        });
+        return Err(Error::BufferTooSmall { op, name, have: buf.len(), need });
     }
     Ok(())
 }
@@ -103,12 +80,7 @@ impl DeviceLayout {
         let strides = contiguous_strides(dims);
         let n = check_view("elementwise::DeviceLayout", "output", dims, &strides, usize::MAX)?;
         check_gpu_limits(dims, &[])?;
-        Ok(Self {
-            dims: dims.to_vec(),
-            strides: vec![strides; inputs],
-            n,
-            info: None,
-        })
+        Ok(Self { dims: dims.to_vec(), strides: vec![strides; inputs], n, info: None })
     }
 
     /// A layout with one strided view per input (element strides, 0 broadcasts); uploads `info` unless every
@@ -128,19 +100,10 @@ impl DeviceLayout {
             None
         } else {
             // dims, then each input's strides; every value fits u32 (checked above).
-            let words: Vec<u32> = dims
-                .iter()
-                .chain(strides.iter().flat_map(|s| s.iter()))
-                .map(|&v| v as u32)
-                .collect();
+            let words: Vec<u32> = dims.iter().chain(strides.iter().flat_map(|s| s.iter())).map(|&v| v as u32).collect();
             Some(GpuBuffer::from_slice(rt, &words)?)
         };
-        Ok(Self {
-            dims: dims.to_vec(),
-            strides: strides.iter().map(|s| s.to_vec()).collect(),
-            n,
-            info,
-        })
+        Ok(Self { dims: dims.to_vec(), strides: strides.iter().map(|s| s.to_vec()).collect(), n, info })
     }
 
     /// The output dims.
@@ -164,16 +127,10 @@ fn check_gpu_limits(dims: &[usize], strides: &[&[usize]]) -> Result<()> {
     const OP: &str = "elementwise::DeviceLayout";
     let n: usize = dims.iter().product();
     if n > MAX_ELEMS {
-        return Err(Error::Shape {
-            op: OP,
-            msg: format!("{n} elements exceed the kernels' limit {MAX_ELEMS}"),
-        });
+        return Err(Error::Shape { op: OP, msg: format!("{n} elements exceed the kernels' limit {MAX_ELEMS}") });
     }
     if let Some(&s) = strides.iter().flat_map(|s| s.iter()).find(|&&s| s > u32::MAX as usize) {
-        return Err(Error::Shape {
-            op: OP,
-            msg: format!("stride {s} does not fit u32"),
-        });
+        return Err(Error::Shape { op: OP, msg: format!("stride {s} does not fit u32") });
     }
     Ok(())
 }
@@ -181,11 +138,7 @@ fn check_gpu_limits(dims: &[usize], strides: &[&[usize]]) -> Result<()> {
 /// The grid of a grid-stride launch over `n` elements.
 fn config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS as usize) as u32;
-    LaunchConfig {
-        grid: Dim3::x(blocks),
-        block: Dim3::x(BLOCK),
-        shared_bytes: 0,
-    }
+    LaunchConfig { grid: Dim3::x(blocks), block: Dim3::x(BLOCK), shared_bytes: 0 }
 }
 
 /// Checks a layout against the input buffers and the output and returns the kernel's `info` and `rank`.
@@ -200,11 +153,7 @@ fn check_launch(
     if layout.strides.len() != inputs.len() {
         return Err(Error::Shape {
             op,
-            msg: format!(
-                "the layout describes {} inputs, the op takes {}",
-                layout.strides.len(),
-                inputs.len()
-            ),
+            msg: format!("the layout describes {} inputs, the op takes {}", layout.strides.len(), inputs.len()),
         });
     }
     for ((name, buf), strides) in inputs.iter().zip(&layout.strides) {
@@ -307,14 +256,4 @@ pub fn unary(
     // reaches lies inside `x`, that `y` holds n elements, and that `info` (when passed) is the live upload of
     // exactly these dims and strides; the kernel reads and writes nothing else.
     unsafe { rt.launch(&launch) }
-}
-
-/// Every kernel id this module can launch (used by tests to check coverage).
-pub fn kernels() -> Vec<KernelId> {
-    let mut ids = Vec::new();
-    for dtype in [FloatType::F32, FloatType::Bf16] {
-        ids.extend(BinaryOp::ALL.iter().map(|op| op.kernel(dtype)));
-        ids.extend(UnaryOp::ALL.iter().map(|op| op.kernel(dtype)));
-    }
-    ids
 }

@@ -28,19 +28,12 @@ pub fn gemm_launch(
     check_buffer(OP, "c", rt, c, 0)?;
     p.check(OP, a.len() / 2, b.len() / 2, c.len() / out.size())?;
     if p.m.div_ceil(TILE) > MAX_M_TILES {
-        return Err(Error::Shape {
-            op: OP,
-            msg: format!("m = {} exceeds {} rows", p.m, MAX_M_TILES * TILE),
-        });
+        return Err(Error::Shape { op: OP, msg: format!("m = {} exceeds {} rows", p.m, MAX_M_TILES * TILE) });
     }
     let grid = Dim3::xy(p.n.div_ceil(TILE).max(1) as u32, p.m.div_ceil(TILE).max(1) as u32);
     Ok(Launch {
         kernel: kernel(p.layout, out),
-        config: LaunchConfig {
-            grid,
-            block: Dim3::x(THREADS),
-            shared_bytes: 0,
-        },
+        config: LaunchConfig { grid, block: Dim3::x(THREADS), shared_bytes: 0 },
         args: vec![
             KernelArg::Ptr(a.ptr()),
             KernelArg::Ptr(b.ptr()),

@@ -43,17 +43,7 @@ impl GemmParams {
             GemmLayout::Nt => k,
             GemmLayout::Nn => n,
         };
-        Self {
-            layout,
-            m,
-            n,
-            k,
-            lda: k,
-            ldb,
-            ldc: n,
-            alpha: 1.0,
-            beta: 0.0,
-        }
+        Self { layout, m, n, k, lda: k, ldb, ldc: n, alpha: 1.0, beta: 0.0 }
     }
 
     /// The element counts A, B and C must hold at least: `(rows − 1)·ld + cols` each, 0 for an unread operand.
@@ -72,11 +62,7 @@ impl GemmParams {
         if self.m == 0 || self.n == 0 {
             return (0, 0, 0);
         }
-        (
-            span(self.m, self.k, self.lda),
-            span(b_rows, b_cols, self.ldb),
-            span(self.m, self.n, self.ldc),
-        )
+        (span(self.m, self.k, self.lda), span(b_rows, b_cols, self.ldb), span(self.m, self.n, self.ldc))
     }
 
     /// Checks the strides against the dims and the operand lengths (in elements) against `min_lens`.
@@ -85,11 +71,7 @@ impl GemmParams {
             GemmLayout::Nt => self.k,
             GemmLayout::Nn => self.n,
         };
-        for (name, ld, cols) in [
-            ("lda", self.lda, self.k),
-            ("ldb", self.ldb, b_cols),
-            ("ldc", self.ldc, self.n),
-        ] {
+        for (name, ld, cols) in [("lda", self.lda, self.k), ("ldb", self.ldb, b_cols), ("ldc", self.ldc, self.n)] {
             if ld < cols {
                 return Err(Error::Shape {
                     op,
@@ -97,25 +79,17 @@ impl GemmParams {
                 });
             }
         }
-        let big = [self.m, self.n, self.k, self.lda, self.ldb, self.ldc]
-            .iter()
-            .any(|&v| v > u32::MAX as usize);
+        let big = [self.m, self.n, self.k, self.lda, self.ldb, self.ldc].iter().any(|&v| v > u32::MAX as usize);
         let overflow = [(self.m, self.lda), (self.n.max(self.k), self.ldb), (self.m, self.ldc)]
             .iter()
             .any(|&(r, ld)| r.checked_mul(ld).is_none());
         if big || overflow {
-            return Err(Error::Shape {
-                op,
-                msg: format!("dims or strides exceed u32 or overflow ({self:?})"),
-            });
+            return Err(Error::Shape { op, msg: format!("dims or strides exceed u32 or overflow ({self:?})") });
         }
         let (na, nb, nc) = self.min_lens();
         for (name, have, need) in [("a", a_len, na), ("b", b_len, nb), ("c", c_len, nc)] {
             if have < need {
-                return Err(Error::Shape {
-                    op,
-                    msg: format!("`{name}` holds {have} elements, {self:?} needs {need}"),
-                });
+                return Err(Error::Shape { op, msg: format!("`{name}` holds {have} elements, {self:?} needs {need}") });
             }
         }
         Ok(())

@@ -8,10 +8,7 @@ use crate::{Error, Result};
 fn check(op: &'static str, name: &str, shape: SoftmaxShape, len: usize) -> Result<()> {
     match shape.rows.checked_mul(shape.cols) {
         Some(n) if n == len => Ok(()),
-        _ => Err(Error::Shape {
-            op,
-            msg: format!("`{name}` has {len} elements, shape {shape:?} needs rows·cols"),
-        }),
+        _ => Err(Error::Shape { op, msg: format!("`{name}` has {len} elements, shape {shape:?} needs rows·cols") }),
     }
 }
 
@@ -35,11 +32,7 @@ pub fn backward<T: Element>(shape: SoftmaxShape, y: &[T], dy: &[T]) -> Result<Ve
     let cols = shape.cols.max(1);
     let mut dx = Vec::with_capacity(y.len());
     for (yr, dyr) in y.chunks(cols).zip(dy.chunks(cols)).take(shape.rows) {
-        let dot: f64 = yr
-            .iter()
-            .zip(dyr)
-            .map(|(a, b)| a.to_f32() as f64 * b.to_f32() as f64)
-            .sum();
+        let dot: f64 = yr.iter().zip(dyr).map(|(a, b)| a.to_f32() as f64 * b.to_f32() as f64).sum();
         dx.extend(yr.iter().zip(dyr).map(|(a, b)| {
             let a = a.to_f32() as f64;
             T::from_f32((a * (b.to_f32() as f64 - dot)) as f32)
@@ -55,9 +48,7 @@ mod tests {
     #[test]
     fn rows_sum_to_one_and_survive_large_logits() {
         let shape = SoftmaxShape { rows: 3, cols: 5 };
-        let x: Vec<f32> = (0..15)
-            .map(|i| if i % 2 == 0 { 1e4 } else { -1e4 } + i as f32)
-            .collect();
+        let x: Vec<f32> = (0..15).map(|i| if i % 2 == 0 { 1e4 } else { -1e4 } + i as f32).collect();
         let y = forward(shape, &x).expect("matching shape");
         for row in y.chunks(5) {
             let s: f32 = row.iter().sum();

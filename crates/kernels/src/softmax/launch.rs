@@ -14,33 +14,19 @@ const ROWS_PER_BLOCK: usize = 8;
 /// Checks the shape and returns the grid and the element count.
 fn check_shape(op: &'static str, shape: SoftmaxShape) -> Result<(LaunchConfig, usize)> {
     if shape.cols == 0 || shape.cols > u32::MAX as usize || shape.rows > u32::MAX as usize {
-        return Err(Error::Shape {
-            op,
-            msg: format!("{shape:?}: cols must be in 1..=u32::MAX and rows ≤ u32::MAX"),
-        });
+        return Err(Error::Shape { op, msg: format!("{shape:?}: cols must be in 1..=u32::MAX and rows ≤ u32::MAX") });
     }
-    let n = shape.rows.checked_mul(shape.cols).ok_or_else(|| Error::Shape {
-        op,
-        msg: format!("{shape:?}: rows·cols overflows"),
-    })?;
+    let n = shape
+        .rows
+        .checked_mul(shape.cols)
+        .ok_or_else(|| Error::Shape { op, msg: format!("{shape:?}: rows·cols overflows") })?;
     // Long rows get a block each; short rows a warp each.
-    let blocks = if shape.cols > LONG_ROW {
-        shape.rows
-    } else {
-        shape.rows.div_ceil(ROWS_PER_BLOCK)
-    }
-    .max(1);
+    let blocks = if shape.cols > LONG_ROW { shape.rows } else { shape.rows.div_ceil(ROWS_PER_BLOCK) }.max(1);
     if blocks > i32::MAX as usize {
-        return Err(Error::Shape {
-            op,
-            msg: format!("{shape:?}: {blocks} blocks exceed the grid limit"),
-        });
+        return Err(Error::Shape { op, msg: format!("{shape:?}: {blocks} blocks exceed the grid limit") });
     }
-    let config = LaunchConfig {
-        grid: Dim3::x(blocks as u32),
-        block: Dim3::x(32 * ROWS_PER_BLOCK as u32),
-        shared_bytes: 0,
-    };
+    let config =
+        LaunchConfig { grid: Dim3::x(blocks as u32), block: Dim3::x(32 * ROWS_PER_BLOCK as u32), shared_bytes: 0 };
     Ok((config, n))
 }
 
