@@ -39,6 +39,9 @@ pub(crate) struct Meta {
 
 pub(crate) const MULTI: u32 = u32::MAX;
 
+/// Warp instructions one warp may run between barriers before the launch is declared hung.
+const SPIN_LIMIT: u64 = 1 << 30;
+
 /// The state of the block being run.
 pub(crate) struct Block {
     pub ctaid: [u32; 3],
@@ -216,6 +219,7 @@ impl Warp {
     /// Runs until every lane has exited or waits at a barrier.
     fn run(&mut self, ctx: &mut Ctx<'_>, blk: &mut Block) -> Result<()> {
         let prog = ctx.prog;
+        let mut budget = SPIN_LIMIT;
         loop {
             let runnable = self.valid & !self.exited & !self.waiting;
             if runnable == 0 {
@@ -256,6 +260,12 @@ impl Warp {
                         e
                     }
                 };
+                budget -= 1;
+                if budget == 0 {
+                    let msg = "a warp ran 2^30 instructions without reaching a barrier or exit (a spin-wait on \
+                               another block or warp never ends here: blocks and warps run one at a time)";
+                    return Err(self.exec_err(ctx, inst, mask, msg));
+                }
                 let c = &mut ctx.counters;
                 c.warp_insts[inst.class as usize] += 1;
                 c.thread_insts[inst.class as usize] += u64::from(exec.count_ones());
