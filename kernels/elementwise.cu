@@ -144,7 +144,8 @@ __device__ __forceinline__ void unary(const T* __restrict__ x,            // str
             }
             done = nv * Pack<T>::kLen;
         }
-        for (unsigned i = done + rf::grid_first(); i < n; i += rf::grid_stride()) y[i] = from_f32<T>(Op::apply(to_f32(x[i])));
+        for (unsigned i = done + rf::grid_first(); i < n; i += rf::grid_stride())
+            y[i] = from_f32<T>(Op::apply(to_f32(x[i])));
         return;
     }
     for (unsigned i = rf::grid_first(); i < n; i += rf::grid_stride())

@@ -284,8 +284,8 @@ __device__ __forceinline__ void gemm_body(const Args<OutT>& p, bf16* smem) {
 template <Layout L, typename OutT> __device__ __forceinline__ void gemm(const Args<OutT>& p) {
     __shared__ __align__(128) bf16 smem[kStages * 2 * kTileElems];
     // cp.async moves 16-byte chunks: every row start must be 16-byte aligned, else the scalar path runs.
-    const bool aligned = ((reinterpret_cast<unsigned long long>(p.a) | reinterpret_cast<unsigned long long>(p.b)) & 15) == 0
-                         && p.lda % 8 == 0 && p.ldb % 8 == 0;
+    const unsigned long long bases = reinterpret_cast<unsigned long long>(p.a) | reinterpret_cast<unsigned long long>(p.b);
+    const bool aligned = (bases & 15) == 0 && p.lda % 8 == 0 && p.ldb % 8 == 0;
     if (aligned)
         gemm_body<L, true, OutT>(p, smem);
     else

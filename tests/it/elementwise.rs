@@ -176,11 +176,15 @@ fn bad_layouts_and_buffers_are_typed_errors() -> Result<()> {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, failure_persistence: None, ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 32, failure_persistence: None, ..Default::default()
+    })]
 
     /// The twin on a broadcast view equals the twin on that view materialized by explicit index loops.
     #[test]
-    fn twin_broadcast_equals_materialized(dims in proptest::collection::vec(1usize..5, 1..5), mask in 0u32..16, seed in 0u64..1000) {
+    fn twin_broadcast_equals_materialized(
+        dims in proptest::collection::vec(1usize..5, 1..5), mask in 0u32..16, seed in 0u64..1000,
+    ) {
         let rank = dims.len();
         // b has size 1 (stride 0) in the dims whose bit is set in `mask`, and is dense over the rest.
         let bdims: Vec<usize> = (0..rank).map(|d| if mask >> d & 1 == 1 { 1 } else { dims[d] }).collect();

@@ -97,7 +97,9 @@ fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, failure_persistence: None, ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 32, failure_persistence: None, ..Default::default()
+    })]
 
     /// The twin gives the same C for B stored as [n, k] ("nt") and for its transpose stored as [k, n] ("nn"),
     /// and scaling alpha scales C (bf16 products are exact in f64, so both hold to the last f32 bit).

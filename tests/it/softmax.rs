@@ -82,11 +82,15 @@ fn bad_softmax_shapes_are_typed_errors() -> Result<()> {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, failure_persistence: None, ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 32, failure_persistence: None, ..Default::default()
+    })]
 
     /// The twin's rows sum to 1 and do not change when a constant is added to a row (the max subtraction).
     #[test]
-    fn twin_rows_sum_to_one_and_ignore_shifts(rows in 1usize..5, cols in 1usize..70, seed in 0u64..1000, shift in -50.0f64..50.0) {
+    fn twin_rows_sum_to_one_and_ignore_shifts(
+        rows in 1usize..5, cols in 1usize..70, seed in 0u64..1000, shift in -50.0f64..50.0,
+    ) {
         let shape = SoftmaxShape { rows, cols };
         let x: Vec<f32> = random(&mut Rng::new(seed), rows * cols, -5.0, 5.0);
         let shifted: Vec<f32> = x.iter().map(|&v| v + shift as f32).collect();

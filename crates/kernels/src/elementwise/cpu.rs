@@ -71,8 +71,8 @@ pub fn erf(z: f64) -> f64 {
 
 /// The complementary error function `1 − erf(z)`, accurate in relative terms also where it is tiny.
 ///
-/// For z ≥ 2 it evaluates Laplace's continued fraction `erfc(z) = e^(−z²)/√π · 1/(z + (1/2)/(z + 1/(z + (3/2)/(z + …))))`
-/// bottom-up from 80 levels (far past convergence at z ≥ 2); below 2 it is `1 − erf(z)`, which loses at most
+/// For z ≥ 2 it evaluates Laplace's continued fraction
+/// `erfc(z) = e^(−z²)/√π · 1/(z + (1/2)/(z + 1/(z + (3/2)/(z + …))))` bottom-up from 80 levels (far past convergence at z ≥ 2); below 2 it is `1 − erf(z)`, which loses at most
 /// two digits there since erfc(2) ≈ 0.005.
 pub fn erfc(z: f64) -> f64 {
     if z.is_nan() {
