@@ -74,7 +74,7 @@ fn check_case<T: Nf4Element + WithDType>(st: &MmapedSafetensors, prefix: &str, b
     fast::dequantize(q.view(), &mut out2)?;
     ensure!(bits(&out2) == bits(&deq), "{}", what("fast dequantize differs"));
 
-    // Double quantization: everything downstream of bnb's offset is bit-exact; our offset is within an ulp.
+    // Double quantization: everything downstream of bnb's offset is bit-exact, and so is the offset.
     let offset = get::<f32>(st, &format!("{prefix}.dq_offset"))?[0];
     let dq = double_quantize_with_offset(&absmax, offset);
     ensure!(
@@ -88,12 +88,12 @@ fn check_case<T: Nf4Element + WithDType>(st: &MmapedSafetensors, prefix: &str, b
         "{}",
         what("nested absmax differs")
     );
+    // Every fixture has fewer than 32 768 blocks, where torch's f32 mean is reproduced exactly.
     let ours = double_quantize(&absmax).offset;
-    let ulp = f32::from_bits(offset.to_bits() + 1) - offset;
     ensure!(
-        (ours - offset).abs() <= ulp,
+        ours.to_bits() == offset.to_bits(),
         "{}: {ours} vs {offset}",
-        what("offset further than an ulp")
+        what("offset differs from torch's")
     );
     let mut am2 = vec![0f32; absmax.len()];
     double_dequantize(&dq, &mut am2)?;
@@ -261,21 +261,9 @@ fn linear4bit_files_round_trip_with_bitsandbytes() -> Result<()> {
             ours.packed() == w.packed() && ours.shape() == w.shape(),
             "{name}: packed codes differ"
         );
-        match (ours.scales(), w.scales()) {
-            (Nf4Scales::Double(a), Nf4Scales::Double(b)) => {
-                let ulp = f32::from_bits(b.offset.to_bits() + 1) - b.offset;
-                ensure!(
-                    (a.offset - b.offset).abs() <= ulp,
-                    "{name}: offset {} vs {}",
-                    a.offset,
-                    b.offset
-                );
-                let again = double_quantize_with_offset(&cpu::quantize(&orig.to_vec::<f32>()?, 64)?.absmax, b.offset);
-                ensure!(&again == b, "{name}: double quantization given bnb's offset differs");
-            }
-            (a, b) => ensure!(a == b, "{name}: absmax differs"),
-        }
-        // Our file has bnb's keys, dtypes and shapes, and the same quant state.
+        // Scales (and for layer 0 the offset, codes and nested scales) are bit-identical to bnb's.
+        ensure!(ours.scales() == w.scales(), "{name}: block scales differ from bnb's");
+        // Our file has bnb's keys, dtypes and shapes, and the same quant state, byte for byte.
         Nf4Tensor::save(&tmp, &[(name, &ours)], &[])?;
         let mine = MmapedSafetensors::open(&tmp)?;
         let theirs: Vec<String> = bnb_file.names().into_iter().filter(|k| k.starts_with(name)).collect();
@@ -287,13 +275,11 @@ fn linear4bit_files_round_trip_with_bitsandbytes() -> Result<()> {
         for k in &theirs {
             ensure!(mine.info(k)? == bnb_file.info(k)?, "{k}: shape/dtype differ from bnb's");
         }
-        let qs = |st: &MmapedSafetensors| -> Result<serde_json::Value> {
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&get::<u8>(st, &format!("{name}.quant_state.bitsandbytes__nf4"))?)?;
-            v.as_object_mut().map(|o| o.remove("nested_offset"));
-            Ok(v)
-        };
-        ensure!(qs(&mine)? == qs(&bnb_file)?, "{name}: quant state differs");
+        let qs = |st: &MmapedSafetensors| get::<u8>(st, &format!("{name}.quant_state.bitsandbytes__nf4"));
+        ensure!(
+            qs(&mine)? == qs(&bnb_file)?,
+            "{name}: quant-state JSON differs from bnb's"
+        );
         ensure!(
             Nf4Tensor::from_safetensors(&mine, name)? == ours,
             "{name}: our file does not read back"

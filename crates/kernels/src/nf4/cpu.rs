@@ -126,7 +126,17 @@ mod tests {
     #[test]
     fn bf16_rounding_matches_half() {
         use crate::nf4::Nf4Element;
-        let specials = [0.0f32, -0.0, 1.0, f32::MAX, f32::MIN, f32::INFINITY, f32::NEG_INFINITY, 1e-40, -3.0e38];
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40,
+            -3.0e38,
+        ];
         let mut s = 0x1234_5678u32;
         let randoms = (0..100_000).map(|_| {
             s ^= s << 13;
@@ -136,7 +146,10 @@ mod tests {
         });
         for v in specials.into_iter().chain(randoms) {
             let (a, b) = (<half::bf16 as Nf4Element>::from_f32(v), half::bf16::from_f32(v));
-            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{v:e}: {a} vs {b}");
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{v:e}: {a} vs {b}"
+            );
         }
     }
 }

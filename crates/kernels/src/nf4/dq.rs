@@ -54,13 +54,110 @@ fn lut_index(v: f32) -> usize {
     t as usize
 }
 
-/// `offset = mean(absmax)`: the f64 sum divided by the count, rounded once to f32 (within an ulp of torch's
-/// f32 mean, which sums in a blocked order). 0 for an empty slice.
+/// Below this many elements torch reduces on one thread (its `GRAIN_SIZE`), in the order `torch_serial_sum`
+/// reproduces.
+const TORCH_GRAIN: usize = 32_768;
+/// Lanes of torch's `Vectorized<float>` in its sum kernel (what its AVX2 and AVX-512 builds both sum with).
+const TORCH_LANES: usize = 8;
+
+/// `offset = mean(absmax)` as bitsandbytes computes it, `torch.mean` in f32. Below 32 768 blocks torch sums on
+/// one thread and this reproduces its summation order exactly (`torch_serial_sum`), then divides in f32. Above,
+/// torch splits the sum across its threads, so the result depends on the thread count of whoever quantized; there
+/// this takes the f64 sum divided by the count, rounded once, which lies within an ulp of torch's result in
+/// practice. 0 for an empty slice.
 pub fn mean_offset(absmax: &[f32]) -> f32 {
-    if absmax.is_empty() {
-        return 0.0;
+    let n = absmax.len();
+    if n == 0 {
+        0.0
+    } else if n < TORCH_GRAIN {
+        torch_serial_sum(absmax) / n as f32
+    } else {
+        (absmax.iter().map(|&a| a as f64).sum::<f64>() / n as f64) as f32
     }
-    (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len() as f64) as f32
+}
+
+/// torch's single-threaded f32 `sum` of a contiguous vector (ATen's `cascade_sum`): lanes of 8, four independent
+/// accumulators (its `ilp_factor`), and four cascade levels that each take 16 rows before passing the partial
+/// sum up; the leftover lanes and scalars are added at the end, lane by lane. Below 8 elements the same cascade
+/// runs on scalars.
+fn torch_serial_sum(x: &[f32]) -> f32 {
+    if x.len() < TORCH_LANES {
+        return row_sum::<1>(x, x.len())[0];
+    }
+    let vectors = x.len() / TORCH_LANES;
+    let lanes = row_sum::<TORCH_LANES>(x, vectors);
+    let mut total = 0f32;
+    for &v in &x[vectors * TORCH_LANES..] {
+        total += v;
+    }
+    for l in lanes {
+        total += l;
+    }
+    total
+}
+
+/// ATen's `row_sum`: the first `items` groups of `W` lanes of `x` summed by four accumulators plus the cascade.
+fn row_sum<const W: usize>(x: &[f32], items: usize) -> [f32; W] {
+    const ILP: usize = 4;
+    let rows = items / ILP;
+    let mut acc = multi_row_sum::<W>(x, rows);
+    for item in rows * ILP..items {
+        for l in 0..W {
+            acc[0][l] += x[item * W + l];
+        }
+    }
+    for k in 1..ILP {
+        for l in 0..W {
+            acc[0][l] += acc[k][l];
+        }
+    }
+    acc[0]
+}
+
+/// ATen's `multi_row_sum` with four levels of 2^4 rows (the level size for fewer than 2^20 rows, which covers
+/// every serial sum).
+fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
+    const LEVELS: usize = 4;
+    const POWER: usize = 4;
+    const STEP: usize = 1 << POWER;
+    let mut acc = [[[0f32; W]; 4]; LEVELS];
+    let add_row = |acc: &mut [[f32; W]; 4], row: usize| {
+        for (k, a) in acc.iter_mut().enumerate() {
+            for (l, v) in a.iter_mut().enumerate() {
+                *v += x[(row * 4 + k) * W + l];
+            }
+        }
+    };
+    let mut i = 0;
+    while i + STEP <= rows {
+        for _ in 0..STEP {
+            add_row(&mut acc[0], i);
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            for k in 0..4 {
+                for l in 0..W {
+                    acc[j][k][l] += acc[j - 1][k][l];
+                    acc[j - 1][k][l] = 0.0;
+                }
+            }
+            if i & ((STEP - 1) << (j * POWER)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < rows {
+        add_row(&mut acc[0], i);
+        i += 1;
+    }
+    for j in 1..LEVELS {
+        for k in 0..4 {
+            for l in 0..W {
+                acc[0][k][l] += acc[j][k][l];
+            }
+        }
+    }
+    acc[0]
 }
 
 /// Double-quantizes NF4 block scales with `offset = mean_offset(absmax)`.

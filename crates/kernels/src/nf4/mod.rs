@@ -21,10 +21,11 @@
 //! Double quantization ([`double_quantize`]): `offset = mean(absmax)`, and `absmax − offset` is quantized in
 //! blocks of 256 with bitsandbytes' signed 8-bit dynamic map ([`DYNAMIC_MAP_SIGNED_BITS`]), reproducing its CPU
 //! quantizer, which looks the scaled value up in a 65 536-bin table rather than searching for the exact nearest
-//! code. Reconstruction: `absmax = code[q] · nested_absmax[b] + offset`, two f32 roundings. The offset is the
-//! f64 mean rounded once to f32; torch's f32 mean sums in a blocked order that this does not reproduce, so the
-//! offset can differ from bitsandbytes' by one ulp (everything downstream of the offset is bit-exact given
-//! bitsandbytes' offset: see [`double_quantize_with_offset`]).
+//! code. Reconstruction: `absmax = code[q] · nested_absmax[b] + offset`, two f32 roundings. The offset is torch's
+//! f32 mean, reproduced bit for bit below 32 768 blocks (where torch sums on one thread); above, torch's result
+//! depends on its thread count and [`mean_offset`] returns the f64 mean rounded once, within an ulp of it.
+//! Everything downstream of the offset is bit-exact given bitsandbytes' offset: see
+//! [`double_quantize_with_offset`].
 //!
 //! Two implementations: [`cpu`] is the plain-loop twin (the reference of the tests and of the CUDA kernels) and
 //! [`fast`] is the multi-threaded path whose inner loops vectorize; they agree bit for bit.
