@@ -100,32 +100,33 @@ fn torch_serial_sum(x: &[f32]) -> f32 {
 fn row_sum<const W: usize>(x: &[f32], items: usize) -> [f32; W] {
     const ILP: usize = 4;
     let rows = items / ILP;
-    let mut acc = multi_row_sum::<W>(x, rows);
-    for item in rows * ILP..items {
-        for l in 0..W {
-            acc[0][l] += x[item * W + l];
-        }
+    let [mut total, rest @ ..] = multi_row_sum::<W>(x, rows);
+    for item in x[rows * ILP * W..items * W].chunks_exact(W) {
+        add_lanes(&mut total, item);
     }
-    for k in 1..ILP {
-        for l in 0..W {
-            acc[0][l] += acc[k][l];
-        }
+    for r in &rest {
+        add_lanes(&mut total, r);
     }
-    acc[0]
+    total
+}
+
+/// `dst[l] += src[l]` for every lane, in f32.
+fn add_lanes<const W: usize>(dst: &mut [f32; W], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
 }
 
 /// ATen's `multi_row_sum` with four levels of 2^4 rows (the level size for fewer than 2^20 rows, which covers
-/// every serial sum).
+/// every serial sum). A row is four groups of `W` lanes, one per accumulator.
 fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
     const LEVELS: usize = 4;
     const POWER: usize = 4;
     const STEP: usize = 1 << POWER;
     let mut acc = [[[0f32; W]; 4]; LEVELS];
     let add_row = |acc: &mut [[f32; W]; 4], row: usize| {
-        for (k, a) in acc.iter_mut().enumerate() {
-            for (l, v) in a.iter_mut().enumerate() {
-                *v += x[(row * 4 + k) * W + l];
-            }
+        for (a, group) in acc.iter_mut().zip(x[row * 4 * W..(row + 1) * 4 * W].chunks_exact(W)) {
+            add_lanes(a, group);
         }
     };
     let mut i = 0;
@@ -135,11 +136,10 @@ fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..4 {
-                for l in 0..W {
-                    acc[j][k][l] += acc[j - 1][k][l];
-                    acc[j - 1][k][l] = 0.0;
-                }
+            let (lower, upper) = acc.split_at_mut(j);
+            for (a, b) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                add_lanes(a, b);
+                *b = [0.0; W];
             }
             if i & ((STEP - 1) << (j * POWER)) != 0 {
                 break;
@@ -150,14 +150,13 @@ fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
         add_row(&mut acc[0], i);
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..4 {
-            for l in 0..W {
-                acc[0][k][l] += acc[j][k][l];
-            }
+    let [mut first, rest @ ..] = acc;
+    for level in &rest {
+        for (a, b) in first.iter_mut().zip(level) {
+            add_lanes(a, b);
         }
     }
-    acc[0]
+    first
 }
 
 /// Double-quantizes NF4 block scales with `offset = mean_offset(absmax)`.
