@@ -518,9 +518,6 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             if m.has("warp") {
                 (Op::BarWarp, Class::Sync)
             } else if m.has("sync") || parts.len() == 1 || m.has("aligned") {
-                if args.len() > 1 {
-                    return Err(bad("barriers with a thread count are not supported".into()));
-                }
                 (Op::Bar, Class::Sync)
             } else {
                 return Err(bad(format!("unsupported barrier `{}`", parts.join("."))));

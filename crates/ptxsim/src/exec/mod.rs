@@ -351,6 +351,15 @@ impl Warp {
                 Ok(Flow::Moved)
             }
             Op::Bar => {
+                // `bar.sync id, count`: only a count covering the whole block is supported (the barrier here
+                // is always block-wide).
+                if let (Some(c), Some(l)) = (inst.args.get(1), lanes(exec).next()) {
+                    let count = self.get(c, l);
+                    if count != u64::from(self.geo.nwarps * 32) {
+                        let msg = format!("bar.sync with a thread count of {count} (only the whole block is supported)");
+                        return Err(self.exec_err(ctx, inst, exec, &msg));
+                    }
+                }
                 self.waiting |= exec;
                 for l in lanes(exec) {
                     self.pc[l] = pc;
