@@ -69,14 +69,15 @@ pub enum SimError {
     },
     /// Two threads touched the same shared byte between two barriers and at least one wrote it.
     #[error(
-        "shared-memory race at shared offset {offset:#x}: this {access} conflicts with a {other_access} by thread \
-         ({},{},{}) since the last barrier: {site}", other_thread[0], other_thread[1], other_thread[2]
+        "shared-memory race at shared offset {offset:#x}: this {access} conflicts with a {other_access} by {} since \
+         the last barrier: {site}", other(other_thread)
     )]
     SharedRace {
         site: Box<Site>,
         offset: u64,
         access: &'static str,
         other_access: &'static str,
+        /// The other thread, or `[u32::MAX; 3]` when several threads read the byte.
         other_thread: [u32; 3],
     },
     /// A read of shared memory that no thread of the block has written since the launch.
@@ -88,6 +89,15 @@ pub enum SimError {
     /// An instruction could not execute (bad operand for this simulator, call depth, …).
     #[error("{msg}: {site}")]
     Exec { site: Box<Site>, msg: String },
+}
+
+/// Names the other party of a race.
+fn other(t: &[u32; 3]) -> String {
+    if t[0] == u32::MAX {
+        "several threads".to_string()
+    } else {
+        format!("thread ({},{},{})", t[0], t[1], t[2])
+    }
 }
 
 /// The result type of rankfold-ptxsim.
