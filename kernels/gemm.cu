@@ -7,7 +7,9 @@ Traffic:   minimum 2·(m·k + n·k) + s_c·m·n B (s_c = 2 or 4; twice that with
            m = n = k = 4096: 1.4e11 FLOPs over ≥ 100 MB of DRAM traffic (1,400 FLOP/B) → compute-bound, ≥ 0.17 ms at
            the H200's 790 TFLOP/s bf16 roofline (mma.sync, without wgmma, reaches perhaps 60–70% of it). Each CTA
            tile loads (128 + 128)·32·2 = 16 KiB from L2 per k-step for 2·128·128·32 FLOPs → 64 FLOP/B, so 600 TFLOP/s
-           also needs ~9 TB/s of L2 bandwidth: larger CTA tiles (or wgmma on sm_90) are the next step.
+           also needs ~9 TB/s of L2 bandwidth: larger CTA tiles (or wgmma on sm_90) are the next step. Bytes the
+           kernel requests: 2·k·(m·⌈n/128⌉ + n·⌈m/128⌉) read (A once per CTA column, B once per CTA row), s_c·m·n
+           written (ptxsim counts exactly this; tests/it/gemm.rs checks it).
 Launch:    CTA tile 128×128×32, 256 threads = 8 warps as 2 (m) × 4 (n), warp tile 64×32 = 4×4 m16n8 fragments;
            grid = (ceil(n/128), ceil(m/128)); 48 KiB static shared memory (three stages of A and B tiles: two k tiles
            in flight while one is computed, one barrier per k tile; XOR-swizzled 16-byte chunks so that ldmatrix and

@@ -74,6 +74,38 @@ fn gemm_matches_the_cpu_twin() -> Result<()> {
     Ok(())
 }
 
+/// On ptxsim, the aligned path moves exactly the bytes the header's Traffic line predicts (each CTA reads its A
+/// row block and B column block once per k tile; C is written once), issues one mma per fragment and k step,
+/// and its swizzled shared-memory tiles see no bank conflicts.
+#[test]
+fn gemm_counters_match_the_header_on_ptxsim() -> Result<()> {
+    let sim = Arc::new(rankfold_ptxsim::SimRuntime::new());
+    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let mut rng = Rng::new(0xC0C0);
+    let (m, n, k) = (256, 256, 96);
+    for layout in [GemmLayout::Nt, GemmLayout::Nn] {
+        let p = GemmParams::packed(layout, m, n, k);
+        let a: Vec<bf16> = random(&mut rng, m * k, -1.0, 1.0);
+        let b: Vec<bf16> = random(&mut rng, n * k, -1.0, 1.0);
+        let (ga, gb, gc) =
+            (GpuBuffer::from_slice(&rt, &a)?, GpuBuffer::from_slice(&rt, &b)?, GpuBuffer::zeroed(&rt, 2 * m * n)?);
+        gemm::gemm(&rt, &p, FloatType::Bf16, &ga, &gb, &gc)?;
+        let c = sim.last_counters();
+        let (mt, nt, kt) = (m.div_ceil(128) as u64, n.div_ceil(128) as u64, k.div_ceil(32) as u64);
+        let reads = 2 * k as u64 * (m as u64 * nt + n as u64 * mt);
+        anyhow::ensure!(
+            c.global_read_bytes == reads,
+            "{layout:?}: read {} B, header says {reads}",
+            c.global_read_bytes
+        );
+        anyhow::ensure!(c.global_write_bytes == 2 * (m * n) as u64, "{layout:?}: wrote {} B", c.global_write_bytes);
+        // 8 warps × 16 fragments × 2 k steps per k tile and CTA.
+        anyhow::ensure!(c.mma == mt * nt * kt * 256, "{layout:?}: {} mma", c.mma);
+        anyhow::ensure!(c.bank_conflicts == 0, "{layout:?}: {} bank conflicts", c.bank_conflicts);
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
     for (_, rt) in runtimes()? {
