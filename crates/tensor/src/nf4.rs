@@ -8,6 +8,7 @@
 //! `W.quant_state.bitsandbytes__nf4`: the u8 bytes of a JSON object with `quant_type`, `blocksize`, `dtype`,
 //! `shape` and, when double-quantized, `nested_blocksize`, `nested_dtype`, `nested_offset`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,8 +40,6 @@ pub struct Nf4Tensor {
     blocksize: usize,
     packed: Vec<u8>,
     scales: Nf4Scales,
-    /// The f32 block scales (expanded once from `scales`), what dequantization multiplies by.
-    absmax: Vec<f32>,
 }
 
 fn nf4_err(op: &'static str, e: impl std::fmt::Display) -> Error {
@@ -99,21 +98,18 @@ impl Nf4Tensor {
         }
         let n = shape.elem_count();
         let nblocks = n.div_ceil(blocksize.max(1));
-        let absmax = match &scales {
-            Nf4Scales::Plain(a) => a.clone(),
+        let stored = match &scales {
+            Nf4Scales::Plain(a) => a.len(),
             Nf4Scales::Double(dq) => {
-                let mut a = vec![0f32; dq.codes.len()];
-                nf4::double_dequantize(dq, &mut a).map_err(|e| nf4_err(OP, e))?;
-                a
+                // Checks the nested scales against the codes.
+                nf4::double_dequantize_range(dq, 0, &mut []).map_err(|e| nf4_err(OP, e))?;
+                dq.codes.len()
             }
         };
-        if absmax.len() != nblocks {
+        if stored != nblocks {
             return Err(nf4_err(
                 OP,
-                format!(
-                    "{n} elements in blocks of {blocksize} need {nblocks} scales, got {}",
-                    absmax.len()
-                ),
+                format!("{n} elements in blocks of {blocksize} need {nblocks} scales, got {stored}"),
             ));
         }
         let t = Nf4Tensor {
@@ -122,9 +118,8 @@ impl Nf4Tensor {
             blocksize,
             packed,
             scales,
-            absmax,
         };
-        t.view().validate(OP).map_err(|e| nf4_err(OP, e))?;
+        t.with_view(|v| v.validate(OP)).map_err(|e| nf4_err(OP, e))?;
         Ok(t)
     }
 
@@ -148,20 +143,56 @@ impl Nf4Tensor {
     pub fn scales(&self) -> &Nf4Scales {
         &self.scales
     }
-    /// The f32 block scales that dequantization uses.
-    pub fn absmax(&self) -> &[f32] {
-        &self.absmax
-    }
-    /// A borrowed view for the `rankfold_kernels::nf4` functions.
-    pub fn view(&self) -> Nf4Ref<'_> {
-        Nf4Ref {
-            packed: &self.packed,
-            absmax: &self.absmax,
-            len: self.shape.elem_count(),
-            blocksize: self.blocksize,
+    /// The f32 block scales that dequantization uses (reconstructed when double-quantized).
+    pub fn absmax(&self) -> Cow<'_, [f32]> {
+        match &self.scales {
+            Nf4Scales::Plain(a) => Cow::Borrowed(a),
+            Nf4Scales::Double(dq) => {
+                let mut a = vec![0f32; dq.codes.len()];
+                nf4::double_dequantize_range(dq, 0, &mut a).expect("from_parts checked the nested scales");
+                Cow::Owned(a)
+            }
         }
     }
-    /// Bytes this takes in memory and on disk (codes and scales).
+
+    /// Runs `f` on a borrowed view of the whole tensor for the `rankfold_kernels::nf4` functions (double-quantized
+    /// scales are reconstructed for the call and dropped after it).
+    pub fn with_view<R>(&self, f: impl FnOnce(Nf4Ref<'_>) -> R) -> R {
+        let absmax = self.absmax();
+        f(Nf4Ref {
+            packed: &self.packed,
+            absmax: &absmax,
+            len: self.shape.elem_count(),
+            blocksize: self.blocksize,
+        })
+    }
+
+    /// A view of the whole blocks covering elements `start..end`, with their scales reconstructed into `scratch`,
+    /// and the index of `start` inside that view. This is how the fused matmul reads one tile without ever holding
+    /// all the f32 scales.
+    pub(crate) fn tile_view<'a>(&'a self, start: usize, end: usize, scratch: &'a mut Vec<f32>) -> (Nf4Ref<'a>, usize) {
+        let n = self.shape.elem_count();
+        let (b0, b1) = (start / self.blocksize, end.min(n).div_ceil(self.blocksize));
+        let (e0, e1) = (b0 * self.blocksize, (b1 * self.blocksize).min(n));
+        let absmax: &[f32] = match &self.scales {
+            Nf4Scales::Plain(a) => &a[b0..b1],
+            Nf4Scales::Double(dq) => {
+                scratch.resize(b1 - b0, 0.0);
+                nf4::double_dequantize_range(dq, b0, scratch).expect("from_parts checked the nested scales");
+                scratch
+            }
+        };
+        // The view starts on a block boundary, and blocks hold an even number of elements, so on a byte too.
+        let view = Nf4Ref {
+            packed: &self.packed[e0 / 2..e1.div_ceil(2)],
+            absmax,
+            len: e1 - e0,
+            blocksize: self.blocksize,
+        };
+        (view, start - e0)
+    }
+
+    /// Bytes this takes in memory and on disk (codes, scales and the two code maps bitsandbytes stores).
     pub fn storage_bytes(&self) -> usize {
         self.packed.len()
             + match &self.scales {
@@ -178,17 +209,20 @@ impl Nf4Tensor {
         let data = match dtype {
             DType::F32 => {
                 let mut v = vec![0f32; n];
-                fast::dequantize(self.view(), &mut v).map_err(|e| nf4_err(OP, e))?;
+                self.with_view(|w| fast::dequantize(w, &mut v))
+                    .map_err(|e| nf4_err(OP, e))?;
                 float_into_data(v, DType::F32)
             }
             DType::F16 => {
                 let mut v = vec![half::f16::ZERO; n];
-                fast::dequantize(self.view(), &mut v).map_err(|e| nf4_err(OP, e))?;
+                self.with_view(|w| fast::dequantize(w, &mut v))
+                    .map_err(|e| nf4_err(OP, e))?;
                 crate::cpu::CpuData::F16(v)
             }
             DType::BF16 => {
                 let mut v = vec![half::bf16::ZERO; n];
-                fast::dequantize(self.view(), &mut v).map_err(|e| nf4_err(OP, e))?;
+                self.with_view(|w| fast::dequantize(w, &mut v))
+                    .map_err(|e| nf4_err(OP, e))?;
                 crate::cpu::CpuData::BF16(v)
             }
             dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
@@ -395,7 +429,7 @@ impl Tensor {
         }
         let m = self.elem_count() / k.max(1);
         let x = self.to_dtype(DType::F32)?.to_vec::<f32>()?;
-        let y = nf4_matmul::forward(&x, m, w.view(), n, k);
+        let y = nf4_matmul::forward(&x, m, w, n, k);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("x has at least one dim") = n;
         let storage = Storage::Cpu(CpuStorage::new(float_into_data(y, DType::F32)));
@@ -422,7 +456,7 @@ pub(crate) fn nf4_linear_backward(g: &Tensor, w: &Nf4Tensor, x_shape: &Shape) ->
     let (n, k) = (w.shape().dims()[0], w.shape().dims()[1]);
     let m = g.elem_count() / n.max(1);
     let dy = g.to_dtype(DType::F32)?.to_vec::<f32>()?;
-    let dx = nf4_matmul::backward_x(&dy, m, w.view(), n, k);
+    let dx = nf4_matmul::backward_x(&dy, m, w, n, k);
     let t = Tensor::from_op(
         Storage::Cpu(CpuStorage::new(float_into_data(dx, DType::F32))),
         x_shape.clone(),

@@ -201,22 +201,36 @@ pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
 
 /// Reconstructs the f32 block scales: `code[q] · nested_absmax[i / 256] + offset`, two f32 roundings.
 pub fn double_dequantize(dq: &DoubleQuant, out: &mut [f32]) -> Result<()> {
+    check_len("nf4::double_dequantize", "out", out.len(), dq.codes.len())?;
+    double_dequantize_range(dq, 0, out)
+}
+
+/// Reconstructs block scales `first .. first + out.len()` only (what one tile of a fused matmul needs).
+pub fn double_dequantize_range(dq: &DoubleQuant, first: usize, out: &mut [f32]) -> Result<()> {
     const OP: &str = "nf4::double_dequantize";
-    check_len(OP, "out", out.len(), dq.codes.len())?;
     if dq.nested_absmax.len() != dq.codes.len().div_ceil(NESTED_BLOCKSIZE) {
         return Err(shape_err(
             OP,
             format!(
                 "{} codes need {} nested absmax values, got {}",
                 dq.codes.len(),
-                dq.codes.len().div_ceil(256),
+                dq.codes.len().div_ceil(NESTED_BLOCKSIZE),
                 dq.nested_absmax.len()
             ),
         ));
     }
+    let codes = first
+        .checked_add(out.len())
+        .and_then(|end| dq.codes.get(first..end))
+        .ok_or_else(|| {
+            shape_err(
+                OP,
+                format!("scales {first}..+{} exceed {} blocks", out.len(), dq.codes.len()),
+            )
+        })?;
     let code = dynamic_map_signed();
-    for (i, (o, &q)) in out.iter_mut().zip(&dq.codes).enumerate() {
-        let scaled = code[q as usize] * dq.nested_absmax[i / NESTED_BLOCKSIZE];
+    for (i, (o, &q)) in out.iter_mut().zip(codes).enumerate() {
+        let scaled = code[q as usize] * dq.nested_absmax[(first + i) / NESTED_BLOCKSIZE];
         *o = scaled + dq.offset;
     }
     Ok(())

@@ -34,9 +34,11 @@ pub mod cpu;
 mod dq;
 mod dynamic_map;
 pub mod fast;
+pub mod launch;
 
 pub use dq::{
-    double_dequantize, double_quantize, double_quantize_with_offset, dynamic_map_signed, mean_offset, DoubleQuant,
+    double_dequantize, double_dequantize_range, double_quantize, double_quantize_with_offset, dynamic_map_signed,
+    mean_offset, DoubleQuant,
 };
 pub use dynamic_map::DYNAMIC_MAP_SIGNED_BITS;
 

@@ -3,7 +3,9 @@
 //! a full-precision copy of its weight. Each tile is multiplied with the `gemm` crate.
 
 use gemm::Parallelism;
-use rankfold_kernels::nf4::{fast, Nf4Ref};
+use rankfold_kernels::nf4::fast;
+
+use crate::nf4::Nf4Tensor;
 use rayon::prelude::*;
 
 /// The tile buffer's target size in bytes (half of a Zen 4 core's 1 MiB L2).
@@ -14,11 +16,14 @@ fn tile_rows(n: usize, k: usize) -> usize {
     (TILE_BYTES / 4 / k.max(1)).clamp(1, n.max(1))
 }
 
-/// Dequantizes rows `r0 .. r0 + rows` of `w` (`[n, k]`) into `buf [rows, k]`, rows split across threads.
-fn dequantize_rows(w: Nf4Ref<'_>, k: usize, r0: usize, buf: &mut [f32]) {
+/// Dequantizes rows `r0 .. r0 + rows` of `w` (`[n, k]`) into `buf [rows, k]`, eight rows per thread task, each
+/// task reconstructing only the block scales its rows need.
+fn dequantize_rows(w: &Nf4Tensor, k: usize, r0: usize, buf: &mut [f32]) {
     buf.par_chunks_mut(k.max(1) * 8).enumerate().for_each(|(c, dst)| {
-        fast::dequantize_range(w, (r0 + c * 8) * k, dst)
-            .expect("the tile lies inside the weight (checked by the caller)");
+        let start = (r0 + c * 8) * k;
+        let mut scratch = Vec::new();
+        let (view, at) = w.tile_view(start, start + dst.len(), &mut scratch);
+        fast::dequantize_range(view, at, dst).expect("the tile lies inside the weight (checked by the caller)");
     });
 }
 
@@ -32,9 +37,9 @@ fn parallelism(macs: usize) -> Parallelism {
 }
 
 /// `y [m, n] = x [m, k] · Ŵᵀ` where `w` holds `Ŵ [n, k]` row-major.
-pub(crate) fn forward(x: &[f32], m: usize, w: Nf4Ref<'_>, n: usize, k: usize) -> Vec<f32> {
+pub(crate) fn forward(x: &[f32], m: usize, w: &Nf4Tensor, n: usize, k: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "nf4_matmul: x is [m, k]");
-    assert_eq!(w.len, n * k, "nf4_matmul: the weight is [n, k]");
+    assert_eq!(w.shape().elem_count(), n * k, "nf4_matmul: the weight is [n, k]");
     let mut y = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
         return y;
@@ -76,9 +81,13 @@ pub(crate) fn forward(x: &[f32], m: usize, w: Nf4Ref<'_>, n: usize, k: usize) ->
 }
 
 /// `dx [m, k] = dy [m, n] · Ŵ` where `w` holds `Ŵ [n, k]` row-major (the gradient of `forward` for `x`).
-pub(crate) fn backward_x(dy: &[f32], m: usize, w: Nf4Ref<'_>, n: usize, k: usize) -> Vec<f32> {
+pub(crate) fn backward_x(dy: &[f32], m: usize, w: &Nf4Tensor, n: usize, k: usize) -> Vec<f32> {
     assert_eq!(dy.len(), m * n, "nf4_matmul backward: dy is [m, n]");
-    assert_eq!(w.len, n * k, "nf4_matmul backward: the weight is [n, k]");
+    assert_eq!(
+        w.shape().elem_count(),
+        n * k,
+        "nf4_matmul backward: the weight is [n, k]"
+    );
     let mut dx = vec![0f32; m * k];
     if m == 0 || n == 0 || k == 0 {
         return dx;
