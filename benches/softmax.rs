@@ -48,7 +48,7 @@ fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()
 fn cpu_twin(c: &mut Criterion) {
     let s = CPU_SHAPE;
     let x = random_f32(&mut Rng::new(1), s.rows * s.cols);
-    let mut group = c.benchmark_group("softmax");
+    let mut group = c.benchmark_group("softmax_kernel");
     group.throughput(Throughput::Elements((s.rows * s.cols) as u64));
     group.bench_function(BenchmarkId::new("cpu_twin_forward", format!("{}x{}", s.rows, s.cols)), |bench| {
         bench.iter(|| cpu::forward(s, &x).expect("valid shape"))
@@ -64,7 +64,7 @@ fn sim(c: &mut Criterion) {
     let y = GpuBuffer::zeroed(&rt, 4 * s.rows * s.cols).expect("simulated output");
     softmax::forward(&rt, FloatType::F32, s, &x, &y).expect("simulated softmax");
     let insts = sim.last_counters().total_thread_insts();
-    let mut group = c.benchmark_group("softmax");
+    let mut group = c.benchmark_group("softmax_kernel");
     group.sample_size(10);
     group.throughput(Throughput::Elements(insts));
     group.bench_function(BenchmarkId::new("ptxsim_thread_insts", format!("{}x{}", s.rows, s.cols)), |bench| {
@@ -81,7 +81,7 @@ fn cuda(c: &mut Criterion) {
     let rt: Arc<dyn GpuRuntime> = Arc::new(cuda);
     let flush = GpuBuffer::zeroed(&rt, FLUSH_BYTES).expect("L2 flush buffer");
     let mut rng = Rng::new(3);
-    let mut group = c.benchmark_group("softmax");
+    let mut group = c.benchmark_group("softmax_kernel");
     group.sample_size(10);
     for s in GPU_SHAPES {
         let n = s.rows * s.cols;

@@ -22,11 +22,15 @@ struct BenchFile {
 }
 
 /// The bench files, in the order they run and their rows print.
-const BENCH_FILES: [BenchFile; 4] = [
+const BENCH_FILES: [BenchFile; 8] = [
     BenchFile { file: "matmul", groups: &["matmul"] },
     BenchFile { file: "ops", groups: &["softmax", "rms_norm"] },
     BenchFile { file: "optim", groups: &["adamw"] },
     BenchFile { file: "nf4", groups: &["nf4"] },
+    BenchFile { file: "elementwise", groups: &["elementwise"] },
+    BenchFile { file: "softmax", groups: &["softmax_kernel"] },
+    BenchFile { file: "gemm", groups: &["gemm"] },
+    BenchFile { file: "ptxsim", groups: &["ptxsim"] },
 ];
 
 /// The options of `cargo xtask bench`.
