@@ -804,3 +804,13 @@ fn every_shipped_module_parses() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn device_printf_is_skipped() -> Result<()> {
+    let (sim, rt) = runtime();
+    let n = 45usize;
+    let yb = GpuBuffer::zeroed(&rt, 4 * n)?;
+    run(&sim, "sim_printf", cfg(n, 32), &[ptr(&yb), KernelArg::I32(n as i32)])?;
+    ensure!(yb.to_vec::<i32>()? == (0..n as i32).map(|i| 3 * i).collect::<Vec<_>>(), "sim_printf");
+    Ok(())
+}

@@ -118,6 +118,9 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
         for inst in &module.functions[order[i]].code {
             if let Op::Call { func } = inst.op {
                 let f = func as usize;
+                if is_printf(module, f) {
+                    continue;
+                }
                 if f == root || module.functions[f].is_entry {
                     return Err(SimError::Parse {
                         line: inst.line,
@@ -246,6 +249,12 @@ fn shared_layout(module: &Module, layout: &Layout, order: &[usize]) -> Layout {
     out
 }
 
+/// Whether function `f` is the body-less `vprintf` that `printf` in CUDA compiles to.
+fn is_printf(module: &Module, f: usize) -> bool {
+    let fun = &module.functions[f];
+    fun.name == "vprintf" && fun.code.is_empty()
+}
+
 fn check_no_recursion(module: &Module, order: &[usize]) -> Result<()> {
     // Depth-first search for a cycle among the reachable functions.
     fn visit(module: &Module, f: usize, stack: &mut Vec<usize>) -> Result<()> {
@@ -326,6 +335,12 @@ fn link_inst(
         out.guard = Some((r + p.reg_base, n));
     }
     if let Op::Call { func } = inst.op {
+        if is_printf(module, func as usize) {
+            // Device-side printf prints nothing here; the call is skipped.
+            out.op = Op::Nop;
+            out.args.clear();
+            return Ok(out);
+        }
         let callee = placed
             .iter()
             .find(|q| q.func == func as usize)

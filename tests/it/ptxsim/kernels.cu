@@ -160,3 +160,13 @@ extern "C" __global__ void sim_module_vars(const float* x, float* out, unsigned*
     out[i] = sim_coef[i % 4] * x[i];
     order[i] = atomicAdd(&sim_ticket, 1u);
 }
+
+extern "C" __device__ int vprintf(const char* format, const char* args);
+
+// Device printf (what printf compiles to) is skipped by the simulator; the kernel still runs: y[i] = 3·i.
+extern "C" __global__ void sim_printf(int* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    vprintf("thread %d\n", (const char*)&i);
+    y[i] = 3 * i;
+}
