@@ -132,7 +132,7 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
         MulMode::Lo
     };
     let fc = float_class(ty);
-    let r = match base {
+    let r: (Op, Class) = match base {
         "add" | "sub" | "addc" | "subc" => {
             need_ty()?;
             if ty.is_float() {
@@ -597,5 +597,36 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             )))
         }
     };
+    let need = min_operands(&r.0);
+    if args.len() < need {
+        return Err(bad(format!(
+            "`{}` needs at least {need} operands, found {}",
+            parts.join("."),
+            args.len()
+        )));
+    }
     Ok(r)
+}
+
+/// The fewest operands each operation reads or writes (the executor indexes them without further checks).
+fn min_operands(op: &Op) -> usize {
+    match op {
+        Op::Ret | Op::Exit | Op::Bar | Op::BarWarp | Op::Trap | Op::Nop | Op::Call { .. } => 0,
+        Op::Bra | Op::Activemask => 1,
+        Op::IntUn { .. } | Op::FUn { .. } | Op::Mov { .. } | Op::Cvt { .. } | Op::Cvta { .. } => 2,
+        Op::Ld { .. } | Op::St { .. } | Op::Ldmatrix { .. } | Op::Vote { .. } => 2,
+        Op::Isspacep { .. } | Op::Testp { .. } => 2,
+        Op::Atom { ret, .. } => 2 + usize::from(*ret),
+        Op::Int { .. }
+        | Op::Mul { .. }
+        | Op::FBin { .. }
+        | Op::Copysign { .. }
+        | Op::Redux { .. } => 3,
+        Op::CpAsync { .. } => 3,
+        Op::Mul24 { mad, .. } => 3 + usize::from(*mad),
+        Op::Setp { bool_op, .. } => 3 + usize::from(bool_op.is_some()),
+        Op::Mad { .. } | Op::Sad { .. } | Op::Bfe { .. } | Op::Prmt { .. } | Op::Shf { .. } => 4,
+        Op::Fma { .. } | Op::Selp { .. } | Op::Dp4a { .. } | Op::Mma { .. } | Op::Shfl { .. } => 4,
+        Op::Bfi { .. } | Op::Lop3 => 5,
+    }
 }

@@ -537,6 +537,9 @@ impl<'a> Parser<'a> {
                     }
                 }
                 self.pos += 1;
+                if items.is_empty() && c == '{' {
+                    return err(line, "empty vector operand");
+                }
                 Ok(Opnd::Vec(items))
             }
             Tok::Punct('[') => {
