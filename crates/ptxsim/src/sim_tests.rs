@@ -240,3 +240,32 @@ fn generic_windows_round_trip() {
                 add.u32 %r10, %r11, %r12;\nadd.u32 %r10, %r10, %r13;\nadd.u32 %r10, %r10, %r14;";
     check(body, 50, |_, [a, _, _]| (a & 4095) + 10000 + 40000);
 }
+
+#[test]
+fn malformed_ptx_is_an_error_not_a_panic() {
+    // Drop lines of a real module one at a time: parsing must fail cleanly or succeed, never panic; every
+    // fifth mutant is also linked (the launch has no arguments, so it stops at the argument check after linking).
+    let src = include_str!("../../../tests/it/ptxsim/kernels.ptx");
+    let lines: Vec<&str> = src.lines().collect();
+    let sim = SimRuntime::new();
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(1),
+        shared_bytes: 0,
+    };
+    for skip in (0..lines.len()).step_by(3) {
+        let text: String = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        if let Ok(m) = parse(&text) {
+            if skip % 15 == 0 {
+                for entry in m.entry_names() {
+                    assert!(sim.launch_ptx("mutant", &text, &entry, cfg, &[]).is_err());
+                }
+            }
+        }
+    }
+}
