@@ -24,3 +24,5 @@ mod gemm;
 mod ptxsim;
 // NF4 against the committed bitsandbytes fixtures bit for bit; fast path vs twin; round trip; bnb files.
 mod nf4;
+// kernels/nf4.cu on ptxsim against the NF4 twin: quantize/dequantize/double quantization bit for bit, GEMV, coalescing.
+mod nf4_gpu;

@@ -128,4 +128,20 @@ kernel_table! {
         GemmNnBf16 = "gemm_nn_bf16",
         GemmNnBf16F32 = "gemm_nn_bf16_f32",
     }
+    Nf4 = "nf4" {
+        Nf4QuantizeF32 = "nf4_quantize_f32",
+        Nf4QuantizeF16 = "nf4_quantize_f16",
+        Nf4QuantizeBf16 = "nf4_quantize_bf16",
+        Nf4DequantizeF32 = "nf4_dequantize_f32",
+        Nf4DequantizeF16 = "nf4_dequantize_f16",
+        Nf4DequantizeBf16 = "nf4_dequantize_bf16",
+        Nf4DoubleQuantizeF32 = "nf4_double_quantize_f32",
+        Nf4DoubleDequantizeF32 = "nf4_double_dequantize_f32",
+        Nf4GemvM1Bf16 = "nf4_gemv_m1_bf16",
+        Nf4GemvM4Bf16 = "nf4_gemv_m4_bf16",
+        Nf4GemvM16Bf16 = "nf4_gemv_m16_bf16",
+        Nf4GemvDqM1Bf16 = "nf4_gemv_dq_m1_bf16",
+        Nf4GemvDqM4Bf16 = "nf4_gemv_dq_m4_bf16",
+        Nf4GemvDqM16Bf16 = "nf4_gemv_dq_m16_bf16",
+    }
 }
