@@ -316,7 +316,12 @@ fn corrupt_quant_state_names_file_and_tensor() -> Result<()> {
 #[test]
 fn nf4_linear_matches_the_dequantized_composition() -> Result<()> {
     use rankfold_tensor::{Nf4Tensor, Tensor};
-    for (seed, (b, t, n, k)) in [(1u64, (2, 3, 17, 70)), (2, (1, 5, 300, 1000)), (3, (3, 1, 1, 33)), (4, (2, 70, 700, 130))] {
+    for (seed, (b, t, n, k)) in [
+        (1u64, (2, 3, 17, 70)),
+        (2, (1, 5, 300, 1000)),
+        (3, (3, 1, 1, 33)),
+        (4, (2, 70, 700, 130)),
+    ] {
         let w = std::sync::Arc::new(Nf4Tensor::quantize(
             &Tensor::from_vec(sample::<f32>(seed, n * k), (n, k), Device::Cpu)?,
             64,
@@ -434,4 +439,19 @@ fn quantize_cli_writes_bnb_layout_and_refuses_bad_paths() -> Result<()> {
     );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// The portable build of the fast path (what a CPU without AVX-512 runs) equals the twin too.
+#[test]
+fn portable_fast_path_equals_twin() -> Result<()> {
+    fast::set_portable_only(true);
+    let r = [(1u64, 4099usize, 64usize), (2, 777, 32), (3, 9000, 4096), (4, 1, 128)]
+        .into_iter()
+        .try_for_each(|(seed, n, bs)| -> Result<()> {
+            fast_equals_twin::<f32>(seed, n, bs)?;
+            fast_equals_twin::<bf16>(seed, n, bs)?;
+            fast_equals_twin::<f16>(seed, n, bs)
+        });
+    fast::set_portable_only(false);
+    r
 }

@@ -15,6 +15,15 @@ const TASK_ELEMS: usize = 1 << 16;
 /// Codes computed into a stack buffer before packing (a multiple of every blocksize below 64 and of 2).
 const CODE_CHUNK: usize = 64;
 
+/// When set, the fast path skips its AVX-512 versions (so tests can check the portable build on any machine).
+static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the fast path use only its portable (baseline instruction set) loops from now on, or not. Results are
+/// bit-identical either way; this exists so that tests exercise both builds on an AVX-512 machine.
+pub fn set_portable_only(on: bool) {
+    PORTABLE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Runs `$body` (an expression using only inlined generic helpers) under the best instruction set available.
 macro_rules! multiversion {
     ($name:ident < $($g:ident : $b:path),* > ($($arg:ident : $ty:ty),*) -> $ret:ty $body:block) => {
@@ -27,7 +36,8 @@ macro_rules! multiversion {
                 unsafe fn wide<$($g: $b),*>($($arg: $ty),*) -> $ret {
                     generic::<$($g),*>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
+                if !PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx2")
