@@ -2,7 +2,7 @@
 //! its library GEMM is a plain CPU loop standing in for cuBLAS.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rankfold_kernels::{
     DevicePtr, Error as KError, GemmConfig, GpuRuntime, KernelArg, Launch, LaunchConfig,
@@ -24,7 +24,7 @@ const DEFAULT_MEMORY: usize = 141 * 1000 * 1000 * 1000;
 #[derive(Debug)]
 struct Loaded {
     source: String,
-    module: Module,
+    module: Arc<Module>,
     layout: Layout,
     programs: HashMap<String, Arc<Program>>,
 }
@@ -105,7 +105,7 @@ impl SimRuntime {
         let st = &mut *st;
         let stale = st.named.get(source_name).is_none_or(|l| l.source != ptx);
         if stale {
-            let loaded = load(&mut st.mem, ptx)?;
+            let loaded = load(&mut st.mem, ptx, Arc::new(parse(ptx)?))?;
             st.named.insert(source_name.to_string(), loaded);
         }
         let loaded = st.named.get_mut(source_name).expect("inserted above");
@@ -114,8 +114,27 @@ impl SimRuntime {
     }
 }
 
-fn load(mem: &mut DeviceMemory, ptx: &str) -> Result<Loaded> {
-    let module = parse(ptx)?;
+/// The parsed form of a shipped module, parsed once per process (modules are immutable; only their variables'
+/// placement is per runtime).
+fn shipped(m: PtxModule) -> Result<Arc<Module>> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, Arc<Module>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(p) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&m.index())
+    {
+        return Ok(p.clone());
+    }
+    let parsed = Arc::new(parse(m.ptx())?);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(m.index(), parsed.clone());
+    Ok(parsed)
+}
+
+fn load(mem: &mut DeviceMemory, ptx: &str, module: Arc<Module>) -> Result<Loaded> {
     let layout = Layout::new(&module, |size, init| {
         let addr = mem.alloc(size).ok_or_else(|| SimError::Launch {
             kernel: "(module load)".into(),
@@ -320,7 +339,7 @@ impl GpuRuntime for SimRuntime {
         let mut st = self.lock();
         let st = &mut *st;
         if st.modules[module.index()].is_none() {
-            let loaded = load(&mut st.mem, module.ptx())?;
+            let loaded = load(&mut st.mem, module.ptx(), shipped(module)?)?;
             st.modules[module.index()] = Some(loaded);
         }
         let loaded = st.modules[module.index()].as_mut().expect("loaded above");

@@ -269,3 +269,13 @@ fn malformed_ptx_is_an_error_not_a_panic() {
         }
     }
 }
+
+#[test]
+#[ignore = "timing probe"]
+fn parse_speed_probe() {
+    for m in rankfold_kernels::PtxModule::ALL {
+        let t = std::time::Instant::now();
+        let module = parse(m.ptx()).expect("shipped PTX parses");
+        eprintln!("{}: {} entries in {:?}", m.stem(), module.entry_names().len(), t.elapsed());
+    }
+}
