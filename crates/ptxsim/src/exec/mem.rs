@@ -204,8 +204,8 @@ impl Warp {
                     tg[l] = target(Space::Shared, self.addr_of(&a[1], l));
                 }
                 self.account(inst, ctx, Space::Shared, &tg, need, 16, false);
-                let mut rows = vec![[0u8; 16]; nrows];
-                for (l, row) in rows.iter_mut().enumerate() {
+                let mut rows = [[0u8; 16]; 32];
+                for (l, row) in rows.iter_mut().enumerate().take(nrows) {
                     self.check_align(ctx, inst, l, tg[l], 16, Access::Load)?;
                     for half in 0..2 {
                         let t = tg[l].offset(8 * half as u64);
@@ -213,7 +213,7 @@ impl Warp {
                         row[8 * half..8 * half + 8].copy_from_slice(&v.to_le_bytes());
                     }
                 }
-                let frags = crate::mma::ldmatrix(usize::from(num), trans, &rows);
+                let frags = crate::mma::ldmatrix(usize::from(num), trans, &rows[..nrows]);
                 let Opnd::Vec(dst) = &a[0] else {
                     return Err(self.exec_err(
                         ctx,

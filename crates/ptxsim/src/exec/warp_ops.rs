@@ -95,21 +95,14 @@ impl Warp {
                         "mma.sync needs all 32 lanes of the warp",
                     ));
                 }
-                let vecs: Vec<&[Opnd]> = a
-                    .iter()
-                    .map(|o| match o {
-                        Opnd::Vec(v) => v.as_slice(),
-                        o => std::slice::from_ref(o),
-                    })
-                    .collect();
-                if vecs.len() != 4 {
-                    return Err(self.exec_err(
-                        ctx,
-                        inst,
-                        exec,
-                        "mma.sync needs four operand vectors",
-                    ));
+                if a.len() != 4 {
+                    let msg = "mma.sync needs four operand vectors";
+                    return Err(self.exec_err(ctx, inst, exec, msg));
                 }
+                let vecs: [&[Opnd]; 4] = std::array::from_fn(|i| match &a[i] {
+                    Opnd::Vec(v) => v.as_slice(),
+                    o => std::slice::from_ref(o),
+                });
                 let mut fa = [[0u32; 4]; 32];
                 let mut fb = [[0u32; 2]; 32];
                 let mut fc = [[0f32; 4]; 32];
