@@ -276,6 +276,43 @@ fn parse_speed_probe() {
     for m in rankfold_kernels::PtxModule::ALL {
         let t = std::time::Instant::now();
         let module = parse(m.ptx()).expect("shipped PTX parses");
-        eprintln!("{}: {} entries in {:?}", m.stem(), module.entry_names().len(), t.elapsed());
+        eprintln!(
+            "{}: {} entries in {:?}",
+            m.stem(),
+            module.entry_names().len(),
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn trap_names_the_thread() {
+    let sim = Arc::new(SimRuntime::new());
+    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let n = 100usize;
+    let ib = GpuBuffer::zeroed(&rt, 12 * n).expect("simulated allocation");
+    let ob = GpuBuffer::zeroed(&rt, 4 * n).expect("simulated allocation");
+    let src = kernel("setp.eq.u32 %p1, %r34, 70;\n@%p1 trap;\nmov.u32 %r10, %r1;");
+    let cfg = LaunchConfig {
+        grid: Dim3::x(2),
+        block: Dim3::x(64),
+        shared_bytes: 0,
+    };
+    let args = [
+        KernelArg::Ptr(ib.ptr()),
+        KernelArg::Ptr(ob.ptr()),
+        KernelArg::U32(n as u32),
+    ];
+    let e = sim
+        .launch_ptx("trap", &src, "t", cfg, &args)
+        .expect_err("thread 70 traps");
+    let rankfold_kernels::Error::Backend(b) = e else {
+        panic!("not a backend error: {e}")
+    };
+    match b.downcast::<SimError>().map(|b| *b) {
+        Ok(SimError::Trap { site }) => {
+            assert_eq!((site.block, site.thread), ([1, 0, 0], [6, 0, 0]))
+        }
+        other => panic!("expected a trap, got {other:?}"),
     }
 }
