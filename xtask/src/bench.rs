@@ -22,7 +22,7 @@ struct BenchFile {
 }
 
 /// The bench files, in the order they run and their rows print.
-const BENCH_FILES: [BenchFile; 8] = [
+const BENCH_FILES: [BenchFile; 9] = [
     BenchFile { file: "matmul", groups: &["matmul"] },
     BenchFile { file: "ops", groups: &["softmax", "rms_norm"] },
     BenchFile { file: "optim", groups: &["adamw"] },
@@ -30,6 +30,7 @@ const BENCH_FILES: [BenchFile; 8] = [
     BenchFile { file: "elementwise", groups: &["elementwise"] },
     BenchFile { file: "softmax", groups: &["softmax_kernel"] },
     BenchFile { file: "gemm", groups: &["gemm"] },
+    BenchFile { file: "nf4_gpu", groups: &["nf4_kernel"] },
     BenchFile { file: "ptxsim", groups: &["ptxsim"] },
 ];
 
