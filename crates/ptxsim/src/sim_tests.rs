@@ -316,3 +316,42 @@ fn trap_names_the_thread() {
         other => panic!("expected a trap, got {other:?}"),
     }
 }
+
+#[test]
+fn cp_async_zero_fills_and_counts_only_src_size() {
+    // Thread t copies 16 bytes into shared memory with src-size (5t mod 17), then reads its 16 bytes back.
+    let src = ".version 8.4\n.target sm_80\n.address_size 64\n\
+        .shared .align 16 .b8 sm[1024];\n\
+        .visible .entry cp(.param .u64 cp_in, .param .u64 cp_out)\n{\n\
+        .reg .b32 %r<20>;\n.reg .b64 %rd<20>;\n\
+        ld.param.u64 %rd1, [cp_in];\nld.param.u64 %rd2, [cp_out];\nmov.u32 %r1, %tid.x;\n\
+        mul.lo.u32 %r2, %r1, 5;\nrem.u32 %r3, %r2, 17;\nshl.b32 %r4, %r1, 4;\nmov.u32 %r5, sm;\nadd.u32 %r6, %r5, %r4;\n\
+        cvt.u64.u32 %rd3, %r4;\nadd.s64 %rd4, %rd1, %rd3;\n\
+        cp.async.ca.shared.global [%r6], [%rd4], 16, %r3;\ncp.async.commit_group;\ncp.async.wait_all;\nbar.sync 0;\n\
+        ld.shared.v4.u32 {%r10, %r11, %r12, %r13}, [%r6];\nadd.s64 %rd5, %rd2, %rd3;\n\
+        st.global.v4.u32 [%rd5], {%r10, %r11, %r12, %r13};\nret;\n}\n";
+    let sim = Arc::new(SimRuntime::new());
+    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let input: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
+    let ib = GpuBuffer::from_slice(&rt, &input).expect("simulated allocation");
+    let ob = GpuBuffer::zeroed(&rt, 1024).expect("simulated allocation");
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(64),
+        shared_bytes: 0,
+    };
+    let args = [KernelArg::Ptr(ib.ptr()), KernelArg::Ptr(ob.ptr())];
+    sim.launch_ptx("cp", src, "cp", cfg, &args)
+        .expect("the cp.async kernel runs");
+    let got = ob.to_vec::<u8>().expect("copy back");
+    let mut read = 0u64;
+    for t in 0..64usize {
+        let n = t * 5 % 17;
+        read += n as u64;
+        for b in 0..16 {
+            let want = if b < n { input[16 * t + b] } else { 0 };
+            assert_eq!(got[16 * t + b], want, "thread {t} byte {b}");
+        }
+    }
+    assert_eq!(sim.last_counters().global_read_bytes, read);
+}

@@ -109,7 +109,7 @@ impl Warp {
                 }
                 let esz = ty.size();
                 let total = esz * nvec as usize;
-                self.account(inst, ctx, space, &tg, exec, total, store);
+                self.account(inst, ctx, space, &tg, exec, total, store, None);
                 let access = if store { Access::Store } else { Access::Load };
                 let vals: &[Opnd] = match vo {
                     Opnd::Vec(v) => v,
@@ -143,7 +143,7 @@ impl Warp {
                     tg[l] = target(space, self.addr_of(ao, l));
                 }
                 let size = ty.size();
-                self.account(inst, ctx, space, &tg, exec, size, true);
+                self.account(inst, ctx, space, &tg, exec, size, true, None);
                 for l in lanes(exec) {
                     self.check_align(ctx, inst, l, tg[l], size, Access::Atomic)?;
                     let old = self.read(ctx, blk, inst, l, tg[l], size, Access::Atomic)?;
@@ -163,9 +163,22 @@ impl Warp {
                     tg[l] = target(Space::Shared, self.addr_of(&a[0], l));
                     src[l] = target(Space::Global, self.addr_of(&a[1], l));
                 }
-                self.account(inst, ctx, Space::Global, &src, exec, size, false);
+                let mut src_size = [0usize; 32];
                 for l in lanes(exec) {
-                    let n = a.get(3).map_or(size, |o| self.get(o, l) as usize).min(size);
+                    src_size[l] = a.get(3).map_or(size, |o| self.get(o, l) as usize).min(size);
+                }
+                self.account(
+                    inst,
+                    ctx,
+                    Space::Global,
+                    &src,
+                    exec,
+                    size,
+                    false,
+                    Some(&src_size),
+                );
+                for l in lanes(exec) {
+                    let n = src_size[l];
                     self.check_align(ctx, inst, l, src[l], size, Access::Load)?;
                     self.check_align(ctx, inst, l, tg[l], size, Access::Store)?;
                     // Whole 8-byte (or 4-byte) pieces when the full size is copied, else byte by byte.
@@ -203,7 +216,7 @@ impl Warp {
                 for l in lanes(need) {
                     tg[l] = target(Space::Shared, self.addr_of(&a[1], l));
                 }
-                self.account(inst, ctx, Space::Shared, &tg, need, 16, false);
+                self.account(inst, ctx, Space::Shared, &tg, need, 16, false, None);
                 let mut rows = [[0u8; 16]; 32];
                 for (l, row) in rows.iter_mut().enumerate().take(nrows) {
                     self.check_align(ctx, inst, l, tg[l], 16, Access::Load)?;
@@ -244,19 +257,26 @@ impl Warp {
         exec: u32,
         size: usize,
         store: bool,
+        lane_sizes: Option<&[usize; 32]>,
     ) {
         let c = &mut ctx.counters;
         let mut sectors = [0u64; 64];
         let mut ns = 0;
         let mut shared = [0u64; 32];
         let mut nsh = 0u32;
-        let mut global_lanes = 0u64;
+        let mut global_bytes = 0u64;
         let mut first = None;
         for l in lanes(exec) {
+            first.get_or_insert(tg[l]);
             match tg[l] {
                 Target::Global(addr) => {
-                    global_lanes += 1;
-                    let (s0, s1) = (addr >> 5, (addr + size as u64 - 1) >> 5);
+                    // cp.async reads only its src-size bytes (the rest of the destination is zero-filled).
+                    let sz = lane_sizes.map_or(size, |s| s[l]);
+                    if sz == 0 {
+                        continue;
+                    }
+                    global_bytes += sz as u64;
+                    let (s0, s1) = (addr >> 5, (addr + sz as u64 - 1) >> 5);
                     for s in s0..=s1.min(s0 + 1) {
                         if ns < sectors.len() {
                             sectors[ns] = s;
@@ -270,7 +290,6 @@ impl Warp {
                 }
                 _ => {}
             }
-            first.get_or_insert(tg[l]);
         }
         if space == Space::Generic {
             // Count a generic access under the space its first active lane resolved to.
@@ -286,8 +305,8 @@ impl Warp {
                 c.thread_insts[class as usize] += u64::from(exec.count_ones());
             }
         }
-        if global_lanes > 0 {
-            let bytes = global_lanes * size as u64;
+        if global_bytes > 0 {
+            let bytes = global_bytes;
             if store {
                 c.global_write_bytes += bytes;
             } else {
