@@ -50,12 +50,6 @@ fn err<T>(line: u32, msg: impl Into<String>) -> Result<T> {
     })
 }
 
-/// A variable declaration's parts.
-struct VarDecl {
-    sym: Symbol,
-    elem: ScalarType,
-}
-
 impl<'a> Parser<'a> {
     fn line(&self) -> u32 {
         self.toks
@@ -176,9 +170,9 @@ impl<'a> Parser<'a> {
                         _ => Space::Shared,
                     };
                     let mut d = self.var_decl(space)?;
-                    d.sym.is_extern = is_extern;
+                    d.is_extern = is_extern;
                     self.expect_punct(';')?;
-                    self.module.globals.push(d.sym);
+                    self.module.globals.push(d);
                     is_extern = false;
                 }
                 ".pragma" => {
@@ -192,7 +186,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Parses `[.align N] [.vN] .type name[N]… [= init]` (the space word already consumed).
-    fn var_decl(&mut self, space: Space) -> Result<VarDecl> {
+    fn var_decl(&mut self, space: Space) -> Result<Symbol> {
         let line = self.line();
         let mut align = 0usize;
         let mut vec = 1usize;
@@ -246,7 +240,7 @@ impl<'a> Parser<'a> {
             is_extern: false,
             init,
         };
-        Ok(VarDecl { sym, elem })
+        Ok(sym)
     }
 
     fn initializer(&mut self, elem: ScalarType, out: &mut Vec<u8>) -> Result<()> {
@@ -300,7 +294,7 @@ impl<'a> Parser<'a> {
                 ".reg" => Space::Param,
                 _ => return err(line, format!("expected `.param`, found `{w}`")),
             };
-            out.push(self.var_decl(space)?.sym);
+            out.push(self.var_decl(space)?);
             if self.is_punct(',') {
                 self.pos += 1;
             }
@@ -397,8 +391,8 @@ impl<'a> Parser<'a> {
                     self.instruction(f, &scopes, op, Some((r, neg)), loc, &mut fixups, line)?;
                 }
                 Tok::Word(".reg") => {
-                    let ty = self.word()?;
-                    let _ = ty;
+                    // The register type is not kept: every instruction names the type it operates on.
+                    self.word()?;
                     loop {
                         let name = self.word()?;
                         if self.is_punct('<') {
@@ -435,14 +429,13 @@ impl<'a> Parser<'a> {
                         _ => Space::Const,
                     };
                     let d = self.var_decl(space)?;
-                    let _ = d.elem;
                     self.expect_punct(';')?;
-                    let name = d.sym.name.clone();
+                    let name = d.name.clone();
                     let r = if space == Space::Local {
-                        f.locals.push(d.sym);
+                        f.locals.push(d);
                         SymRef::Local(f.locals.len() as u32 - 1)
                     } else {
-                        self.module.globals.push(d.sym);
+                        self.module.globals.push(d);
                         SymRef::Global(self.module.globals.len() as u32 - 1)
                     };
                     scopes
