@@ -12,7 +12,9 @@ Layout:    x [n] f32/f16/bf16; packed [ceil(n/2)] u8, element 2i in the high nib
 Traffic:   quantize reads s·n B twice (the second pass from L1) and writes n/2 + 4n/bs → ~2.6 B/elem for bf16 at bs 64,
            15 compares per element; dequantize reads n/2 + 4n/bs, writes s·n (16-byte stores); GEMV reads the weight
            once, N·K/2 + 4·N·K/bs B (for 4096×4096 at bs 64: 8.4 + 1.0 MB ≈ 2.2 µs at 4.3 TB/s), x (2·M·K B) from
-           L1/L2, writes 2·M·N → memory-bound on the weight stream up to M ≈ 16 (2·M FLOP per 0.56 B).
+           L1/L2, writes 2·M·N. Per 32 codes a lane spends ~6·32 instructions dequantizing and ~2·32 per row of x
+           (unpack + fma): at M = 1 that is ~3 µs of issue against ~2.2 µs of HBM for 4096×4096 (balanced); past
+           M ≈ 2 the FMAs dominate (M = 16: ~19 µs), where a tensor-core tile (dequantize to shared, mma) would win.
 Launch:    quantize: one warp per block, 8 warps (256 threads) per CTA, grid = ceil(nblocks/8); dequantize: 256
            threads, 8 elements (one u32 of codes) per thread, grid-stride; double (de)quantize: one 256-thread CTA per
            256 scales; GEMV: one warp per weight row, 8 rows per CTA, lane l loads 16-byte chunks (32 codes) l, l+32, …
@@ -80,6 +82,10 @@ __device__ __forceinline__ unsigned code_of(float s) {
     return c;
 }
 
+// log2 of a power of two (the launchers check that blocksize is one): block indices become shifts, not 64-bit
+// divisions.
+__device__ __forceinline__ unsigned log2_pow2(unsigned v) { return __ffs(v) - 1; }
+
 // Copies `count` f32 values from constant memory into shared memory (the caller synchronizes).
 __device__ __forceinline__ void fill_shared(float* dst, const float* src, unsigned count) {
     for (unsigned i = threadIdx.x; i < count; i += blockDim.x) dst[i] = src[i];
@@ -144,9 +150,10 @@ __device__ __forceinline__ void dequantize(const unsigned char* __restrict__ pac
     fill_shared(cb, kCodebook, 16);
     __syncthreads();
     const ull stride = (ull)gridDim.x * blockDim.x;
+    const unsigned shift = log2_pow2(blocksize);
     // Thread t owns elements 8t … 8t+7 (bytes 4t … 4t+3): inside one block, since blocksize ≥ 32.
     for (ull t = (ull)blockIdx.x * blockDim.x + threadIdx.x; 8 * t < n; t += stride) {
-        const float a = absmax[8 * t / blocksize];
+        const float a = absmax[(8 * t) >> shift];
         if (8 * t + 8 <= n) {
             const unsigned w = *reinterpret_cast<const unsigned*>(packed + 4 * t);
             float v[8];
@@ -299,6 +306,7 @@ __device__ __forceinline__ void gemv(const bf16* __restrict__ x,               /
     const unsigned lane = threadIdx.x % 32;
     const ull lo = (ull)row * k_cols, hi = lo + k_cols;
     const ull bytes = ((ull)n_rows * k_cols + 1) / 2;
+    const unsigned shift = log2_pow2(blocksize);
 
     float acc[kRows];
 #pragma unroll
@@ -318,7 +326,7 @@ __device__ __forceinline__ void gemv(const bf16* __restrict__ x,               /
                 else hi8 |= v << (8 * (b - 8));
             }
         }
-        const float a = scales(32 * c / blocksize, map);
+        const float a = scales((32 * c) >> shift, map);
         if (32 * c >= lo && 32 * c + 32 <= hi) {
             chunk_dot<kRows>(acc, lo8, hi8, a, cb, x, m_rows, k_cols, (unsigned)(32 * c - lo));
         } else {
