@@ -20,12 +20,7 @@ const GROUP: &str = "nf4_kernel";
 /// GPU quantize / dequantize sizes: one 4096×4096 weight and a 32 Mi-element tensor, blocksize 64.
 const GPU_LENS: [usize; 2] = [4096 * 4096, 32 << 20];
 /// GPU GEMV shapes (m, n, k): a Llama-7B projection and MLP weight at decode batch 1, 4 and 16.
-const GPU_GEMV: [(usize, usize, usize); 4] = [
-    (1, 4096, 4096),
-    (1, 11008, 4096),
-    (4, 4096, 4096),
-    (16, 4096, 4096),
-];
+const GPU_GEMV: [(usize, usize, usize); 4] = [(1, 4096, 4096), (1, 11008, 4096), (4, 4096, 4096), (16, 4096, 4096)];
 /// Simulated sizes, kept small: the quantize/dequantize length and the GEMV shape.
 const SIM_LEN: usize = 16_384;
 const SIM_GEMV: (usize, usize, usize) = (4, 64, 1024);
@@ -34,9 +29,7 @@ const BLOCKSIZE: usize = 64;
 const FLUSH_BYTES: usize = 256 << 20;
 
 fn normal_bf16(rng: &mut Rng, n: usize) -> Vec<bf16> {
-    (0..n)
-        .map(|_| bf16::from_f32(rng.normal() as f32))
-        .collect()
+    (0..n).map(|_| bf16::from_f32(rng.normal() as f32)).collect()
 }
 
 /// Device buffers of one quantized weight: bf16 source, codes, f32 scales, double-quantized scales.
@@ -84,12 +77,7 @@ fn gemv_bytes(n: usize, k: usize, double: bool) -> u64 {
 /// The runs of one runtime, each a closure that launches once, with its name, shape and throughput.
 type Case<'a> = (&'static str, String, Throughput, Box<dyn Fn() + 'a>);
 
-fn cases<'a>(
-    rt: &'a Arc<dyn GpuRuntime>,
-    w: &'a Weight,
-    out: &'a GpuBuffer,
-    gemv: &'a [Gemv],
-) -> Vec<Case<'a>> {
+fn cases<'a>(rt: &'a Arc<dyn GpuRuntime>, w: &'a Weight, out: &'a GpuBuffer, gemv: &'a [Gemv]) -> Vec<Case<'a>> {
     let n = w.n;
     let mut all: Vec<Case<'a>> = vec![
         (
@@ -97,8 +85,7 @@ fn cases<'a>(
             format!("{n}/bs{BLOCKSIZE}"),
             Throughput::Bytes(quant_bytes(n)),
             Box::new(move || {
-                launch::quantize(rt, Nf4Type::Bf16, n, BLOCKSIZE, &w.x, &w.packed, &w.absmax)
-                    .expect("quantize")
+                launch::quantize(rt, Nf4Type::Bf16, n, BLOCKSIZE, &w.x, &w.packed, &w.absmax).expect("quantize")
             }),
         ),
         (
@@ -106,8 +93,7 @@ fn cases<'a>(
             format!("{n}/bs{BLOCKSIZE}"),
             Throughput::Bytes(quant_bytes(n)),
             Box::new(move || {
-                launch::dequantize(rt, Nf4Type::Bf16, n, BLOCKSIZE, &w.packed, &w.absmax, out)
-                    .expect("dequantize")
+                launch::dequantize(rt, Nf4Type::Bf16, n, BLOCKSIZE, &w.packed, &w.absmax, out).expect("dequantize")
             }),
         ),
     ];
@@ -145,11 +131,7 @@ struct Gemv {
     y: GpuBuffer,
 }
 
-fn gemv_operands(
-    rt: &Arc<dyn GpuRuntime>,
-    rng: &mut Rng,
-    (m, n, k): (usize, usize, usize),
-) -> Gemv {
+fn gemv_operands(rt: &Arc<dyn GpuRuntime>, rng: &mut Rng, (m, n, k): (usize, usize, usize)) -> Gemv {
     Gemv {
         cfg: GemvConfig {
             m,
@@ -190,13 +172,10 @@ fn sim(c: &mut Criterion) {
     for (name, shape, _, run) in cases(&rt, &w, &out, &gemv) {
         // One counted launch gives the thread-instructions per launch that the throughput is quoted in.
         run();
-        group.throughput(Throughput::Elements(
-            sim.last_counters().total_thread_insts(),
-        ));
-        group.bench_function(
-            BenchmarkId::new(format!("ptxsim_{name}_thread_insts"), shape),
-            |b| b.iter(&run),
-        );
+        group.throughput(Throughput::Elements(sim.last_counters().total_thread_insts()));
+        group.bench_function(BenchmarkId::new(format!("ptxsim_{name}_thread_insts"), shape), |b| {
+            b.iter(&run)
+        });
     }
     group.finish();
 }
@@ -209,10 +188,7 @@ fn cuda(c: &mut Criterion) {
     let rt: Arc<dyn GpuRuntime> = Arc::new(cuda);
     let flush = GpuBuffer::zeroed(&rt, FLUSH_BYTES).expect("L2 flush buffer");
     let mut rng = Rng::new(2);
-    let gemv: Vec<Gemv> = GPU_GEMV
-        .iter()
-        .map(|&s| gemv_operands(&rt, &mut rng, s))
-        .collect();
+    let gemv: Vec<Gemv> = GPU_GEMV.iter().map(|&s| gemv_operands(&rt, &mut rng, s)).collect();
     let mut group = c.benchmark_group(GROUP);
     group.sample_size(10);
     for (i, &n) in GPU_LENS.iter().enumerate() {

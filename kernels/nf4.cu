@@ -38,7 +38,7 @@ using rf::nf4::kDynamicMap;
 using rf::nf4::kDynamicMid;
 using rf::nf4::kNestedBlocksize;
 using rf::nf4::kScaleFloor;
-using rf::nf4::kThresholds;
+using rf::nf4::code_of;
 using rf::nf4::kZeroCode;
 
 constexpr unsigned kWarps = 8;  // Warps per CTA of the quantize and GEMV kernels.
@@ -71,15 +71,6 @@ __device__ __forceinline__ float warp_nan_max(float m) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) m = nan_max(m, __shfl_xor_sync(0xffffffffu, m, offset));
     return m;
-}
-
-// The NF4 code of a scaled value: the number of midpoints it exceeds strictly (a midpoint takes the lower code,
-// NaN exceeds none and gets 0), exactly `nf4::code_of`.
-__device__ __forceinline__ unsigned code_of(float s) {
-    unsigned c = 0;
-#pragma unroll
-    for (int t = 0; t < 15; ++t) c += s > kThresholds[t] ? 1u : 0u;
-    return c;
 }
 
 // log2 of a power of two (the launchers check that blocksize is one): block indices become shifts, not 64-bit

@@ -22,11 +22,27 @@ __constant__ float kCodebook[16] = {
     0x1.45f5fep-4f, 0x1.4995c6p-3f, 0x1.f809bap-3f, 0x1.5a0674p-2f, 0x1.c34970p-2f, 0x1.200f56p-1f, 0x1.722766p-1f, 0x1.000000p+0f,
 };
 
-// The 15 midpoints between neighbouring codes: code(v) = #{i : v > kThresholds[i]}.
-__constant__ float kThresholds[15] = {
-    -0x1.b239b0p-1f, -0x1.38a4e0p-1f, -0x1.d70900p-2f, -0x1.5bd4ecp-2f, -0x1.e079d8p-3f, -0x1.1a7178p-3f, -0x1.74f0e2p-5f, 0x1.45f5fep-5f,
-    0x1.ec90c4p-4f, 0x1.a0cfc0p-3f, 0x1.2b05a8p-2f, 0x1.8ea7f2p-2f, 0x1.00da08p-1f, 0x1.491b5ep-1f, 0x1.b913b4p-1f,
-};
+// The NF4 code of a scaled value: the number of the 15 midpoints between neighbouring codes that it exceeds
+// strictly (a value on a midpoint takes the lower code; NaN exceeds none and gets 0).
+__device__ __forceinline__ unsigned code_of(float s) {
+    unsigned c = 0;
+    c += s > -0x1.b239b0p-1f ? 1u : 0u;
+    c += s > -0x1.38a4e0p-1f ? 1u : 0u;
+    c += s > -0x1.d70900p-2f ? 1u : 0u;
+    c += s > -0x1.5bd4ecp-2f ? 1u : 0u;
+    c += s > -0x1.e079d8p-3f ? 1u : 0u;
+    c += s > -0x1.1a7178p-3f ? 1u : 0u;
+    c += s > -0x1.74f0e2p-5f ? 1u : 0u;
+    c += s > 0x1.45f5fep-5f ? 1u : 0u;
+    c += s > 0x1.ec90c4p-4f ? 1u : 0u;
+    c += s > 0x1.a0cfc0p-3f ? 1u : 0u;
+    c += s > 0x1.2b05a8p-2f ? 1u : 0u;
+    c += s > 0x1.8ea7f2p-2f ? 1u : 0u;
+    c += s > 0x1.00da08p-1f ? 1u : 0u;
+    c += s > 0x1.491b5ep-1f ? 1u : 0u;
+    c += s > 0x1.b913b4p-1f ? 1u : 0u;
+    return c;
+}
 
 // bitsandbytes' signed 8-bit dynamic map, ascending.
 __constant__ float kDynamicMap[256] = {

@@ -57,12 +57,7 @@ fn same_f32(a: f32, b: f32) -> bool {
 
 /// Quantizes `x` on `rt` and checks packed bytes and scales against the twin, then dequantizes the twin's result
 /// to every dtype and checks the bits.
-fn quantize_round_trip<T: Elem>(
-    rt: &Arc<dyn GpuRuntime>,
-    what: &str,
-    x: &[T],
-    blocksize: usize,
-) -> Result<()> {
+fn quantize_round_trip<T: Elem>(rt: &Arc<dyn GpuRuntime>, what: &str, x: &[T], blocksize: usize) -> Result<()> {
     let n = x.len();
     let want = cpu::quantize(x, blocksize)?;
     let gx = GpuBuffer::from_slice(rt, x)?;
@@ -89,11 +84,7 @@ fn quantize_round_trip<T: Elem>(
     dequantize_matches::<bf16>(rt, what, &want)
 }
 
-fn dequantize_matches<T: Elem>(
-    rt: &Arc<dyn GpuRuntime>,
-    what: &str,
-    q: &Nf4Quantized,
-) -> Result<()> {
+fn dequantize_matches<T: Elem>(rt: &Arc<dyn GpuRuntime>, what: &str, q: &Nf4Quantized) -> Result<()> {
     let mut want = vec![T::from_f32(0.0); q.len];
     cpu::dequantize(q.view(), &mut want)?;
     let gp = GpuBuffer::from_slice(rt, &q.packed)?;
@@ -158,15 +149,7 @@ fn nf4_double_quantization_matches_the_twin() -> Result<()> {
     for (name, rt) in runtimes()? {
         // One scale, one group, a full group, a group and one, three groups with a short last one, a constant
         // group (all d = 0: codes 0, nested 0), and scales with a NaN.
-        for (n, kind) in [
-            (1, 0),
-            (255, 0),
-            (256, 0),
-            (257, 0),
-            (700, 0),
-            (300, 1),
-            (513, 2),
-        ] {
+        for (n, kind) in [(1, 0), (255, 0), (256, 0), (257, 0), (700, 0), (300, 1), (513, 2)] {
             let mut absmax: Vec<f32> = (0..n)
                 .map(|_| (0.05 + 3.0 * rng.uniform() * rng.uniform()) as f32)
                 .collect();
@@ -189,18 +172,11 @@ fn nf4_double_quantization_matches_the_twin() -> Result<()> {
             );
             let codes = gc.to_vec::<u8>()?;
             if let Some(i) = (0..n).find(|&i| codes[i] != want.codes[i]) {
-                anyhow::bail!(
-                    "{what}: code {i} is {}, the twin's {}",
-                    codes[i],
-                    want.codes[i]
-                );
+                anyhow::bail!("{what}: code {i} is {}, the twin's {}", codes[i], want.codes[i]);
             }
             let nested = gn.to_vec::<f32>()?;
             ensure!(
-                nested
-                    .iter()
-                    .zip(&want.nested_absmax)
-                    .all(|(a, b)| same_f32(*a, *b)),
+                nested.iter().zip(&want.nested_absmax).all(|(a, b)| same_f32(*a, *b)),
                 "{what}: nested {nested:?} vs {:?}",
                 want.nested_absmax
             );
@@ -232,9 +208,7 @@ fn gemv_case(rt: &Arc<dyn GpuRuntime>, rng: &mut Rng, cfg: GemvConfig, double: b
     let what = format!("{} gemv {cfg:?} double={double}", rt.name());
     let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
     let q = cpu::quantize(&w, blocksize)?;
-    let x: Vec<bf16> = (0..m * k)
-        .map(|_| bf16::from_f32(rng.normal() as f32))
-        .collect();
+    let x: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.normal() as f32)).collect();
     let dq = nf4::double_quantize(&q.absmax);
     // The weight the kernel sees: with double quantization, the scales it reconstructs.
     let mut absmax = q.absmax.clone();
@@ -325,9 +299,7 @@ fn nf4_gemv_weight_loads_are_16_byte_and_coalesced() -> Result<()> {
     let mut rng = Rng::new(0xC0A1);
     let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
     let q = cpu::quantize(&w, blocksize)?;
-    let x: Vec<bf16> = (0..m * k)
-        .map(|_| bf16::from_f32(rng.normal() as f32))
-        .collect();
+    let x: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rng.normal() as f32)).collect();
     let (gx, gp, ga) = (
         GpuBuffer::from_slice(&rt, &x)?,
         GpuBuffer::from_slice(&rt, &q.packed)?,
@@ -356,10 +328,7 @@ fn nf4_gemv_weight_loads_are_16_byte_and_coalesced() -> Result<()> {
     );
     let other_requests = iterations * (1 + 4 * m as u64) + (m * n) as u64 + ctas;
     let other_sectors = iterations * (2 + 4 * 32 * m as u64) + (m * n) as u64 + 2 * ctas;
-    let (weight_requests, weight_sectors) = (
-        c.global_requests - other_requests,
-        c.global_sectors - other_sectors,
-    );
+    let (weight_requests, weight_sectors) = (c.global_requests - other_requests, c.global_sectors - other_sectors);
     ensure!(
         weight_requests == weight_bytes / 512 && weight_sectors == weight_bytes / 32,
         "weight stream: {weight_requests} requests / {weight_sectors} sectors, want {} / {} (16-byte coalesced):\n{c}",

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rankfold_kernels::nf4::{
-    dynamic_map_signed, MAX_BLOCKSIZE, MIN_BLOCKSIZE, NESTED_BLOCKSIZE, NF4_CODEBOOK,
-    NF4_THRESHOLDS, SCALE_FLOOR, ZERO_CODE,
+    dynamic_map_signed, MAX_BLOCKSIZE, MIN_BLOCKSIZE, NESTED_BLOCKSIZE, NF4_CODEBOOK, NF4_THRESHOLDS, SCALE_FLOOR,
+    ZERO_CODE,
 };
 
 /// The generated header, relative to the repository root.
@@ -38,8 +38,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
 /// Fails when the committed header differs from what `nf4_header` generates now.
 pub(crate) fn ensure_fresh(root: &Path) -> Result<()> {
     let path = root.join(NF4_HEADER);
-    let have =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let have = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     if have != nf4_header() {
         bail!("{NF4_HEADER} is stale: run `cargo xtask codegen`");
     }
@@ -105,22 +104,25 @@ pub(crate) fn nf4_header() -> String {
         s,
         "// Scales per group of the double (8-bit) quantization of the block scales."
     );
-    let _ = writeln!(
-        s,
-        "constexpr unsigned kNestedBlocksize = {NESTED_BLOCKSIZE};\n"
-    );
+    let _ = writeln!(s, "constexpr unsigned kNestedBlocksize = {NESTED_BLOCKSIZE};\n");
     array(
         &mut s,
         "The 16 NF4 code values, index 0b0000 → 0b1111.",
         "kCodebook",
         &NF4_CODEBOOK,
     );
-    array(
-        &mut s,
-        "The 15 midpoints between neighbouring codes: code(v) = #{i : v > kThresholds[i]}.",
-        "kThresholds",
-        &NF4_THRESHOLDS,
+    // The thresholds go in as immediates of one comparison chain: the compiler keeps them out of memory.
+    let _ = writeln!(
+        s,
+        "// The NF4 code of a scaled value: the number of the 15 midpoints between neighbouring codes that it exceeds\n\
+         // strictly (a value on a midpoint takes the lower code; NaN exceeds none and gets 0)."
     );
+    let _ = writeln!(s, "__device__ __forceinline__ unsigned code_of(float s) {{");
+    let _ = writeln!(s, "    unsigned c = 0;");
+    for t in NF4_THRESHOLDS {
+        let _ = writeln!(s, "    c += s > {} ? 1u : 0u;", hex_f32(t));
+    }
+    let _ = writeln!(s, "    return c;\n}}\n");
     array(
         &mut s,
         "bitsandbytes' signed 8-bit dynamic map, ascending.",
@@ -157,8 +159,7 @@ mod tests {
             let s = s.strip_prefix("0x").unwrap().strip_suffix('f').unwrap();
             let (m, e) = s.split_once('p').unwrap();
             let (lead, frac) = m.split_once('.').unwrap_or((m, "0"));
-            let frac_v =
-                u32::from_str_radix(frac, 16).unwrap() as f64 / 16f64.powi(frac.len() as i32);
+            let frac_v = u32::from_str_radix(frac, 16).unwrap() as f64 / 16f64.powi(frac.len() as i32);
             let v = (lead.parse::<f64>().unwrap() + frac_v) * 2f64.powi(e.parse::<i32>().unwrap());
             (if neg { -v } else { v }) as f32
         };
@@ -173,12 +174,7 @@ mod tests {
             .chain([0.0, -0.0, 1.0, -1.0, 1e-38, f32::MIN_POSITIVE, f32::MAX])
             .filter(|v| v.is_finite())
         {
-            assert_eq!(
-                parse(&hex_f32(v)).to_bits(),
-                v.to_bits(),
-                "{v:e} → {}",
-                hex_f32(v)
-            );
+            assert_eq!(parse(&hex_f32(v)).to_bits(), v.to_bits(), "{v:e} → {}", hex_f32(v));
         }
     }
 }

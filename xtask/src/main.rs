@@ -17,6 +17,7 @@ mod kernels;
 mod nvrtc;
 mod peers;
 mod profile;
+mod profile_nf4;
 mod tidy;
 mod toolchain;
 

@@ -8,6 +8,7 @@
 //! - `softmax_*` [`ROWSxCOLS`] (4096x1024, or x4096 for the `_long` kernels): minimum `2·rows·cols·s` forward,
 //!   `3·rows·cols·s` backward; FLOPs as counted by the simulator; f32 peak.
 //! - `elementwise_*` [`N`] (1048576): contiguous inputs; minimum `(inputs + 1)·n·s`.
+//! - `nf4_*`: see `profile_nf4.rs` (the GEMV report adds a line for its weight stream alone).
 //!
 //! The simulator counts every global load, so a tiled kernel's re-reads of an operand (which a GPU mostly serves
 //! from L2) show up as traffic above the minimum; the report prints that ratio, and the roofline uses the minimum
@@ -149,12 +150,13 @@ fn default_shape(kernel: KernelId) -> &'static str {
         PtxModule::Gemm => "256x256x256",
         PtxModule::Softmax if kernel.name().contains("long") => "512x4096",
         PtxModule::Softmax => "4096x1024",
+        PtxModule::Nf4 => crate::profile_nf4::default_shape(kernel),
         _ => "1048576",
     }
 }
 
 /// Parses `AxBx…` into exactly `n` positive numbers.
-fn dims(shape: &str, n: usize, form: &str) -> Result<Vec<usize>> {
+pub(crate) fn dims(shape: &str, n: usize, form: &str) -> Result<Vec<usize>> {
     let v: Vec<usize> = shape
         .split('x')
         .map(|d| d.trim().parse::<usize>())
@@ -233,6 +235,10 @@ pub(crate) fn workload(kernel: KernelId, shape: &str) -> Result<Workload> {
             };
             (tensors * n * dtype.size() as u64, None, H200_F32_FLOPS)
         }
+        PtxModule::Nf4 => {
+            let (bytes, flops) = crate::profile_nf4::workload(kernel, shape)?;
+            (bytes, flops, H200_F32_FLOPS)
+        }
         #[allow(unreachable_patterns)]
         other => bail!("profile has no workload for the {} family yet", other.stem()),
     };
@@ -307,6 +313,7 @@ fn build(rt: &Arc<dyn GpuRuntime>, kernel: KernelId, shape: &str) -> Result<(Lau
                 }
             }
         }
+        PtxModule::Nf4 => crate::profile_nf4::build(rt, kernel, shape),
         #[allow(unreachable_patterns)]
         other => bail!("profile has no workload for the {} family yet", other.stem()),
     }
@@ -354,6 +361,9 @@ pub(crate) fn render(r: &Report) -> String {
             human_bytes(sector_bytes),
             100.0 * sim_bytes / sector_bytes
         );
+    }
+    if let Some(line) = crate::profile_nf4::weight_stream_line(r.work.kernel, &r.work.shape, c) {
+        s.push_str(&line);
     }
     let flops = r.flops() as f64;
     let t_mem = min / H200_BYTES_PER_S;

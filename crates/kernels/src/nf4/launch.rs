@@ -56,10 +56,7 @@ impl Nf4Type {
 /// A grid of `blocks` CTAs of 256 threads, failing past the CUDA grid limit.
 fn grid(op: &'static str, blocks: usize) -> Result<LaunchConfig> {
     if blocks > i32::MAX as usize {
-        return Err(shape_err(
-            op,
-            format!("{blocks} CTAs exceed the grid limit"),
-        ));
+        return Err(shape_err(op, format!("{blocks} CTAs exceed the grid limit")));
     }
     Ok(LaunchConfig {
         grid: Dim3::x(blocks.max(1) as u32),
@@ -228,13 +225,7 @@ pub fn double_quantize(
     codes: &GpuBuffer,
     nested: &GpuBuffer,
 ) -> Result<f32> {
-    check_buffer(
-        "nf4::launch::double_quantize",
-        "absmax",
-        rt,
-        absmax,
-        nblocks * 4,
-    )?;
+    check_buffer("nf4::launch::double_quantize", "absmax", rt, absmax, nblocks * 4)?;
     let host: Vec<f32> = absmax.to_vec()?;
     let offset = mean_offset(&host[..nblocks]);
     double_quantize_with_offset(rt, nblocks, absmax, offset, codes, nested)?;
@@ -325,10 +316,7 @@ pub fn gemv_launch(
 ) -> Result<Launch> {
     const OP: &str = "nf4::launch::gemv";
     check_blocksize(OP, cfg.blocksize)?;
-    if !(1..=GEMV_MAX_ROWS).contains(&cfg.m)
-        || cfg.n > u32::MAX as usize
-        || cfg.k > u32::MAX as usize
-    {
+    if !(1..=GEMV_MAX_ROWS).contains(&cfg.m) || cfg.n > u32::MAX as usize || cfg.k > u32::MAX as usize {
         return Err(shape_err(
             OP,
             format!("{cfg:?}: m must be in 1..={GEMV_MAX_ROWS}, n and k at most u32::MAX"),
@@ -358,19 +346,9 @@ pub fn gemv_launch(
                 KernelId::Nf4GemvM16Bf16,
             ][class]
         }
-        GemvScales::Double {
-            codes,
-            nested,
-            offset,
-        } => {
+        GemvScales::Double { codes, nested, offset } => {
             check_buffer(OP, "codes", rt, codes, nblocks)?;
-            check_buffer(
-                OP,
-                "nested",
-                rt,
-                nested,
-                nblocks.div_ceil(NESTED_BLOCKSIZE) * 4,
-            )?;
+            check_buffer(OP, "nested", rt, nested, nblocks.div_ceil(NESTED_BLOCKSIZE) * 4)?;
             args.extend([
                 KernelArg::Ptr(codes.ptr()),
                 KernelArg::Ptr(nested.ptr()),
