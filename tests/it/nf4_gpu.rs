@@ -103,19 +103,24 @@ fn dequantize_matches<T: Elem>(rt: &Arc<dyn GpuRuntime>, what: &str, q: &Nf4Quan
     Ok(())
 }
 
-/// Every blocksize with a short odd tail (a zero one every other time), an exact multiple, and a single short
-/// block; the f32 run also plants a NaN and an infinity.
+/// Every blocksize with a short odd tail (a zero one every other time), an exact multiple, a single short block
+/// and two random lengths; the f32 run also plants a NaN and an infinity.
 fn quantize_all_blocksizes<T: Elem>(seed: u64) -> Result<()> {
     let mut rng = Rng::new(seed);
     for (name, rt) in runtimes()? {
         for (i, &bs) in BLOCKSIZES.iter().enumerate() {
             // Fewer blocks at the large sizes keep the simulated run short; every case still has a short tail.
             let full = if bs >= 1024 { 1 } else { 3 };
-            for (n, zero_tail) in [
+            let random_n = [
+                1 + rng.below(2 * bs as u64) as usize,
+                1 + rng.below(2 * bs as u64) as usize,
+            ];
+            let fixed = [
                 (full * bs + 2 * i + 1, i % 2 == 0),
                 (2 * bs, false),
                 (bs / 2 + 3, false),
-            ] {
+            ];
+            for (n, zero_tail) in fixed.into_iter().chain(random_n.map(|n| (n, n % 3 == 0))) {
                 let mut x = sample::<T>(&mut rng, n, bs, zero_tail);
                 if T::TYPE == Nf4Type::F32 && n > bs {
                     x[n - 2] = T::from_f32(f32::NAN);
@@ -342,6 +347,9 @@ fn nf4_gemv_weight_loads_are_16_byte_and_coalesced() -> Result<()> {
 fn bad_nf4_shapes_are_typed_errors() -> Result<()> {
     for (_, rt) in runtimes()? {
         let small = GpuBuffer::zeroed(&rt, 8)?;
+        // Zero elements are valid and launch nothing.
+        launch::quantize(&rt, Nf4Type::Bf16, 0, 64, &small, &small, &small)?;
+        launch::dequantize(&rt, Nf4Type::F16, 0, 64, &small, &small, &small)?;
         let big = GpuBuffer::zeroed(&rt, 1 << 16)?;
         let bad_block = launch::quantize(&rt, Nf4Type::F32, 100, 48, &big, &big, &big);
         ensure!(

@@ -17,9 +17,9 @@ use anyhow::{bail, Context, Result};
 use rankfold_kernels::{CudaRuntime, GemmConfig, GemmDType, GpuBuffer, GpuRuntime};
 
 /// The integration-test filters that select the kernel tests.
-const TEST_FILTERS: [&str; 4] = ["elementwise", "softmax", "gemm", "ptxsim"];
+const TEST_FILTERS: [&str; 5] = ["elementwise", "softmax", "gemm", "ptxsim", "nf4_gpu"];
 /// The bench files (benches/<name>.rs) of the kernel families, run when present.
-const BENCHES: [&str; 3] = ["elementwise", "softmax", "gemm"];
+const BENCHES: [&str; 4] = ["elementwise", "softmax", "gemm", "nf4_gpu"];
 /// The criterion filter (a regex) that selects the GPU rows of those benches.
 const BENCH_FILTER: &str = "cuda|cublas";
 
