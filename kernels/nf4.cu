@@ -5,16 +5,19 @@ Math:      quantize: a_b = max|x_i| over block b (NaN if any x_i is NaN); q_i = 
            (reciprocal, then multiply; the short last block divides, s_i = x_i / max(a_b, 1e-38), and stores the
            floored scale). dequantize: ŵ_i = NF4[q_i]·a_b in f32, rounded to the output type. double quantize:
            d_j = a_j − μ, g = max|d_j| over 256 scales, c_j = #{mid < bin(d_j·(1/g))} (bitsandbytes' 65 536-bin table
-           evaluated exactly); inverse a_j = map[c_j]·g + μ (two roundings). GEMV: y[m, n] = Σ_k x[m, k]·ŵ[n, k].
+           evaluated exactly); inverse a_j = map[c_j]·g + μ (two roundings). GEMV: y[m, n] = Σ_k x[m, k]·ŵ[n, k] in
+           f32, computed per 32-code chunk as a_b·Σ_j NF4[q_j]·x[m, k_j] (the scale applied once per chunk).
 Layout:    x [n] f32/f16/bf16; packed [ceil(n/2)] u8, element 2i in the high nibble of byte i; absmax [ceil(n/bs)] f32;
            codes [nb] u8, nested [ceil(nb/256)] f32; GEMV x [M, K] bf16, W [N, K] NF4 flattened row-major (blocks
            and bytes may straddle rows when K is not a multiple of bs or of 2), y [M, N] bf16, all contiguous.
 Traffic:   quantize reads s·n B twice (the second pass from L1) and writes n/2 + 4n/bs → ~2.6 B/elem for bf16 at bs 64,
            15 compares per element; dequantize reads n/2 + 4n/bs, writes s·n (16-byte stores); GEMV reads the weight
            once, N·K/2 + 4·N·K/bs B (for 4096×4096 at bs 64: 8.4 + 1.0 MB ≈ 2.2 µs at 4.3 TB/s), x (2·M·K B) from
-           L1/L2, writes 2·M·N. Per 32 codes a lane spends ~6·32 instructions dequantizing and ~2·32 per row of x
-           (unpack + fma): at M = 1 that is ~3 µs of issue against ~2.2 µs of HBM for 4096×4096 (balanced); past
-           M ≈ 2 the FMAs dominate (M = 16: ~19 µs), where a tensor-core tile (dequantize to shared, mma) would win.
+           L1/L2, writes 2·M·N. Issue: ptxsim counts ~10 PTX thread-instructions per weight at M = 1 (5.3 M warp
+           instructions for 4096×4096); ptxas folds the 64-bit shared-address arithmetic, leaving ~5 per weight in
+           SASS (est.), ≈ 2.5 µs on 132 SMs: balanced with the weight stream. Each further row of x adds ~2 per
+           weight (bf16 unpack + fma), so M ≥ 4 is issue-bound (M = 16: ~17 µs est.); there a tensor-core tile
+           (dequantize to shared memory, mma) would win.
 Launch:    quantize: one warp per block, 8 warps (256 threads) per CTA, grid = ceil(nblocks/8); dequantize: 256
            threads, 8 elements (one u32 of codes) per thread, grid-stride; double (de)quantize: one 256-thread CTA per
            256 scales; GEMV: one warp per weight row, 8 rows per CTA, lane l loads 16-byte chunks (32 codes) l, l+32, …
@@ -229,25 +232,39 @@ struct NestedScales {
     }
 };
 
-// The code of element j (0 … 31) of a 16-byte chunk held as two little-endian 64-bit halves: byte j/2, high nibble
-// for even j. With j known at compile time this is one shift and mask.
-__device__ __forceinline__ unsigned chunk_code(ull lo8, ull hi8, int j) {
-    const ull half = j < 16 ? lo8 : hi8;
-    return (unsigned)(half >> (8 * ((j / 2) % 8) + (j % 2 == 0 ? 4 : 0))) & 15u;
+// A 16-byte chunk of 32 codes as four little-endian words: code j is byte j/2 (word j/8), its high nibble for even j.
+struct Chunk {
+    unsigned w0, w1, w2, w3;
+};
+
+// The code of element j, times 4: the byte offset of its codebook entry in shared memory. With j known at compile
+// time this is a shift and a mask; at run time the word is picked by selects (no local-memory array).
+__device__ __forceinline__ unsigned code_offset(const Chunk& c, int j) {
+    const unsigned w = j < 8 ? c.w0 : j < 16 ? c.w1 : j < 24 ? c.w2 : c.w3;
+    const int shift = 8 * ((j / 2) % 4) + (j % 2 == 0 ? 4 : 0);
+    return (shift >= 2 ? w >> (shift - 2) : w << 2) & 0x3cu;
+}
+
+// The codebook value at a byte offset from `code_offset`.
+__device__ __forceinline__ float code_value(const float* cb, unsigned offset) {
+    return *reinterpret_cast<const float*>(reinterpret_cast<const char*>(cb) + offset);
 }
 
 // Adds the products of a chunk that lies inside the row (elements e0 … e0+31, columns k0 … k0+31) to the M
-// accumulators: 32 dequantized weights in registers, then one pass per row of x (16-byte loads of x when aligned).
+// accumulators: the 32 code values in registers, then per row of x (16-byte loads when aligned) Σ_j code_j·x_j,
+// scaled once by the block's absmax. (The GEMV is held to a tolerance, not to the twin's bits: scaling the chunk
+// sum instead of each weight saves a multiply per weight.)
 template <int kRows>
-__device__ __forceinline__ void chunk_dot(float (&acc)[kRows], ull lo8, ull hi8, float a, const float* cb,
+__device__ __forceinline__ void chunk_dot(float (&acc)[kRows], const Chunk& w, float a, const float* cb,
                                           const bf16* __restrict__ x, unsigned m_rows, unsigned k_cols, unsigned k0) {
-    float wv[32];
+    float cv[32];
 #pragma unroll
-    for (int j = 0; j < 32; ++j) wv[j] = __fmul_rn(cb[chunk_code(lo8, hi8, j)], a);
+    for (int j = 0; j < 32; ++j) cv[j] = code_value(cb, code_offset(w, j));
 #pragma unroll
     for (int m = 0; m < kRows; ++m) {
         if (m >= (int)m_rows) break;  // Uniform: every lane has the same M.
         const bf16* xr = x + (ull)m * k_cols + k0;
+        float s = 0.0f;
         if ((reinterpret_cast<ull>(xr) & 15) == 0) {
 #pragma unroll
             for (int v = 0; v < 4; ++v) {
@@ -255,26 +272,28 @@ __device__ __forceinline__ void chunk_dot(float (&acc)[kRows], ull lo8, ull hi8,
                 const unsigned u[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
-                    acc[m] = fmaf(wv[8 * v + 2 * i], __uint_as_float(u[i] << 16), acc[m]);
-                    acc[m] = fmaf(wv[8 * v + 2 * i + 1], __uint_as_float(u[i] & 0xffff0000u), acc[m]);
+                    // A bf16 is the high half of an f32: unpacking is one shift or mask.
+                    s = fmaf(cv[8 * v + 2 * i], __uint_as_float(u[i] << 16), s);
+                    s = fmaf(cv[8 * v + 2 * i + 1], __uint_as_float(u[i] & 0xffff0000u), s);
                 }
             }
         } else {
 #pragma unroll
-            for (int j = 0; j < 32; ++j) acc[m] = fmaf(wv[j], __bfloat162float(xr[j]), acc[m]);
+            for (int j = 0; j < 32; ++j) s = fmaf(cv[j], __bfloat162float(xr[j]), s);
         }
+        acc[m] = fmaf(a, s, acc[m]);
     }
 }
 
 // The same for a chunk that straddles a row end: only elements in [lo, hi) count.
 template <int kRows>
-__device__ __forceinline__ void chunk_dot_edge(float (&acc)[kRows], ull lo8, ull hi8, float a, const float* cb,
+__device__ __forceinline__ void chunk_dot_edge(float (&acc)[kRows], const Chunk& w, float a, const float* cb,
                                                const bf16* __restrict__ x, unsigned m_rows, unsigned k_cols, ull e0,
                                                ull lo, ull hi) {
     for (int j = 0; j < 32; ++j) {
         const ull e = e0 + j;
         if (e < lo || e >= hi) continue;
-        const float wv = __fmul_rn(cb[chunk_code(lo8, hi8, j)], a);
+        const float wv = __fmul_rn(code_value(cb, code_offset(w, j)), a);
         const unsigned k = (unsigned)(e - lo);
 #pragma unroll
         for (int m = 0; m < kRows; ++m)
@@ -304,24 +323,26 @@ __device__ __forceinline__ void gemv(const bf16* __restrict__ x,               /
     for (int m = 0; m < kRows; ++m) acc[m] = 0.0f;
     // Chunk c covers elements 32c … 32c+31, bytes 16c … 16c+15; blocksize ≥ 32, so it lies in one block.
     for (ull c = lo / 32 + lane; 32 * c < hi; c += 32) {
-        ull lo8 = 0, hi8 = 0;
+        Chunk w;
         if (16 * c + 16 <= bytes) {
-            const uint4 w = __ldg(reinterpret_cast<const uint4*>(packed + 16 * c));
-            lo8 = (ull)w.y << 32 | w.x;
-            hi8 = (ull)w.w << 32 | w.z;
+            const uint4 v = __ldg(reinterpret_cast<const uint4*>(packed + 16 * c));
+            w = Chunk{v.x, v.y, v.z, v.w};
         } else {
             // The buffer's last chunk is partial: assemble it from the bytes that exist.
+            w = Chunk{0, 0, 0, 0};
             for (unsigned b = 0; 16 * c + b < bytes; ++b) {
-                const ull v = packed[16 * c + b];
-                if (b < 8) lo8 |= v << (8 * b);
-                else hi8 |= v << (8 * (b - 8));
+                const unsigned v = (unsigned)packed[16 * c + b] << (8 * (b % 4));
+                if (b < 4) w.w0 |= v;
+                else if (b < 8) w.w1 |= v;
+                else if (b < 12) w.w2 |= v;
+                else w.w3 |= v;
             }
         }
         const float a = scales((32 * c) >> shift, map);
         if (32 * c >= lo && 32 * c + 32 <= hi) {
-            chunk_dot<kRows>(acc, lo8, hi8, a, cb, x, m_rows, k_cols, (unsigned)(32 * c - lo));
+            chunk_dot<kRows>(acc, w, a, cb, x, m_rows, k_cols, (unsigned)(32 * c - lo));
         } else {
-            chunk_dot_edge<kRows>(acc, lo8, hi8, a, cb, x, m_rows, k_cols, 32 * c, lo, hi);
+            chunk_dot_edge<kRows>(acc, w, a, cb, x, m_rows, k_cols, 32 * c, lo, hi);
         }
     }
 #pragma unroll
