@@ -323,11 +323,14 @@ mod tests {
     #[test]
     fn filter_selects_files() {
         let names = |f: Option<&str>| selected_files(f).iter().map(|b| b.file).collect::<Vec<_>>();
-        assert_eq!(names(None), ["matmul", "ops", "optim"]);
+        let all: Vec<&str> = BENCH_FILES.iter().map(|b| b.file).collect();
+        assert_eq!(names(None), all);
         assert_eq!(names(Some("matmul")), ["matmul"]);
         assert_eq!(names(Some("rms")), ["ops"]);
         assert_eq!(names(Some("adamw/f32")), ["optim"]);
-        assert_eq!(names(Some("4096x1024")), ["matmul", "ops", "optim"]);
+        assert_eq!(names(Some("softmax")), ["ops", "softmax"]);
+        assert_eq!(names(Some("rms_norm/f32")), ["ops"]);
+        assert_eq!(names(Some("4096x1024")), all);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! - no `.rs`, `.cu` or `.cuh` file is longer than 800 lines (the generated `crates/kernels/ptx/` is exempt);
 //! - ARCHITECTURE.md names every crate directory under `crates/` (as `crates/<dir>` or by its package name) and
 //!   `xtask`;
+//! - dependency edges (ARCHITECTURE.md's invariants): `crates/kernels` depends on no other rankfold crate; only
+//!   `crates/kernels` names cudarc (the workspace manifest aside); only crates/ptxsim, tests, benches and xtask use
+//!   ptxsim;
 //! - every `.cu` under `kernels/` opens with a header comment that has `Math:`, `Traffic:` and `Reference:` lines
 //!   and a `Test:` entry, and the files that `Reference:` and `Test:` name exist.
 //!
@@ -26,16 +29,24 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     for path in &files {
         let rel = path.strip_prefix(root).unwrap_or(path);
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if !matches!(ext, "rs" | "cu" | "cuh") {
+        let is_manifest = path.file_name().is_some_and(|n| n == "Cargo.toml");
+        if !matches!(ext, "rs" | "cu" | "cuh") && !is_manifest {
             continue;
         }
         let text = fs::read_to_string(path)?;
+        if is_manifest {
+            problems.extend(edge_problems(rel, &text));
+            continue;
+        }
         if ext == "rs" && !has_module_doc(&text) {
             problems.push(format!("{}: no `//!` doc line within the first 3 lines", rel.display()));
         }
         let lines = text.lines().count();
         if lines > MAX_LINES && !rel.starts_with("crates/kernels/ptx") {
             problems.push(format!("{}: {lines} lines, more than {MAX_LINES}", rel.display()));
+        }
+        if ext == "rs" {
+            problems.extend(edge_problems(rel, &text));
         }
         if ext == "cu" && rel.starts_with("kernels") {
             problems.extend(cu_header_problems(&text, root).into_iter().map(|p| format!("{}: {p}", rel.display())));
@@ -68,6 +79,33 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 fn has_module_doc(text: &str) -> bool {
     text.lines().take(3).any(|l| l.trim_start().starts_with("//!"))
+}
+
+/// Dependency edges that break ARCHITECTURE.md's invariants, in one `.rs` file or Cargo.toml (`rel` from the root).
+fn edge_problems(rel: &Path, text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let is_root_manifest = rel == Path::new("Cargo.toml");
+    let code: String = if rel.extension().is_some_and(|e| e == "rs") {
+        // Comments may name anything; only code and manifests make edges.
+        text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+    } else {
+        text.to_string()
+    };
+    if rel.starts_with("crates/kernels") && rel.ends_with("Cargo.toml") && code.contains("rankfold-") {
+        let deps = code.split("[package]").nth(1).unwrap_or("");
+        let deps = deps.split_once("\n[").map(|(_, d)| d).unwrap_or("");
+        if deps.contains("rankfold-") {
+            problems.push(format!("{}: rankfold-kernels must not depend on another rankfold crate", rel.display()));
+        }
+    }
+    if code.contains("cudarc") && !rel.starts_with("crates/kernels") && !is_root_manifest && !rel.starts_with("xtask/src/tidy.rs") {
+        problems.push(format!("{}: names cudarc, which only crates/kernels may", rel.display()));
+    }
+    let ptxsim_ok = ["crates/ptxsim", "tests", "benches", "xtask"].iter().any(|p| rel.starts_with(p));
+    if (code.contains("rankfold_ptxsim") || code.contains("rankfold-ptxsim")) && !ptxsim_ok && !is_root_manifest {
+        problems.push(format!("{}: uses ptxsim, which only tests, benches and xtask may", rel.display()));
+    }
+    problems
 }
 
 /// The problems with a `.cu` file's header: the first `/* … */` comment.
@@ -182,6 +220,19 @@ mod tests {
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[0].contains("Traffic:") && p[1].contains("src/nope.rs") && p[2].contains("Test:"));
         assert_eq!(cu_header_problems("// Not a header.\n", root).len(), 1);
+    }
+
+    #[test]
+    fn edges() {
+        let p = |rel: &str, text: &str| edge_problems(Path::new(rel), text);
+        assert!(p("crates/tensor/src/x.rs", "use cudarc::driver;").len() == 1);
+        assert!(p("crates/tensor/src/x.rs", "// cudarc is named in a comment only").is_empty());
+        assert!(p("crates/kernels/src/cuda.rs", "use cudarc::driver;").is_empty());
+        assert!(p("crates/tensor/Cargo.toml", "[dependencies]\nrankfold-ptxsim.workspace = true").len() == 1);
+        assert!(p("tests/it/gpu.rs", "use rankfold_ptxsim::SimRuntime;").is_empty());
+        let kernels = "[package]\nname = \"rankfold-kernels\"\n\n[dependencies]\nrankfold-tensor.workspace = true\n";
+        assert_eq!(p("crates/kernels/Cargo.toml", kernels).len(), 1);
+        assert!(p("crates/kernels/Cargo.toml", "[package]\nname = \"rankfold-kernels\"\n[dependencies]\nhalf = 1").is_empty());
     }
 
     #[test]
