@@ -1,13 +1,18 @@
-"""numpy peers for `cargo xtask bench --peers`: f32 GEMM and AdamW, timed in-process.
+"""Peers for `cargo xtask bench --peers`: f32 GEMM and AdamW in numpy, NF4 in bitsandbytes, timed in-process.
 
 Reads a JSON request on stdin (written by xtask/src/peers.rs):
     {"quick": bool, "threads": int, "workloads": [
         {"kind": "gemm", "name": "matmul/f32", "shape": "MxNxK", "m": M, "n": N, "k": K},
-        {"kind": "adamw", "name": "adamw/f32", "shape": "TxRxC", "tensors": T, "rows": R, "cols": C}]}
+        {"kind": "adamw", "name": "adamw/f32", "shape": "TxRxC", "tensors": T, "rows": R, "cols": C},
+        {"kind": "nf4", "name": "nf4/quantize", "shape": "bf16/N", "op": "quantize", "dtype": "bf16", "n": N,
+         "blocksize": 64}]}
 and prints on stdout
-    {"numpy": version, "blas": "one line", "results": [{"name", "shape", "seconds"}]}
+    {"numpy": version, "blas": "one line", "bnb": "one line" or null,
+     "results": [{"name", "shape", "seconds", "library": "numpy" | "bnb"}]}
 where seconds is the median time of one call over several timed repeats after a warm-up. Progress and the BLAS
-line also go to stderr. xtask sets the BLAS thread counts in the environment before this starts.
+line also go to stderr. xtask sets the BLAS and OpenMP thread counts in the environment before this starts.
+The nf4 workloads run in bitsandbytes (bnb_peers.py, beside this file) when torch and bitsandbytes import, and
+are skipped with a note on stderr when they do not, so a Python with numpy alone still serves the rest.
 
 The workloads mirror benches/matmul.rs and benches/optim.rs: GEMM operands rotate through enough copies to exceed
 a 32 MiB last-level cache, and AdamW uses the same hyperparameters. AdamW is as fused as numpy allows: every op is
@@ -20,6 +25,8 @@ import sys
 import time
 
 import numpy as np
+
+import bnb_peers
 
 ROTATE_BYTES = 64 << 20
 
@@ -134,16 +141,32 @@ def main():
     rng = np.random.default_rng(0)
     blas = blas_line(req["threads"])
     log(blas)
+    # bitsandbytes is imported once, on the first nf4 workload; False until then, None when it is missing.
+    bnb = False
     results = []
     for w in req["workloads"]:
-        run = {"gemm": gemm, "adamw": adamw}.get(w["kind"])
-        if run is None:
+        if w["kind"] == "nf4":
+            if bnb is False:
+                bnb = bnb_peers.load(req["threads"], log)
+                if bnb is not None:
+                    log(bnb.describe())
+            if bnb is None:
+                continue
+            seconds = bnb_peers.nf4(bnb, w, req["quick"], median_seconds, ROTATE_BYTES)
+            if seconds is None:
+                log(f"skipping {w['name']} {w['shape']}: bitsandbytes has no such op or dtype")
+                continue
+            library = "bnb"
+        elif w["kind"] in ("gemm", "adamw"):
+            seconds = {"gemm": gemm, "adamw": adamw}[w["kind"]](w, req["quick"], rng)
+            library = "numpy"
+        else:
             log(f"skipping unknown workload kind {w['kind']!r}")
             continue
-        seconds = run(w, req["quick"], rng)
-        log(f"{w['name']} {w['shape']}: {seconds * 1e3:.3f} ms")
-        results.append({"name": w["name"], "shape": w["shape"], "seconds": seconds})
-    json.dump({"numpy": np.__version__, "blas": blas, "results": results}, sys.stdout)
+        log(f"{library} {w['name']} {w['shape']}: {seconds * 1e3:.3f} ms")
+        results.append({"name": w["name"], "shape": w["shape"], "seconds": seconds, "library": library})
+    described = bnb.describe() if bnb else None
+    json.dump({"numpy": np.__version__, "blas": blas, "bnb": described, "results": results}, sys.stdout)
     print()
 
 

@@ -135,19 +135,24 @@ pub(crate) fn run(root: &Path, o: Options) -> Result<()> {
     }
 
     let peers = if o.peers { peers::run(root, &measured, o.quick, o.threads)? } else { None };
-    if let Some(p) = &peers {
-        println!("peers: {}", p.describe());
+    for line in peers.iter().flat_map(|p| p.describe()) {
+        println!("peers: {line}");
     }
     print!("{}", table(&measured, peers.as_ref()));
     println!(
         "value = work per call / median time per call{}",
-        if peers.is_some() { "; ratio = rankfold / numpy, above 1 when rankfold is faster" } else { "" }
+        if peers.is_some() {
+            "; peer value = the same work / the peer's median time; ratio = rankfold / peer, above 1 when rankfold \
+             is faster"
+        } else {
+            ""
+        }
     );
 
     if let Some(path) = &o.json {
         let mut rows: Vec<Row> = measured.iter().map(|m| m.row.clone()).collect();
         if let Some(p) = &peers {
-            rows.extend(measured.iter().filter_map(|m| p.row_for(m)));
+            rows.extend(measured.iter().filter_map(|m| p.row_for(m)).map(|(_, row)| row));
         }
         let text = serde_json::to_string_pretty(&rows)? + "\n";
         fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -269,11 +274,12 @@ fn fmt_time(s: f64) -> String {
     }
 }
 
-/// The table: one line per bench, with the peer's value and rankfold/peer beside the rows that have one.
+/// The table: one line per bench, with the peer's library, its value and rankfold/peer beside the rows that
+/// have one.
 fn table(measured: &[Measured], peers: Option<&peers::Report>) -> String {
     let mut header = vec!["name", "shape", "metric", "value", "unit", "median time"];
-    if let Some(p) = peers {
-        header.extend([p.label(), "ratio"]);
+    if peers.is_some() {
+        header.extend(["peer", "peer value", "ratio"]);
     }
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for m in measured {
@@ -288,15 +294,20 @@ fn table(measured: &[Measured], peers: Option<&peers::Report>) -> String {
         ];
         if let Some(p) = peers {
             match p.row_for(m) {
-                Some(pr) => cells.extend([format!("{:.2}", pr.value), format!("{:.2}x", r.value / pr.value)]),
-                None => cells.extend(["-".to_string(), "-".to_string()]),
+                Some((library, pr)) => cells.extend([
+                    library.label().to_string(),
+                    format!("{:.2}", pr.value),
+                    format!("{:.2}x", r.value / pr.value),
+                ]),
+                None => cells.extend(["-", "-", "-"].map(String::from)),
             }
         }
         lines.push(cells);
     }
     let widths: Vec<usize> =
         (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
-    let numeric = |c: usize| c == 3 || c >= 5;
+    // Column 6, when there is one, names the peer's library; the others from 5 on are numbers.
+    let numeric = |c: usize| c == 3 || c == 5 || c >= 7;
     let mut out = String::new();
     for (i, l) in lines.iter().enumerate() {
         let cells: Vec<String> = l
@@ -363,5 +374,31 @@ mod tests {
             ("matmul/f32", "8x8x8", "GFLOP/s", 2.0)
         );
         assert!(table(&got, None).contains("512 ns"));
+    }
+
+    #[test]
+    fn table_names_each_rows_peer() {
+        let measured = |name: &str, shape: &str, value: f64| Measured {
+            row: Row { name: name.into(), shape: shape.into(), metric: "m".into(), value, unit: "u".into() },
+            work: 6e9,
+            seconds: 1.0,
+        };
+        let got = [
+            measured("matmul/f32", "2x2x2", 6.0),
+            measured("nf4/quantize", "bf16/64", 6.0),
+            measured("nf4/memcpy", "f32/64", 6.0),
+        ];
+        let report = peers::Report::from_json(
+            r#"{"numpy": "2", "blas": "b", "bnb": "bitsandbytes 9", "results": [
+                {"name": "matmul/f32", "shape": "2x2x2", "seconds": 3.0, "library": "numpy"},
+                {"name": "nf4/quantize", "shape": "bf16/64", "seconds": 4.0, "library": "bnb"}]}"#,
+        );
+        let text = table(&got, Some(&report));
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0][lines[0].len() - 4..], ["peer", "peer", "value", "ratio"][..], "{text}");
+        // 6e9 work per call over 3 s is 2 G/s for numpy (ratio 3) and over 4 s is 1.5 G/s for bitsandbytes (4).
+        assert_eq!(lines[2][lines[2].len() - 3..], ["numpy", "2.00", "3.00x"][..], "{text}");
+        assert_eq!(lines[3][lines[3].len() - 3..], ["bnb", "1.50", "4.00x"][..], "{text}");
+        assert_eq!(lines[4][lines[4].len() - 3..], ["-", "-", "-"][..], "{text}");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Commands:
 //! - `bench [--quick] [--filter NAME] [--json PATH] [--peers] [--threads N]`: runs the criterion benches and
-//!   prints one table of throughputs, optionally beside the same workloads in numpy (see `bench.rs`, `peers.rs`).
+//!   prints one table of throughputs, optionally beside the same workloads in numpy and bitsandbytes (see
+//!   `bench.rs`, `peers.rs`).
 //! - `codegen [--check]`: writes `kernels/nf4_codebook.cuh` from the Rust NF4 constants (see `codegen.rs`).
 //! - `cuda-toolchain`: installs the pinned NVRTC 12.4 and CUDA headers from PyPI wheels (see `toolchain.rs`).
 //! - `kernels [--check]`: compiles `kernels/*.cu` to the committed PTX and `RESOURCES.md` (see `kernels.rs`).
@@ -34,9 +35,10 @@ commands:
         --quick      criterion's quick mode (fewer iterations), passed on to the peers too
         --filter     a criterion filter; only the bench files with a matching group are run
         --json PATH  also write the rows {name, shape, metric, value, unit} as a JSON array
-        --peers      run the same workloads in numpy (Python from $RANKFOLD_PEERS_PYTHON,
-                     ~/.cache/rankfold-peers/bin/python or python3) and print the ratios
-        --threads N  threads for rankfold (RAYON_NUM_THREADS) and for the peers' BLAS [default: 2]
+        --peers      run the same workloads in numpy, and NF4 in bitsandbytes when it imports (Python
+                     from $RANKFOLD_PEERS_PYTHON, ~/.cache/rankfold-peers/bin/python or python3) and
+                     print the ratios
+        --threads N  threads for rankfold (RAYON_NUM_THREADS) and for the peers (BLAS, torch) [default: 2]
   codegen [--check]
         Write kernels/nf4_codebook.cuh from the NF4 constants in crates/kernels/src/nf4 (hex floats).
         --check      compare instead of writing; fail when the header is stale
