@@ -7,8 +7,9 @@ They mirror benches/nf4.rs: `quantize` reads n values of dtype and writes the pa
 scales (no double quantization: compress_statistics=False); `dequantize` writes n values of dtype. The calls are
 bitsandbytes' public API as a user makes them, so each call allocates its outputs (bitsandbytes registers no CPU
 kernel for `dequantize_4bit(out=...)`), and the first-touch page faults of a fresh output of tens of MB are a
-large part of a dequantize call's time, where rankfold's bench writes into one reused buffer. In bitsandbytes 0.50 the CPU quantize runs the generic torch code and
-the CPU dequantize runs the native library's kernel when it loaded; `describe` says which.
+large part of a dequantize call's time, where rankfold's bench writes into one reused buffer. In bitsandbytes
+0.50 the CPU quantize runs the generic torch code and the CPU dequantize runs the native library's kernel when it
+loaded; `describe` says which.
 
 torch and bitsandbytes are imported only when a workload needs them, so a Python with numpy alone still serves
 the numpy peers; `load` returns None (after a note on stderr) when either is missing.
