@@ -197,6 +197,8 @@ fn python_command(python: &Path, threads: usize) -> Command {
         cmd.env(var, &n);
     }
     cmd.env_remove("OPENBLAS_CORETYPE").env_remove("OPENBLAS_L2_SIZE");
+    // The script imports bnb_peers.py beside it; no __pycache__ should appear in the working tree.
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 
