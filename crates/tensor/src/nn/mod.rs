@@ -10,12 +10,14 @@ mod dropout;
 mod embedding;
 pub mod init;
 mod linear;
+mod linear_layer;
 mod norm;
 
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use init::Init;
 pub use linear::Linear;
+pub use linear_layer::{LinearLayer, LinearModel, LinearSlot, Nf4Linear};
 pub use norm::{LayerNorm, RmsNorm};
 
 use crate::Tensor;
