@@ -1,0 +1,253 @@
+//! The method-agnostic adapter interfaces: [`AdapterLayer`] (what every adapted linear layer offers: named
+//! adapters over a base layer, switching, merging, PEFT tensors) and [`AdapterMethod`] (what a method's config
+//! does for the model wrapper: inject itself into a layer, find its layers again, write its PEFT config, and the
+//! optional per-step hook and regularization loss). Helpers shared by every method live here too.
+//!
+//! Merging into an NF4 base ([`Nf4Linear`]) dequantizes the weight, adds ΔW and requantizes with the same
+//! blocksize and scale format: the merged weight carries a fresh NF4 rounding error (at most half a codebook gap
+//! times each block's absmax), and unmerging rounds once more, so merge/unmerge on NF4 is lossy by design (as in
+//! PEFT's bitsandbytes layers). Dense bases merge exactly up to f32 rounding.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rankfold_tensor::nn::{Linear, LinearLayer, Nf4Linear};
+use rankfold_tensor::{GradStore, Nf4Tensor, Rng, Shape, Tensor};
+
+use crate::{Error, Result};
+
+/// The adapter methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Lora,
+    /// LoRA with A frozen after its random init (saved as LoRA).
+    LoraFa,
+    Glora,
+    AdaLora,
+}
+
+/// A linear layer carrying one or more named adapters of one method over a base layer. Exactly one adapter is
+/// active at a time, or none (adapters disabled: the layer computes its base). Trainable tensors are those of
+/// the active adapter; the others are frozen until activated.
+pub trait AdapterLayer: LinearLayer {
+    fn method(&self) -> Method;
+    /// The base layer (with merged adapters folded in while merged).
+    fn base(&self) -> &dyn LinearLayer;
+    /// The base layer; call after unmerging (or after merging, for merge-and-unload).
+    fn into_base(self: Box<Self>) -> Box<dyn LinearLayer>;
+    /// The adapter names, in the order they were added.
+    fn adapter_names(&self) -> Vec<String>;
+    /// The active adapter, if any.
+    fn active(&self) -> Option<String>;
+    /// Makes `name` the active adapter (its tensors trainable, the others frozen); `None` disables adapters.
+    fn set_active(&mut self, name: Option<&str>) -> Result<()>;
+    /// Training mode (dropout, search sampling) or evaluation mode.
+    fn set_training(&mut self, _on: bool) {}
+    /// Folds adapter `name` into the base weight (and bias); the layer then computes base only for it.
+    fn merge(&mut self, name: &str) -> Result<()>;
+    /// Takes every merged adapter back out of the base.
+    fn unmerge(&mut self) -> Result<()>;
+    /// The adapters merged now, in merge order.
+    fn merged(&self) -> Vec<String>;
+    /// ΔW `[out, in]` and Δb `[out]` (if the method changes the bias) that adapter `name` adds, as dense tensors.
+    fn merged_weight_delta(&self, name: &str) -> Result<(Tensor, Option<Tensor>)>;
+    /// Adapter `name`'s tensors under the key suffixes PEFT saves (`lora_A.weight`, …; adapter name stripped).
+    fn peft_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>>;
+    /// Replaces adapter `name`'s tensors by those in `t` (keyed by PEFT suffix), shape-checked; errors name the
+    /// suffix ([`Error::MissingTensor`], [`Error::TensorShape`] with an empty file; the caller fills it in).
+    fn load_peft_tensors(&mut self, name: &str, t: &HashMap<String, Tensor>) -> Result<()>;
+    /// The trainable tensors of the active adapter, named relative to the layer (`lora_B.default.weight`, …).
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
+}
+
+/// What a method's config does for [`crate::PeftModel`]. One value per adapter name; it may hold state
+/// across steps (AdaLoRA's importance EMAs).
+pub trait AdapterMethod: std::fmt::Debug + Send + Sync {
+    fn method(&self) -> Method;
+    /// The target-selection fields.
+    fn common(&self) -> &crate::config::CommonConfig;
+    /// Adds adapter `name` to the layer at `path`: `layer` is either a plain base (wrap it) or an adapter layer
+    /// this method made earlier (add to it). On failure, hand the layer back unchanged with the error.
+    fn inject(
+        &self,
+        path: &str,
+        name: &str,
+        layer: Box<dyn LinearLayer>,
+        rng: &mut Rng,
+    ) -> InjectResult;
+    /// `layer` as this method's adapter layer, when it is one.
+    fn as_adapter<'a>(&self, layer: &'a dyn LinearLayer) -> Option<&'a dyn AdapterLayer>;
+    fn as_adapter_mut<'a>(
+        &self,
+        layer: &'a mut dyn LinearLayer,
+    ) -> Option<&'a mut dyn AdapterLayer>;
+    /// `layer` boxed as this method's adapter layer, or handed back when it is not one.
+    fn into_adapter(
+        &self,
+        layer: Box<dyn LinearLayer>,
+    ) -> std::result::Result<Box<dyn AdapterLayer>, Box<dyn LinearLayer>>;
+    /// The `adapter_config.json` object for adapter `name`, given its layers (for learned per-layer state such
+    /// as AdaLoRA's `rank_pattern` or GLoRA's searched configuration).
+    fn peft_config(
+        &self,
+        name: &str,
+        layers: &[(String, &dyn AdapterLayer)],
+    ) -> Result<serde_json::Value>;
+    /// Called by the trainer after each optimizer step with that step's gradients.
+    fn on_step(
+        &mut self,
+        _name: &str,
+        _step: usize,
+        _grads: &GradStore,
+        _layers: &mut [(String, &mut dyn AdapterLayer)],
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// A loss term the trainer adds to the loss (AdaLoRA's orthogonal regularization), if the method has one.
+    fn regularization_loss(
+        &self,
+        _name: &str,
+        _layers: &[(String, &dyn AdapterLayer)],
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// The result of [`AdapterMethod::inject`]: the new layer, or the old one handed back with the error.
+pub type InjectResult = std::result::Result<Box<dyn LinearLayer>, (Box<dyn LinearLayer>, Error)>;
+
+/// `layer` as a `&dyn AdapterLayer` when its concrete type is `T` (for [`AdapterMethod::as_adapter`]).
+pub fn downcast_adapter<T: AdapterLayer>(layer: &dyn LinearLayer) -> Option<&dyn AdapterLayer> {
+    layer
+        .as_any()
+        .downcast_ref::<T>()
+        .map(|l| l as &dyn AdapterLayer)
+}
+
+/// `layer` as a `&mut dyn AdapterLayer` when its concrete type is `T`.
+pub fn downcast_adapter_mut<T: AdapterLayer>(
+    layer: &mut dyn LinearLayer,
+) -> Option<&mut dyn AdapterLayer> {
+    layer
+        .as_any_mut()
+        .downcast_mut::<T>()
+        .map(|l| l as &mut dyn AdapterLayer)
+}
+
+/// `layer` boxed as a `Box<dyn AdapterLayer>` when its concrete type is `T`, else handed back.
+pub fn into_adapter<T: AdapterLayer>(
+    layer: Box<dyn LinearLayer>,
+) -> std::result::Result<Box<dyn AdapterLayer>, Box<dyn LinearLayer>> {
+    if !layer.as_any().is::<T>() {
+        return Err(layer);
+    }
+    let any: Box<dyn Any> = layer;
+    Ok(any
+        .downcast::<T>()
+        .expect("the type was checked just above"))
+}
+
+/// `layer` boxed as a `T`, or handed back (for a method's `inject`, to extend its own layer).
+pub fn downcast_box<T: LinearLayer>(
+    layer: Box<dyn LinearLayer>,
+) -> std::result::Result<Box<T>, Box<dyn LinearLayer>> {
+    if !layer.as_any().is::<T>() {
+        return Err(layer);
+    }
+    let any: Box<dyn Any> = layer;
+    Ok(any
+        .downcast::<T>()
+        .expect("the type was checked just above"))
+}
+
+/// A new frozen base equal to `base` with `sign`·ΔW added to its weight and `sign`·Δb to its bias (a bias is
+/// created when the base has none and Δb is given). Dense bases ([`Linear`]) get a new dense weight in their own
+/// dtype; NF4 bases ([`Nf4Linear`]) are dequantized, changed and requantized with the same blocksize and scale
+/// format (lossy; see the module doc). Other base types are refused.
+pub fn base_with_delta(
+    base: &dyn LinearLayer,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+    sign: f64,
+) -> Result<Box<dyn LinearLayer>> {
+    let w0 = base.dense_weight()?;
+    let dt = w0.dtype();
+    let w = rankfold_tensor::no_grad(|| -> Result<Tensor> {
+        Ok(w0
+            .to_dtype(rankfold_tensor::DType::F32)?
+            .add(&dw.to_dtype(rankfold_tensor::DType::F32)?.mul_scalar(sign)?)?)
+    })?;
+    let b = match (base.bias(), db) {
+        (b, None) => b,
+        (Some(b0), Some(db)) => Some(rankfold_tensor::no_grad(|| {
+            b0.add(&db.to_dtype(b0.dtype())?.mul_scalar(sign)?)
+        })?),
+        (None, Some(db)) => Some(db.to_dtype(dt)?.mul_scalar(sign)?),
+    };
+    let b = b.map(|b| b.detach());
+    if let Some(q) = base.as_any().downcast_ref::<Nf4Linear>() {
+        let old = q.weight();
+        let double = matches!(old.scales(), rankfold_tensor::Nf4Scales::Double(_));
+        let w = Nf4Tensor::quantize(&w.to_dtype(old.dtype())?, old.blocksize(), double)?;
+        return Ok(Box::new(Nf4Linear::new(Arc::new(w), b)?));
+    }
+    if base.as_any().is::<Linear>() {
+        return Ok(Box::new(Linear::from_weights(w.to_dtype(dt)?.detach(), b)?));
+    }
+    Err(Error::Unsupported(format!(
+        "merging into a base layer of type {base:?} is not supported"
+    )))
+}
+
+/// Tensor `key` of `t`, checked against `shape` and cast to `like`'s dtype and device; errors name the key.
+pub fn take_tensor(t: &HashMap<String, Tensor>, key: &str, shape: &Shape) -> Result<Tensor> {
+    let Some(v) = t.get(key) else {
+        return Err(Error::MissingTensor {
+            file: String::new(),
+            key: key.into(),
+        });
+    };
+    if v.shape() != shape {
+        return Err(Error::TensorShape {
+            file: String::new(),
+            key: key.into(),
+            expected: shape.clone(),
+            got: v.shape().clone(),
+        });
+    }
+    Ok(v.clone())
+}
+
+/// Checks that `t` holds no key outside `known` (a stray key would otherwise be silently ignored).
+pub fn check_no_extra(t: &HashMap<String, Tensor>, known: &[&str]) -> Result<()> {
+    match t.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(Error::UnexpectedTensor {
+            file: String::new(),
+            key: k.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `x [.., in]` flattened to rows `[rows, in]`, and the output dims `[.., out]` to restore afterwards.
+pub fn rows_of(
+    x: &Tensor,
+    in_features: usize,
+    out_features: usize,
+    op: &str,
+) -> Result<(Tensor, Vec<usize>)> {
+    let Some((&last, lead)) = x.dims().split_last() else {
+        return Err(Error::module(op, "the input is a scalar"));
+    };
+    if last != in_features {
+        return Err(Error::module(
+            op,
+            format!("the input has {last} features, the layer takes {in_features}"),
+        ));
+    }
+    let rows: usize = lead.iter().product();
+    let mut out = lead.to_vec();
+    out.push(out_features);
+    Ok((x.reshape((rows, in_features))?, out))
+}
