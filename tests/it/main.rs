@@ -26,3 +26,7 @@ mod ptxsim;
 mod nf4;
 // kernels/nf4.cu on ptxsim against the NF4 twin: quantize/dequantize/double quantization bit for bit, GEMV, coalescing.
 mod nf4_gpu;
+// Loaders for the PEFT-saved reference adapters in tests/fixtures/peft (LoRA, rsLoRA, AdaLoRA, GLoRA).
+mod peft_fixtures;
+// GLoRA: every support shape vs the formulas, merge, finite differences, PEFT files, NF4 base, supernet, search.
+mod adapters_glora;

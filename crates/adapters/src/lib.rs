@@ -7,6 +7,7 @@
 //! add / switch / disable / merge / unload / save / load, the trainer hooks), [`peft`] (directory I/O), and one
 //! module per method.
 
+pub mod adalora;
 pub mod config;
 mod error;
 pub mod layer;
