@@ -28,3 +28,5 @@ mod nf4;
 mod nf4_gpu;
 // Loaders for the PEFT-saved reference adapters in tests/fixtures/peft (LoRA, rsLoRA, AdaLoRA, GLoRA).
 mod peft_fixtures;
+// GLoRA: every support shape vs the formulas, merge, finite differences, PEFT files, NF4 base, supernet, search.
+mod adapters_glora;

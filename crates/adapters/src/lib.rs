@@ -9,6 +9,7 @@
 
 pub mod adalora;
 pub mod config;
+pub mod glora;
 mod error;
 pub mod layer;
 // pub mod lora; (landing next)

@@ -81,7 +81,7 @@ pub fn method_from_config(config: &serde_json::Value) -> Result<Box<dyn AdapterM
     match ty {
         // LORA_ARM
         "ADALORA" => Ok(Box::new(crate::adalora::AdaLora::from_peft_json(config)?)),
-        "ADALORA" => Ok(Box::new(crate::adalora::AdaLora::from_peft_json(config)?)),
+        "GLORA" => Ok(Box::new(crate::glora::GloraConfig::from_peft_json(config)?)),
         // GLoRA and AdaLoRA add their arms here (one line each, calling their config's `from_peft_json`).
         other => Err(Error::config(
             "peft_type",
