@@ -47,7 +47,10 @@ pub(crate) fn in_module(e: Error, path: &str) -> Error {
 fn to_tensor_error(e: Error) -> rankfold_tensor::Error {
     match e {
         Error::Tensor(t) => t,
-        e => rankfold_tensor::Error::InvalidArgument { op: "glora", msg: e.to_string() },
+        e => rankfold_tensor::Error::InvalidArgument {
+            op: "glora",
+            msg: e.to_string(),
+        },
     }
 }
 
@@ -96,12 +99,27 @@ pub struct GloraLayer {
 impl GloraLayer {
     /// `base` with no adapter yet.
     pub(crate) fn empty(base: Box<dyn LinearLayer>) -> Self {
-        GloraLayer { base, original: None, merged: Vec::new(), adapters: BTreeMap::new(), order: Vec::new(), active: None, training: true, factorized: false }
+        GloraLayer {
+            base,
+            original: None,
+            merged: Vec::new(),
+            adapters: BTreeMap::new(),
+            order: Vec::new(),
+            active: None,
+            training: true,
+            factorized: false,
+        }
     }
 
     /// Wraps `base` with one adapter `name`, active, whose paths take the shapes of `choice` (C, D, E are off
     /// on a bias-free base, as in PEFT).
-    pub fn new(base: Box<dyn LinearLayer>, name: &str, choice: LayerChoice, init_weights: bool, rng: &mut Rng) -> Result<Self> {
+    pub fn new(
+        base: Box<dyn LinearLayer>,
+        name: &str,
+        choice: LayerChoice,
+        init_weights: bool,
+        rng: &mut Rng,
+    ) -> Result<Self> {
         let mut l = GloraLayer::empty(base);
         l.add_adapter(name, choice, init_weights, rng)?;
         Ok(l)
@@ -109,7 +127,13 @@ impl GloraLayer {
 
     /// Adds adapter `name` with the shapes of `choice`. It becomes active when no adapter is; otherwise it is
     /// frozen until activated.
-    pub fn add_adapter(&mut self, name: &str, choice: LayerChoice, init_weights: bool, rng: &mut Rng) -> Result<()> {
+    pub fn add_adapter(
+        &mut self,
+        name: &str,
+        choice: LayerChoice,
+        init_weights: bool,
+        rng: &mut Rng,
+    ) -> Result<()> {
         let eff = choice.effective(self.has_bias());
         let options: [Vec<Support>; 5] = PathKind::ALL.map(|k| vec![eff.get(k)]);
         self.add_adapter_with_options(name, &options, eff, init_weights, rng)
@@ -117,19 +141,32 @@ impl GloraLayer {
 
     /// Adds adapter `name` whose path k can take every shape of `options[k]` (the supernet's layers), on the
     /// shapes `active`; activation as in [`GloraLayer::add_adapter`].
-    pub(crate) fn add_adapter_with_options(&mut self, name: &str, options: &[Vec<Support>; 5], active: LayerChoice, init_weights: bool, rng: &mut Rng) -> Result<()> {
+    pub(crate) fn add_adapter_with_options(
+        &mut self,
+        name: &str,
+        options: &[Vec<Support>; 5],
+        active: LayerChoice,
+        init_weights: bool,
+        rng: &mut Rng,
+    ) -> Result<()> {
         if self.adapters.contains_key(name) {
             return Err(Error::DuplicateAdapter(name.to_string()));
         }
         if let Some((k, s)) = active.invalid_path() {
-            return Err(glora_error(format!("adapter `{name}`: `{s}` is not allowed for path {k:?}")));
+            return Err(glora_error(format!(
+                "adapter `{name}`: `{s}` is not allowed for path {k:?}"
+            )));
         }
         let d = self.dims()?;
         let has_bias = self.has_bias();
         let mut paths = Vec::with_capacity(5);
         for k in PathKind::ALL {
             let off = k.is_bias_path() && !has_bias;
-            let shapes: Vec<Support> = if off { vec![Support::None] } else { options[k as usize].clone() };
+            let shapes: Vec<Support> = if off {
+                vec![Support::None]
+            } else {
+                options[k as usize].clone()
+            };
             let act = if off { Support::None } else { active.get(k) };
             paths.push(Path::new(k, &shapes, act, d, init_weights, rng)?);
         }
@@ -158,7 +195,12 @@ impl GloraLayer {
         };
         let dtype = if dtype.is_float() { dtype } else { DType::F32 };
         let device = base.bias().map(|b| b.device()).unwrap_or(Device::Cpu);
-        Ok(Dims { in_f: base.in_features(), out_f: base.out_features(), dtype, device })
+        Ok(Dims {
+            in_f: base.in_features(),
+            out_f: base.out_features(),
+            dtype,
+            device,
+        })
     }
 
     /// The original base (W0, b0), also while adapters are merged.
@@ -176,10 +218,14 @@ impl GloraLayer {
     }
 
     pub(crate) fn adapter(&self, name: &str) -> Result<&Adapter> {
-        self.adapters.get(name).ok_or_else(|| Error::UnknownAdapter(name.to_string()))
+        self.adapters
+            .get(name)
+            .ok_or_else(|| Error::UnknownAdapter(name.to_string()))
     }
     pub(crate) fn adapter_mut(&mut self, name: &str) -> Result<&mut Adapter> {
-        self.adapters.get_mut(name).ok_or_else(|| Error::UnknownAdapter(name.to_string()))
+        self.adapters
+            .get_mut(name)
+            .ok_or_else(|| Error::UnknownAdapter(name.to_string()))
     }
 
     /// The shapes adapter `name` uses now.
@@ -191,7 +237,9 @@ impl GloraLayer {
     /// one its paths hold. Bias paths stay off on a bias-free layer.
     pub fn set_choice(&mut self, name: &str, choice: LayerChoice) -> Result<()> {
         if !self.merged.is_empty() {
-            return Err(glora_error("cannot switch shapes while an adapter is merged"));
+            return Err(glora_error(
+                "cannot switch shapes while an adapter is merged",
+            ));
         }
         let eff = choice.effective(self.has_bias());
         let a = self.adapter_mut(name)?;
@@ -220,7 +268,9 @@ impl GloraLayer {
     /// The trainable values adapter `name` uses with its current shapes.
     pub fn active_param_count(&self, name: &str) -> Result<usize> {
         let base = self.base_unmerged();
-        Ok(self.choice(name)?.param_count(base.in_features(), base.out_features(), self.has_bias()))
+        Ok(self
+            .choice(name)?
+            .param_count(base.in_features(), base.out_features(), self.has_bias()))
     }
 
     /// `x·W0ᵀ` without the bias, through the base's own product (tile by tile for NF4).
@@ -269,13 +319,20 @@ impl GloraLayer {
             Support::Scalar | Support::Vector => {
                 // W0⊙A with A a scalar or a column [out, 1] scales output column o of x·W0ᵀ by A[o].
                 let av = pa.value()?.expect("an active path has a value");
-                let av = if av.elem_count() == 1 { av } else { av.reshape(out_f)? };
+                let av = if av.elem_count() == 1 {
+                    av
+                } else {
+                    av.reshape(out_f)?
+                };
                 y = y.add(&y0.mul(&av)?)?;
             }
             Support::LowRank(r) => {
                 // x·(W0⊙(Xd·Xu))ᵀ = Σ_k ((x⊙u_k)·W0ᵀ)⊙d_k, all k in one product of [r·m, in] rows.
                 let (xd, xu) = pa.lowrank_at(r)?;
-                let xs = x.unsqueeze(0)?.mul(&xu.unsqueeze(1)?)?.reshape((r * m, in_f))?;
+                let xs = x
+                    .unsqueeze(0)?
+                    .mul(&xu.unsqueeze(1)?)?
+                    .reshape((r * m, in_f))?;
                 let ys = self.base_mm(&xs)?.reshape((r, m, out_f))?;
                 let d = xd.t()?.unsqueeze(1)?; // [r, 1, out]
                 y = y.add(&ys.mul(&d)?.sum(&[0], false)?)?;
@@ -291,7 +348,11 @@ impl GloraLayer {
             Support::Scalar | Support::Vector => {
                 // B constant along each row: x·Bᵀ[:, o] = B[o]·Σ_i x_i.
                 let bv = pb.value()?.expect("an active path has a value");
-                let bv = if bv.elem_count() == 1 { bv } else { bv.reshape((1, out_f))? };
+                let bv = if bv.elem_count() == 1 {
+                    bv
+                } else {
+                    bv.reshape((1, out_f))?
+                };
                 y = y.add(&x.sum(&[-1], true)?.mul(&bv)?)?;
             }
         }
@@ -365,7 +426,15 @@ impl GloraLayer {
     /// The trainable tensors of adapter `name`, named `glora_A.<name>.Xd`, …
     pub fn adapter_parameters(&self, name: &str) -> Result<Vec<(String, Tensor)>> {
         let a = self.adapter(name)?;
-        Ok(PathKind::ALL.into_iter().flat_map(|k| a.path(k).tensors().into_iter().map(move |(p, t)| (format!("{}.{name}.{p}", k.peft_name()), t))).collect())
+        Ok(PathKind::ALL
+            .into_iter()
+            .flat_map(|k| {
+                a.path(k)
+                    .tensors()
+                    .into_iter()
+                    .map(move |(p, t)| (format!("{}.{name}.{p}", k.peft_name()), t))
+            })
+            .collect())
     }
 
     /// The original base with every adapter dropped (W0 even while adapters are merged).
@@ -460,14 +529,21 @@ impl AdapterLayer for GloraLayer {
     /// Loads the active shapes' tensors in place (ids kept); errors name the key relative to the layer.
     fn load_peft_tensors(&mut self, name: &str, t: &HashMap<String, Tensor>) -> Result<()> {
         if !self.merged.is_empty() {
-            return Err(glora_error(format!("cannot load adapter `{name}` while adapters are merged")));
+            return Err(glora_error(format!(
+                "cannot load adapter `{name}` while adapters are merged"
+            )));
         }
         let d = self.dims()?;
         let a = self.adapter(name)?;
         let mut known = Vec::new();
         for k in PathKind::ALL {
             a.path(k).load(t, d)?;
-            known.extend(a.path(k).peft_tensors(d)?.into_iter().map(|(p, _)| format!("{}.{p}", k.peft_name())));
+            known.extend(
+                a.path(k)
+                    .peft_tensors(d)?
+                    .into_iter()
+                    .map(|(p, _)| format!("{}.{p}", k.peft_name())),
+            );
         }
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
         crate::layer::check_no_extra(t, &known)
@@ -486,10 +562,20 @@ impl LinearLayer for GloraLayer {
             Some(n) if self.merged.is_empty() => n,
             _ => return self.base.forward(x),
         };
-        let a = self.adapters.get(active).ok_or_else(|| rankfold_tensor::Error::InvalidArgument { op: "glora", msg: format!("no adapter named `{active}`") })?;
+        let a =
+            self.adapters
+                .get(active)
+                .ok_or_else(|| rankfold_tensor::Error::InvalidArgument {
+                    op: "glora",
+                    msg: format!("no adapter named `{active}`"),
+                })?;
         let base = self.base.as_ref();
-        let (rows, out_dims) = crate::layer::rows_of(x, base.in_features(), base.out_features(), "glora").map_err(to_tensor_error)?;
-        self.adapted_rows(a, &rows).map_err(to_tensor_error)?.reshape(out_dims)
+        let (rows, out_dims) =
+            crate::layer::rows_of(x, base.in_features(), base.out_features(), "glora")
+                .map_err(to_tensor_error)?;
+        self.adapted_rows(a, &rows)
+            .map_err(to_tensor_error)?
+            .reshape(out_dims)
     }
     fn in_features(&self) -> usize {
         self.base.in_features()
@@ -498,7 +584,12 @@ impl LinearLayer for GloraLayer {
         self.base.out_features()
     }
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.base.parameters().into_iter().map(|(n, t)| (format!("base_layer.{n}"), t)).collect();
+        let mut v: Vec<(String, Tensor)> = self
+            .base
+            .parameters()
+            .into_iter()
+            .map(|(n, t)| (format!("base_layer.{n}"), t))
+            .collect();
         for name in &self.order {
             v.extend(self.adapter_parameters(name).unwrap_or_default());
         }

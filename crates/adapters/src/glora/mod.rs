@@ -28,7 +28,10 @@ use rankfold_tensor::Rng;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::{CommonConfig, TargetModules};
-use crate::layer::{downcast_adapter, downcast_adapter_mut, downcast_box, AdapterLayer, AdapterMethod, InjectResult, Method};
+use crate::layer::{
+    downcast_adapter, downcast_adapter_mut, downcast_box, AdapterLayer, AdapterMethod,
+    InjectResult, Method,
+};
 use crate::{Error, Result};
 
 pub use layer::GloraLayer;
@@ -51,7 +54,13 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 5] = [PathKind::A, PathKind::B, PathKind::C, PathKind::D, PathKind::E];
+    pub const ALL: [PathKind; 5] = [
+        PathKind::A,
+        PathKind::B,
+        PathKind::C,
+        PathKind::D,
+        PathKind::E,
+    ];
 
     /// PEFT's module name for the path: `glora_A` … `glora_E`.
     pub fn peft_name(self) -> &'static str {
@@ -145,7 +154,11 @@ impl Support {
     /// Parses one of PEFT's config values (`lora` takes the config's rank `r`; `lora_<r>` is accepted too).
     pub fn from_peft(s: &str, r: usize) -> std::result::Result<Self, String> {
         if s == "lora" {
-            return if r > 0 { Ok(Support::LowRank(r)) } else { Err("`lora` needs a rank r > 0".into()) };
+            return if r > 0 {
+                Ok(Support::LowRank(r))
+            } else {
+                Err("`lora` needs a rank r > 0".into())
+            };
         }
         s.parse()
     }
@@ -190,12 +203,23 @@ pub struct LayerChoice {
 
 impl LayerChoice {
     /// Every path off.
-    pub const NONE: LayerChoice =
-        LayerChoice { a: Support::None, b: Support::None, c: Support::None, d: Support::None, e: Support::None };
+    pub const NONE: LayerChoice = LayerChoice {
+        a: Support::None,
+        b: Support::None,
+        c: Support::None,
+        d: Support::None,
+        e: Support::None,
+    };
 
     /// The choice PEFT's uniform config describes: A and B share `config_A_B`, D and E share `config_D_E`.
     pub fn uniform(ab: Support, c: Support, de: Support) -> LayerChoice {
-        LayerChoice { a: ab, b: ab, c, d: de, e: de }
+        LayerChoice {
+            a: ab,
+            b: ab,
+            c,
+            d: de,
+            e: de,
+        }
     }
 
     pub fn get(&self, p: PathKind) -> Support {
@@ -215,7 +239,10 @@ impl LayerChoice {
 
     /// The first path whose shape it cannot take, with that shape.
     pub fn invalid_path(&self) -> Option<(PathKind, Support)> {
-        PathKind::ALL.into_iter().map(|p| (p, self.get(p))).find(|&(p, s)| !p.allows(s))
+        PathKind::ALL
+            .into_iter()
+            .map(|p| (p, self.get(p)))
+            .find(|&(p, s)| !p.allows(s))
     }
 
     /// The choice as it acts on a layer with or without a bias: C, D and E are off without one (as in PEFT).
@@ -231,13 +258,20 @@ impl LayerChoice {
     /// Trainable values on a layer of this size (bias paths count only when the layer has a bias).
     pub fn param_count(&self, in_f: usize, out_f: usize, has_bias: bool) -> usize {
         let eff = self.effective(has_bias);
-        PathKind::ALL.into_iter().map(|p| eff.get(p).param_count(p, in_f, out_f)).sum()
+        PathKind::ALL
+            .into_iter()
+            .map(|p| eff.get(p).param_count(p, in_f, out_f))
+            .sum()
     }
 }
 
 impl fmt::Display for LayerChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "A={} B={} C={} D={} E={}", self.a, self.b, self.c, self.d, self.e)
+        write!(
+            f,
+            "A={} B={} C={} D={} E={}",
+            self.a, self.b, self.c, self.d, self.e
+        )
     }
 }
 
@@ -294,11 +328,14 @@ impl GloraFields {
     /// The uniform choice the PEFT fields describe, checked (an error names the field and the bad value).
     pub fn uniform_choice(&self) -> std::result::Result<LayerChoice, String> {
         let parse = |field: &str, v: &str, path: PathKind| {
-            let s = Support::from_peft(v, self.r).map_err(|e| format!("GLoRA config field `{field}`: {e}"))?;
+            let s = Support::from_peft(v, self.r)
+                .map_err(|e| format!("GLoRA config field `{field}`: {e}"))?;
             if path.allows(s) {
                 Ok(s)
             } else {
-                Err(format!("GLoRA config field `{field}`: `{v}` is not allowed for {path:?}"))
+                Err(format!(
+                    "GLoRA config field `{field}`: `{v}` is not allowed for {path:?}"
+                ))
             }
         };
         Ok(LayerChoice::uniform(
@@ -312,7 +349,9 @@ impl GloraFields {
     pub fn choice_for(&self, path: &str) -> std::result::Result<LayerChoice, String> {
         match self.layer_configs.get(path) {
             Some(c) => match c.invalid_path() {
-                Some((p, s)) => Err(format!("GLoRA layer_configs[{path}]: `{s}` is not allowed for {p:?}")),
+                Some((p, s)) => Err(format!(
+                    "GLoRA layer_configs[{path}]: `{s}` is not allowed for {p:?}"
+                )),
                 None => Ok(*c),
             },
             None => self.uniform_choice(),
@@ -340,26 +379,53 @@ fn default_bias() -> String {
 impl GloraConfig {
     /// A config over `targets` with one uniform choice: A and B share `ab`, D and E share `de`, low-rank paths
     /// use rank `r`.
-    pub fn new(targets: TargetModules, r: usize, ab: Support, c: Support, de: Support) -> GloraConfig {
-        let glora = GloraFields { r, config_a_b: ab.peft_value().into(), config_c: c.peft_value().into(), config_d_e: de.peft_value().into(), ..GloraFields::default() };
-        GloraConfig { common: CommonConfig::new("GLORA", targets), glora, bias: default_bias() }
+    pub fn new(
+        targets: TargetModules,
+        r: usize,
+        ab: Support,
+        c: Support,
+        de: Support,
+    ) -> GloraConfig {
+        let glora = GloraFields {
+            r,
+            config_a_b: ab.peft_value().into(),
+            config_c: c.peft_value().into(),
+            config_d_e: de.peft_value().into(),
+            ..GloraFields::default()
+        };
+        GloraConfig {
+            common: CommonConfig::new("GLORA", targets),
+            glora,
+            bias: default_bias(),
+        }
     }
 
     /// Reads PEFT's `adapter_config.json` object (unknown fields ignored) and checks the GLoRA fields.
     pub fn from_peft_json(v: &serde_json::Value) -> Result<GloraConfig> {
-        let c: GloraConfig = serde_json::from_value(v.clone()).map_err(|e| Error::config("GLORA config", e.to_string()))?;
+        let c: GloraConfig = serde_json::from_value(v.clone())
+            .map_err(|e| Error::config("GLORA config", e.to_string()))?;
         c.check()?;
         Ok(c)
     }
 
     /// Checks the support-shape fields, the per-layer choices and `bias`; errors name the field.
     pub fn check(&self) -> Result<()> {
-        self.glora.uniform_choice().map_err(|m| Error::config("config_A_B/config_C/config_D_E", m))?;
+        self.glora
+            .uniform_choice()
+            .map_err(|m| Error::config("config_A_B/config_C/config_D_E", m))?;
         for path in self.glora.layer_configs.keys() {
-            self.glora.choice_for(path).map_err(|m| Error::config("layer_configs", m))?;
+            self.glora
+                .choice_for(path)
+                .map_err(|m| Error::config("layer_configs", m))?;
         }
         if self.bias != "none" {
-            return Err(Error::config("bias", format!("`{}`: rankfold's GLoRA trains no base bias; use \"none\"", self.bias)));
+            return Err(Error::config(
+                "bias",
+                format!(
+                    "`{}`: rankfold's GLoRA trains no base bias; use \"none\"",
+                    self.bias
+                ),
+            ));
         }
         Ok(())
     }
@@ -374,7 +440,13 @@ impl AdapterMethod for GloraConfig {
     }
     /// Wraps the layer (or adds to its GLoRA layer) with the choice for `path`: its `layer_configs` entry, else
     /// the uniform fields.
-    fn inject(&self, path: &str, name: &str, layer: Box<dyn LinearLayer>, rng: &mut Rng) -> InjectResult {
+    fn inject(
+        &self,
+        path: &str,
+        name: &str,
+        layer: Box<dyn LinearLayer>,
+        rng: &mut Rng,
+    ) -> InjectResult {
         let choice = match self.glora.choice_for(path) {
             Ok(c) => c,
             Err(m) => return Err((layer, Error::config("layer_configs", m))),
@@ -397,21 +469,36 @@ impl AdapterMethod for GloraConfig {
     fn as_adapter<'a>(&self, layer: &'a dyn LinearLayer) -> Option<&'a dyn AdapterLayer> {
         downcast_adapter::<GloraLayer>(layer)
     }
-    fn as_adapter_mut<'a>(&self, layer: &'a mut dyn LinearLayer) -> Option<&'a mut dyn AdapterLayer> {
+    fn as_adapter_mut<'a>(
+        &self,
+        layer: &'a mut dyn LinearLayer,
+    ) -> Option<&'a mut dyn AdapterLayer> {
         downcast_adapter_mut::<GloraLayer>(layer)
     }
-    fn into_adapter(&self, layer: Box<dyn LinearLayer>) -> std::result::Result<Box<dyn AdapterLayer>, Box<dyn LinearLayer>> {
+    fn into_adapter(
+        &self,
+        layer: Box<dyn LinearLayer>,
+    ) -> std::result::Result<Box<dyn AdapterLayer>, Box<dyn LinearLayer>> {
         crate::layer::into_adapter::<GloraLayer>(layer)
     }
     /// PEFT's fields, with `layer_configs` listing every layer whose choice differs from the uniform one (after
     /// a search, or after [`GloraLayer::fix_choice`]).
-    fn peft_config(&self, name: &str, layers: &[(String, &dyn AdapterLayer)]) -> Result<serde_json::Value> {
+    fn peft_config(
+        &self,
+        name: &str,
+        layers: &[(String, &dyn AdapterLayer)],
+    ) -> Result<serde_json::Value> {
         let mut c = self.clone();
         c.common.peft_type = Some("GLORA".into());
-        let uniform = self.glora.uniform_choice().map_err(|m| Error::config("config_A_B/config_C/config_D_E", m))?;
+        let uniform = self
+            .glora
+            .uniform_choice()
+            .map_err(|m| Error::config("config_A_B/config_C/config_D_E", m))?;
         c.glora.layer_configs.clear();
         for (path, l) in layers {
-            let Some(g) = l.as_any().downcast_ref::<GloraLayer>() else { continue };
+            let Some(g) = l.as_any().downcast_ref::<GloraLayer>() else {
+                continue;
+            };
             let got = g.choice(name)?;
             if got != uniform.effective(g.has_bias()) {
                 c.glora.layer_configs.insert(path.clone(), got);
@@ -427,7 +514,12 @@ mod tests {
 
     #[test]
     fn support_strings_round_trip_and_reject_bad_values() {
-        for s in [Support::LowRank(3), Support::Vector, Support::Scalar, Support::None] {
+        for s in [
+            Support::LowRank(3),
+            Support::Vector,
+            Support::Scalar,
+            Support::None,
+        ] {
             assert_eq!(s.to_string().parse::<Support>().unwrap(), s);
         }
         assert_eq!(Support::from_peft("lora", 4).unwrap(), Support::LowRank(4));
@@ -439,8 +531,17 @@ mod tests {
     #[test]
     fn param_counts_follow_the_shapes() {
         let (i, o) = (37, 23);
-        let c = LayerChoice { a: Support::LowRank(4), b: Support::Vector, c: Support::LowRank(2), d: Support::Scalar, e: Support::Vector };
-        assert_eq!(c.param_count(i, o, true), 4 * (o + i) + o + 2 * (i + 1) + 1 + o);
+        let c = LayerChoice {
+            a: Support::LowRank(4),
+            b: Support::Vector,
+            c: Support::LowRank(2),
+            d: Support::Scalar,
+            e: Support::Vector,
+        };
+        assert_eq!(
+            c.param_count(i, o, true),
+            4 * (o + i) + o + 2 * (i + 1) + 1 + o
+        );
         assert_eq!(c.param_count(i, o, false), 4 * (o + i) + o);
         assert_eq!(LayerChoice::NONE.param_count(i, o, true), 0);
     }
@@ -448,10 +549,19 @@ mod tests {
     #[test]
     fn fields_parse_like_peft_and_name_bad_fields() {
         let f: GloraFields = serde_json::from_str(r#"{"r": 4, "config_A_B": "vector", "config_C": "none", "config_D_E": "vector", "unknown": 1}"#).unwrap();
-        assert_eq!(f.uniform_choice().unwrap(), LayerChoice::uniform(Support::Vector, Support::None, Support::Vector));
-        let bad = GloraFields { config_d_e: "lora".into(), ..GloraFields::default() };
+        assert_eq!(
+            f.uniform_choice().unwrap(),
+            LayerChoice::uniform(Support::Vector, Support::None, Support::Vector)
+        );
+        let bad = GloraFields {
+            config_d_e: "lora".into(),
+            ..GloraFields::default()
+        };
         assert!(bad.uniform_choice().unwrap_err().contains("config_D_E"));
-        let bad = GloraFields { config_c: "constant".into(), ..GloraFields::default() };
+        let bad = GloraFields {
+            config_c: "constant".into(),
+            ..GloraFields::default()
+        };
         assert!(bad.uniform_choice().unwrap_err().contains("config_C"));
     }
 }

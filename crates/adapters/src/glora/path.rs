@@ -59,9 +59,31 @@ impl Path {
     /// active on `active`, initialized as PEFT's `reset_parameters(init_weights)`: with `init_weights` the path
     /// starts as a no-op (`Xd`, vectors and scalars zero, `Xu` Kaiming-uniform with a = √5); without it every
     /// tensor is random (Kaiming-uniform, scalars N(0, 0.02²)).
-    pub(crate) fn new(kind: PathKind, shapes: &[Support], active: Support, d: Dims, init_weights: bool, rng: &mut Rng) -> Result<Path> {
-        let mut p = Path { kind, active, lowrank: None, vector: None, scalar: None };
-        let max_r = shapes.iter().filter_map(|s| if let Support::LowRank(r) = s { Some(*r) } else { None }).max();
+    pub(crate) fn new(
+        kind: PathKind,
+        shapes: &[Support],
+        active: Support,
+        d: Dims,
+        init_weights: bool,
+        rng: &mut Rng,
+    ) -> Result<Path> {
+        let mut p = Path {
+            kind,
+            active,
+            lowrank: None,
+            vector: None,
+            scalar: None,
+        };
+        let max_r = shapes
+            .iter()
+            .filter_map(|s| {
+                if let Support::LowRank(r) = s {
+                    Some(*r)
+                } else {
+                    None
+                }
+            })
+            .max();
         let leaf = |t: Tensor| t.with_requires_grad(true);
         if let Some(r) = max_r {
             let (sd, su) = Self::lowrank_shapes(kind, d, r);
@@ -79,14 +101,19 @@ impl Path {
                 init::zeros(shape, d.dtype, d.device)?
             } else if shape.len() == 1 {
                 // PyTorch draws a 1-D vector as the row X.unsqueeze(0): fan_in = its length.
-                init::kaiming_uniform(vec![1, shape[0]], init::SQRT_5, rng, d.dtype, d.device)?.reshape(shape)?
+                init::kaiming_uniform(vec![1, shape[0]], init::SQRT_5, rng, d.dtype, d.device)?
+                    .reshape(shape)?
             } else {
                 init::kaiming_uniform(shape, init::SQRT_5, rng, d.dtype, d.device)?
             };
             p.vector = Some(leaf(v));
         }
         if shapes.contains(&Support::Scalar) {
-            let s = if init_weights { init::zeros(1, d.dtype, d.device)? } else { init::normal(1, 0.0, 0.02, rng, d.dtype, d.device)? };
+            let s = if init_weights {
+                init::zeros(1, d.dtype, d.device)?
+            } else {
+                init::normal(1, 0.0, 0.02, rng, d.dtype, d.device)?
+            };
             p.scalar = Some(leaf(s));
         }
         p.check_can_take(active)?;
@@ -115,13 +142,20 @@ impl Path {
             Support::None => true,
             Support::Scalar => self.scalar.is_some(),
             Support::Vector => self.vector.is_some(),
-            Support::LowRank(r) => self.lowrank.as_ref().is_some_and(|(xd, _)| r <= xd.dims()[1]),
+            Support::LowRank(r) => self
+                .lowrank
+                .as_ref()
+                .is_some_and(|(xd, _)| r <= xd.dims()[1]),
         }
     }
 
     pub(crate) fn check_can_take(&self, s: Support) -> Result<()> {
         if !self.kind.allows(s) || !self.can_take(s) {
-            return Err(glora_error(format!("GLoRA path {}: cannot take the shape `{s}` (it holds {})", self.kind.peft_name(), self.holdings())));
+            return Err(glora_error(format!(
+                "GLoRA path {}: cannot take the shape `{s}` (it holds {})",
+                self.kind.peft_name(),
+                self.holdings()
+            )));
         }
         Ok(())
     }
@@ -146,7 +180,12 @@ impl Path {
 
     /// The low-rank pair sliced to rank r (views, so gradients reach the shared tensors).
     pub(crate) fn lowrank_at(&self, r: usize) -> Result<(Tensor, Tensor)> {
-        let (xd, xu) = self.lowrank.as_ref().ok_or_else(|| glora_error(format!("GLoRA path {}: no low-rank weights", self.kind.peft_name())))?;
+        let (xd, xu) = self.lowrank.as_ref().ok_or_else(|| {
+            glora_error(format!(
+                "GLoRA path {}: no low-rank weights",
+                self.kind.peft_name()
+            ))
+        })?;
         if r == xd.dims()[1] {
             return Ok((xd.clone(), xu.clone()));
         }
@@ -190,13 +229,31 @@ impl Path {
     pub(crate) fn peft_tensors(&self, d: Dims) -> Result<Vec<(&'static str, Tensor)>> {
         self.check_can_take(self.active)?;
         Ok(match self.active {
-            Support::None => vec![("zeros", Tensor::zeros(Self::zeros_shape(self.kind, d), d.dtype, d.device)?)],
+            Support::None => vec![(
+                "zeros",
+                Tensor::zeros(Self::zeros_shape(self.kind, d), d.dtype, d.device)?,
+            )],
             Support::LowRank(r) => {
                 let (xd, xu) = self.lowrank_at(r)?;
-                vec![("Xd", xd.detach().contiguous()?), ("Xu", xu.detach().contiguous()?)]
+                vec![
+                    ("Xd", xd.detach().contiguous()?),
+                    ("Xu", xu.detach().contiguous()?),
+                ]
             }
-            Support::Vector => vec![("X", self.vector.as_ref().expect("checked by check_can_take").detach())],
-            Support::Scalar => vec![("X", self.scalar.as_ref().expect("checked by check_can_take").detach())],
+            Support::Vector => vec![(
+                "X",
+                self.vector
+                    .as_ref()
+                    .expect("checked by check_can_take")
+                    .detach(),
+            )],
+            Support::Scalar => vec![(
+                "X",
+                self.scalar
+                    .as_ref()
+                    .expect("checked by check_can_take")
+                    .detach(),
+            )],
         })
     }
 
@@ -206,10 +263,18 @@ impl Path {
         let lowrank = match s {
             Support::LowRank(r) => {
                 let (xd, xu) = self.lowrank_at(r)?;
-                if r == xd.dims()[1] && self.lowrank.as_ref().is_some_and(|(d0, _)| d0.id() == xd.id()) {
+                if r == xd.dims()[1]
+                    && self
+                        .lowrank
+                        .as_ref()
+                        .is_some_and(|(d0, _)| d0.id() == xd.id())
+                {
                     Some((xd, xu))
                 } else {
-                    Some((xd.detach().contiguous()?.with_requires_grad(true), xu.detach().contiguous()?.with_requires_grad(true)))
+                    Some((
+                        xd.detach().contiguous()?.with_requires_grad(true),
+                        xu.detach().contiguous()?.with_requires_grad(true),
+                    ))
                 }
             }
             _ => None,
@@ -232,9 +297,17 @@ impl Path {
         let pre = self.kind.peft_name();
         let get = |p: &str, want: &[usize]| -> Result<Tensor> {
             let key = format!("{pre}.{p}");
-            let v = t.get(&key).ok_or_else(|| Error::MissingTensor { file: String::new(), key: key.clone() })?;
+            let v = t.get(&key).ok_or_else(|| Error::MissingTensor {
+                file: String::new(),
+                key: key.clone(),
+            })?;
             if v.dims() != want {
-                return Err(Error::TensorShape { file: String::new(), key, expected: Shape::new(want.to_vec()), got: v.shape().clone() });
+                return Err(Error::TensorShape {
+                    file: String::new(),
+                    key,
+                    expected: Shape::new(want.to_vec()),
+                    got: v.shape().clone(),
+                });
             }
             Ok(v.to_dtype(d.dtype)?)
         };
@@ -247,20 +320,32 @@ impl Path {
                 }
             }
             Support::LowRank(r) => {
-                let (xd, xu) = self.lowrank.as_ref().ok_or_else(|| glora_error(format!("{pre}: no low-rank weights")))?;
+                let (xd, xu) = self
+                    .lowrank
+                    .as_ref()
+                    .ok_or_else(|| glora_error(format!("{pre}: no low-rank weights")))?;
                 let (sd, su) = Self::lowrank_shapes(self.kind, d, r);
                 if xd.dims()[1] != r {
-                    return Err(glora_error(format!("{pre}: holds rank {} but is active at rank {r}; fix it first", xd.dims()[1])));
+                    return Err(glora_error(format!(
+                        "{pre}: holds rank {} but is active at rank {r}; fix it first",
+                        xd.dims()[1]
+                    )));
                 }
                 xd.assign(&get("Xd", &sd)?)?;
                 xu.assign(&get("Xu", &su)?)?;
             }
             Support::Vector => {
-                let x = self.vector.as_ref().expect("an active vector path holds a vector");
+                let x = self
+                    .vector
+                    .as_ref()
+                    .expect("an active vector path holds a vector");
                 x.assign(&get("X", &Self::vector_shape(self.kind, d))?)?;
             }
             Support::Scalar => {
-                let x = self.scalar.as_ref().expect("an active scalar path holds a scalar");
+                let x = self
+                    .scalar
+                    .as_ref()
+                    .expect("an active scalar path holds a scalar");
                 x.assign(&get("X", &[1])?)?;
             }
         }

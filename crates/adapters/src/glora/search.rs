@@ -36,7 +36,16 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        SearchConfig { population: 50, select: 10, crossover: 25, mutation: 25, mutation_prob: 0.2, generations: 20, param_limit: None, max_tries: 100 }
+        SearchConfig {
+            population: 50,
+            select: 10,
+            crossover: 25,
+            mutation: 25,
+            mutation_prob: 0.2,
+            generations: 20,
+            param_limit: None,
+            max_tries: 100,
+        }
     }
 }
 
@@ -67,14 +76,30 @@ pub fn evolution_search(
 ) -> Result<SearchResult> {
     space.validate()?;
     if layers.is_empty() || cfg.population == 0 || cfg.select == 0 || cfg.generations == 0 {
-        return Err(Error::config("glora search", "needs at least one layer, and positive population, select and generations"));
+        return Err(Error::config(
+            "glora search",
+            "needs at least one layer, and positive population, select and generations",
+        ));
     }
     if !(0.0..=1.0).contains(&cfg.mutation_prob) {
-        return Err(Error::config("glora search", format!("mutation_prob {} is not a probability", cfg.mutation_prob)));
+        return Err(Error::config(
+            "glora search",
+            format!("mutation_prob {} is not a probability", cfg.mutation_prob),
+        ));
     }
-    let count = |c: &[LayerChoice]| -> usize { c.iter().zip(layers).map(|(c, s)| c.param_count(s.in_f, s.out_f, s.has_bias)).sum() };
+    let count = |c: &[LayerChoice]| -> usize {
+        c.iter()
+            .zip(layers)
+            .map(|(c, s)| c.param_count(s.in_f, s.out_f, s.has_bias))
+            .sum()
+    };
     let legal = |c: &[LayerChoice]| cfg.param_limit.is_none_or(|lim| count(c) <= lim);
-    let random = |rng: &mut Rng| -> Vec<LayerChoice> { layers.iter().map(|s| space.sample(s.has_bias, rng)).collect() };
+    let random = |rng: &mut Rng| -> Vec<LayerChoice> {
+        layers
+            .iter()
+            .map(|s| space.sample(s.has_bias, rng))
+            .collect()
+    };
 
     // Every candidate ever proposed, in order, with its fitness once scored.
     let mut seen: HashSet<Vec<LayerChoice>> = HashSet::new();
@@ -82,7 +107,10 @@ pub fn evolution_search(
     let mut index: HashMap<Vec<LayerChoice>, usize> = HashMap::new();
 
     // Draws up to `want` new legal candidates from `make`, giving up after `max_tries` draws per wanted one.
-    let propose = |want: usize, rng: &mut Rng, seen: &mut HashSet<Vec<LayerChoice>>, make: &mut dyn FnMut(&mut Rng) -> Vec<LayerChoice>| {
+    let propose = |want: usize,
+                   rng: &mut Rng,
+                   seen: &mut HashSet<Vec<LayerChoice>>,
+                   make: &mut dyn FnMut(&mut Rng) -> Vec<LayerChoice>| {
         let mut out = Vec::new();
         let mut tries = 0;
         while out.len() < want && tries < want * cfg.max_tries.max(1) {
@@ -97,7 +125,13 @@ pub fn evolution_search(
 
     let mut population = propose(cfg.population, rng, &mut seen, &mut |r| random(r));
     if population.is_empty() {
-        return Err(Error::config("glora search", format!("no candidate fits the parameter limit {:?}", cfg.param_limit)));
+        return Err(Error::config(
+            "glora search",
+            format!(
+                "no candidate fits the parameter limit {:?}",
+                cfg.param_limit
+            ),
+        ));
     }
     let mut history = Vec::with_capacity(cfg.generations);
     let mut top: Vec<usize> = Vec::new();
@@ -105,7 +139,10 @@ pub fn evolution_search(
         for c in population.drain(..) {
             let f = fitness(&c)?;
             if !f.is_finite() {
-                return Err(Error::config("glora search", format!("the fitness of a candidate is {f}, not a finite number")));
+                return Err(Error::config(
+                    "glora search",
+                    format!("the fitness of a candidate is {f}, not a finite number"),
+                ));
             }
             index.insert(c.clone(), scored.len());
             scored.push((c, f));
@@ -170,7 +207,23 @@ mod tests {
     use crate::glora::Support;
 
     fn layers() -> Vec<LayerShape> {
-        vec![LayerShape { in_f: 16, out_f: 12, has_bias: true }, LayerShape { in_f: 12, out_f: 16, has_bias: false }, LayerShape { in_f: 9, out_f: 7, has_bias: true }]
+        vec![
+            LayerShape {
+                in_f: 16,
+                out_f: 12,
+                has_bias: true,
+            },
+            LayerShape {
+                in_f: 12,
+                out_f: 16,
+                has_bias: false,
+            },
+            LayerShape {
+                in_f: 9,
+                out_f: 7,
+                has_bias: true,
+            },
+        ]
     }
 
     /// A toy fitness whose optimum is known: every layer's A low-rank 8, B vector, others as cheap as possible.
@@ -178,7 +231,13 @@ mod tests {
         Ok(c.iter()
             .map(|l| {
                 let mut s = 0.0;
-                s += if l.a == Support::LowRank(8) { 2.0 } else if l.a == Support::LowRank(4) { 1.0 } else { 0.0 };
+                s += if l.a == Support::LowRank(8) {
+                    2.0
+                } else if l.a == Support::LowRank(4) {
+                    1.0
+                } else {
+                    0.0
+                };
                 s += if l.b == Support::Vector { 1.0 } else { 0.0 };
                 s += if l.c == Support::None { 0.5 } else { 0.0 };
                 s
@@ -207,16 +266,26 @@ mod tests {
         let ls = layers();
         // Low-rank 8 on A costs 8·(out+in) per layer; this limit forbids it on at least one layer.
         let limit = 8 * (12 + 16) * 2 + 4 * (7 + 9) + 100;
-        let cfg = SearchConfig { param_limit: Some(limit), ..SearchConfig::default() };
+        let cfg = SearchConfig {
+            param_limit: Some(limit),
+            ..SearchConfig::default()
+        };
         let r = evolution_search(&space, &ls, &cfg, &mut Rng::new(3), toy).unwrap();
         assert!(r.best_params <= limit);
         for (c, _) in &r.top {
-            let n: usize = c.iter().zip(&ls).map(|(c, s)| c.param_count(s.in_f, s.out_f, s.has_bias)).sum();
+            let n: usize = c
+                .iter()
+                .zip(&ls)
+                .map(|(c, s)| c.param_count(s.in_f, s.out_f, s.has_bias))
+                .sum();
             assert!(n <= limit);
         }
         // Only the all-off candidate fits a limit of 0, and random draws practically never hit it: the search
         // says so instead of looping.
-        let cfg = SearchConfig { param_limit: Some(0), ..SearchConfig::default() };
+        let cfg = SearchConfig {
+            param_limit: Some(0),
+            ..SearchConfig::default()
+        };
         let e = evolution_search(&space, &ls, &cfg, &mut Rng::new(3), toy).unwrap_err();
         assert!(e.to_string().contains("parameter limit"), "{e}");
     }
@@ -224,7 +293,14 @@ mod tests {
     #[test]
     fn a_non_finite_fitness_is_an_error() {
         let space = SearchSpace::paper(8, 4);
-        let e = evolution_search(&space, &layers(), &SearchConfig::default(), &mut Rng::new(1), |_| Ok(f64::NAN)).unwrap_err();
+        let e = evolution_search(
+            &space,
+            &layers(),
+            &SearchConfig::default(),
+            &mut Rng::new(1),
+            |_| Ok(f64::NAN),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("finite"));
     }
 }

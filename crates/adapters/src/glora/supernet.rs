@@ -29,7 +29,9 @@ impl SearchSpace {
         let ab = vec![LowRank(r_big), LowRank(r_small), Vector, Scalar, None];
         let c = vec![LowRank(r_big), LowRank(r_small), Vector, None];
         let de = vec![Vector, Scalar, None];
-        SearchSpace { options: [ab.clone(), ab, c, de.clone(), de] }
+        SearchSpace {
+            options: [ab.clone(), ab, c, de.clone(), de],
+        }
     }
 
     /// Checks that every path has at least one option and only shapes it allows; the error names the path.
@@ -37,10 +39,14 @@ impl SearchSpace {
         for k in PathKind::ALL {
             let o = &self.options[k as usize];
             if o.is_empty() {
-                return Err(glora_error(format!("GLoRA search space: path {k:?} has no options")));
+                return Err(glora_error(format!(
+                    "GLoRA search space: path {k:?} has no options"
+                )));
             }
             if let Some(s) = o.iter().find(|s| !k.allows(**s)) {
-                return Err(glora_error(format!("GLoRA search space: `{s}` is not allowed for path {k:?}")));
+                return Err(glora_error(format!(
+                    "GLoRA search space: `{s}` is not allowed for path {k:?}"
+                )));
             }
         }
         Ok(())
@@ -75,7 +81,11 @@ impl SearchSpace {
     pub fn largest(&self, in_f: usize, out_f: usize, has_bias: bool) -> LayerChoice {
         let mut c = LayerChoice::NONE;
         for k in PathKind::ALL {
-            let best = self.options_for(k, has_bias).into_iter().max_by_key(|s| s.param_count(k, in_f, out_f)).unwrap_or(Support::None);
+            let best = self
+                .options_for(k, has_bias)
+                .into_iter()
+                .max_by_key(|s| s.param_count(k, in_f, out_f))
+                .unwrap_or(Support::None);
             c.set(k, best);
         }
         c
@@ -103,7 +113,14 @@ pub struct Supernet {
 impl Supernet {
     /// Wraps every linear slot of `model` whose module path `select` accepts with a supernet GLoRA adapter
     /// `name` (added to the layer when it already is a [`GloraLayer`]). Fails when no path is selected.
-    pub fn attach<M: LinearModel>(model: &mut M, name: &str, space: SearchSpace, select: impl Fn(&str) -> bool, init_weights: bool, rng: &mut Rng) -> Result<Supernet> {
+    pub fn attach<M: LinearModel>(
+        model: &mut M,
+        name: &str,
+        space: SearchSpace,
+        select: impl Fn(&str) -> bool,
+        init_weights: bool,
+        rng: &mut Rng,
+    ) -> Result<Supernet> {
         space.validate()?;
         let mut paths = Vec::new();
         let mut shapes = Vec::new();
@@ -116,7 +133,8 @@ impl Supernet {
             let options: [Vec<Support>; 5] = PathKind::ALL.map(|k| space.options_for(k, has_bias));
             let start = space.largest(in_f, out_f, has_bias);
             if let Some(g) = slot.downcast_mut::<GloraLayer>() {
-                g.add_adapter_with_options(name, &options, start, init_weights, rng).map_err(|e| in_module(e, &path))?;
+                g.add_adapter_with_options(name, &options, start, init_weights, rng)
+                    .map_err(|e| in_module(e, &path))?;
             } else {
                 slot.replace_with(|old: Box<dyn LinearLayer>| {
                     let mut g = GloraLayer::empty(old);
@@ -127,17 +145,36 @@ impl Supernet {
                 })?;
             }
             paths.push(path);
-            shapes.push(LayerShape { in_f, out_f, has_bias });
+            shapes.push(LayerShape {
+                in_f,
+                out_f,
+                has_bias,
+            });
         }
         if paths.is_empty() {
-            return Err(glora_error(format!("GLoRA supernet `{name}`: the selection matches no linear module")));
+            return Err(glora_error(format!(
+                "GLoRA supernet `{name}`: the selection matches no linear module"
+            )));
         }
-        Ok(Supernet { name: name.to_string(), space, paths, shapes })
+        Ok(Supernet {
+            name: name.to_string(),
+            space,
+            paths,
+            shapes,
+        })
     }
 
     /// Samples one choice per layer (the per-step draw of supernet training) and activates it.
-    pub fn sample_step<M: LinearModel>(&self, model: &mut M, rng: &mut Rng) -> Result<Vec<LayerChoice>> {
-        let choices: Vec<LayerChoice> = self.shapes.iter().map(|s| self.space.sample(s.has_bias, rng)).collect();
+    pub fn sample_step<M: LinearModel>(
+        &self,
+        model: &mut M,
+        rng: &mut Rng,
+    ) -> Result<Vec<LayerChoice>> {
+        let choices: Vec<LayerChoice> = self
+            .shapes
+            .iter()
+            .map(|s| self.space.sample(s.has_bias, rng))
+            .collect();
         self.apply(model, &choices)?;
         Ok(choices)
     }
@@ -149,24 +186,62 @@ impl Supernet {
 
     /// Cuts every layer down to its choice (the search's result) and returns the per-layer configuration to
     /// store in the adapter config's `layer_configs`.
-    pub fn fix<M: LinearModel>(&self, model: &mut M, choices: &[LayerChoice]) -> Result<BTreeMap<String, LayerChoice>> {
+    pub fn fix<M: LinearModel>(
+        &self,
+        model: &mut M,
+        choices: &[LayerChoice],
+    ) -> Result<BTreeMap<String, LayerChoice>> {
         self.for_each_layer(model, choices, |g, name, c| g.fix_choice(name, c))?;
-        Ok(self.paths.iter().cloned().zip(choices.iter().zip(&self.shapes).map(|(c, s)| c.effective(s.has_bias))).collect())
+        Ok(self
+            .paths
+            .iter()
+            .cloned()
+            .zip(
+                choices
+                    .iter()
+                    .zip(&self.shapes)
+                    .map(|(c, s)| c.effective(s.has_bias)),
+            )
+            .collect())
     }
 
     /// Trainable values of the adapter with these choices.
     pub fn param_count(&self, choices: &[LayerChoice]) -> usize {
-        choices.iter().zip(&self.shapes).map(|(c, s)| c.param_count(s.in_f, s.out_f, s.has_bias)).sum()
+        choices
+            .iter()
+            .zip(&self.shapes)
+            .map(|(c, s)| c.param_count(s.in_f, s.out_f, s.has_bias))
+            .sum()
     }
 
-    fn for_each_layer<M: LinearModel>(&self, model: &mut M, choices: &[LayerChoice], mut f: impl FnMut(&mut GloraLayer, &str, LayerChoice) -> Result<()>) -> Result<()> {
+    fn for_each_layer<M: LinearModel>(
+        &self,
+        model: &mut M,
+        choices: &[LayerChoice],
+        mut f: impl FnMut(&mut GloraLayer, &str, LayerChoice) -> Result<()>,
+    ) -> Result<()> {
         if choices.len() != self.paths.len() {
-            return Err(glora_error(format!("GLoRA supernet `{}`: {} choices for {} layers", self.name, choices.len(), self.paths.len())));
+            return Err(glora_error(format!(
+                "GLoRA supernet `{}`: {} choices for {} layers",
+                self.name,
+                choices.len(),
+                self.paths.len()
+            )));
         }
         let mut slots: BTreeMap<String, _> = model.linear_slots().into_iter().collect();
         for (path, &c) in self.paths.iter().zip(choices) {
-            let slot = slots.get_mut(path).ok_or_else(|| glora_error(format!("GLoRA supernet `{}`: the model has no module `{path}` any more", self.name)))?;
-            let g = slot.downcast_mut::<GloraLayer>().ok_or_else(|| glora_error(format!("GLoRA supernet `{}`: `{path}` is not a GLoRA layer", self.name)))?;
+            let slot = slots.get_mut(path).ok_or_else(|| {
+                glora_error(format!(
+                    "GLoRA supernet `{}`: the model has no module `{path}` any more",
+                    self.name
+                ))
+            })?;
+            let g = slot.downcast_mut::<GloraLayer>().ok_or_else(|| {
+                glora_error(format!(
+                    "GLoRA supernet `{}`: `{path}` is not a GLoRA layer",
+                    self.name
+                ))
+            })?;
             f(g, &self.name, c).map_err(|e| in_module(e, path))?;
         }
         Ok(())
