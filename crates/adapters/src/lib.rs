@@ -12,7 +12,7 @@ pub mod config;
 pub mod glora;
 mod error;
 pub mod layer;
-// pub mod lora; (landing next)
+pub mod lora;
 pub mod model;
 pub mod peft;
 pub mod target;

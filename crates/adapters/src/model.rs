@@ -139,9 +139,12 @@ impl<M: LinearModel> PeftModel<M> {
         }
         for (path, slot) in slots.iter_mut().filter(|(p, _)| paths.contains(p)) {
             let layer = slot.layer();
-            let foreign = self.adapters.iter().any(|e| {
-                e.method.method() != method.method() && e.method.as_adapter(layer).is_some()
-            });
+            // Another method's layer is one this method does not recognize as its own.
+            let foreign = method.as_adapter(layer).is_none()
+                && self
+                    .adapters
+                    .iter()
+                    .any(|e| e.method.as_adapter(layer).is_some());
             if foreign {
                 return Err(Error::module(
                     path.clone(),

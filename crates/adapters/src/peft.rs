@@ -79,10 +79,9 @@ pub fn method_from_config(config: &serde_json::Value) -> Result<Box<dyn AdapterM
         .and_then(|v| v.as_str())
         .ok_or_else(|| Error::config("peft_type", "missing or not a string"))?;
     match ty {
-        // LORA_ARM
+        "LORA" => Ok(Box::new(crate::lora::LoraConfig::from_peft_json(config)?)),
         "ADALORA" => Ok(Box::new(crate::adalora::AdaLora::from_peft_json(config)?)),
         "GLORA" => Ok(Box::new(crate::glora::GloraConfig::from_peft_json(config)?)),
-        // GLoRA and AdaLoRA add their arms here (one line each, calling their config's `from_peft_json`).
         other => Err(Error::config(
             "peft_type",
             format!("`{other}` is not a method rankfold reads"),
