@@ -361,6 +361,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any shape up to 24×24 with entries of any scale decomposes (UΣVᵀ ≈ A, orthonormal factors).
+        #[test]
+        fn any_small_matrix_decomposes(m in 1usize..24, n in 1usize..24, seed in 0u64..1_000_000, scale in -3i32..4) {
+            let mut rng = Rng::new(seed);
+            let a: Vec<f64> = (0..m * n).map(|_| rng.normal() * 10f64.powi(scale)).collect();
+            check_svd(&a, m, n, 1e-11);
+        }
+    }
+
     #[test]
     fn known_spectra_are_recovered() {
         let mut rng = Rng::new(11);
