@@ -30,3 +30,7 @@ mod nf4_gpu;
 mod peft_fixtures;
 // GLoRA: every support shape vs the formulas, merge, finite differences, PEFT files, NF4 base, supernet, search.
 mod adapters_glora;
+// AdaLoRA: PEFT's pruned reference case (rank-0 layer), allocator-driven training vs the budget, merge, NF4, save/load.
+mod adapters_adalora;
+// LoRA, rsLoRA, LoRA-FA (activation memory), QLoRA: PEFT reference cases, merge, gradients, errors.
+mod adapters_lora;

@@ -1,0 +1,433 @@
+//! AdaLoRA through `PeftModel`: PEFT's saved reference case (pruned ranks, a rank-0 layer) loads and matches
+//! PyTorch's outputs and merged weights; training with the allocator driven by `on_step` keeps exactly the
+//! budget's number of singular values at each masking step; merged equals unmerged; save → load round trips;
+//! an NF4 base; and the errors a bad file or config raises.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{ensure, Context, Result};
+use rankfold_adapters::adalora::{AdaLora, AdaLoraConfig, SvdLinear};
+use rankfold_adapters::testing::{TestModel, TestModelConfig};
+use rankfold_adapters::{AdapterLayer, Error, PeftModel, TargetModules};
+use rankfold_tensor::nn::{Linear, LinearLayer, LinearModel, LinearSlot, Nf4Linear};
+use rankfold_tensor::optim::{AdamW, AdamWConfig, Optimizer};
+use rankfold_tensor::{safetensors, DType, Device, Rng, Tensor};
+
+use crate::common::{assert_close, Tol};
+use crate::peft_fixtures::PeftCase;
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_vec::<f64>().expect("f64 read")
+}
+
+const TIGHT: Tol = Tol { rel: 1e-5, abs: 1e-5 };
+
+/// Linear layers at the fixture's module paths.
+#[derive(Debug)]
+struct FixtureModel {
+    slots: Vec<(String, LinearSlot)>,
+}
+
+impl LinearModel for FixtureModel {
+    fn linear_slots(&mut self) -> Vec<(String, &mut LinearSlot)> {
+        self.slots.iter_mut().map(|(p, s)| (p.clone(), s)).collect()
+    }
+}
+
+impl FixtureModel {
+    fn slot(&self, path: &str) -> &LinearSlot {
+        &self.slots.iter().find(|(p, _)| p == path).expect("a fixture path").1
+    }
+}
+
+fn adalora(total_step: usize) -> AdaLoraConfig {
+    AdaLoraConfig::new(TargetModules::AllLinear, total_step)
+}
+
+#[test]
+fn peft_adalora_case_loads_runs_and_merges_like_pytorch() -> Result<()> {
+    let case = PeftCase::open("adalora")?;
+    let io = case.io()?;
+    let slots = io
+        .layers
+        .iter()
+        .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
+        .collect::<Result<_>>()?;
+    let mut pm = PeftModel::new(FixtureModel { slots }, 0);
+    pm.load(case.adapter_dir(), "default")?;
+    for l in &io.layers {
+        let slot = pm.model().slot(&l.path);
+        let s = slot.downcast_ref::<SvdLinear>().context("an AdaLoRA layer")?;
+        let ad = s.adapter("default")?;
+        // PEFT keeps ranknum = init_r after resizing; a layer that kept nothing loads with rank 0.
+        assert_eq!(ad.ranknum(), 6.0);
+        let want_rank = match l.path.as_str() {
+            "layers.0.self_attn.q_proj" => 3,
+            "layers.0.mlp.down_proj" => 0,
+            _ => 6,
+        };
+        assert_eq!(ad.rank(), want_rank, "{}", l.path);
+        let y = slot.forward(&io.x)?;
+        assert_close(&f64s(&y), &f64s(&l.y), TIGHT, &format!("{} y vs PyTorch", l.path))?;
+        if want_rank == 0 {
+            let base = l.base_linear()?.forward(&io.x)?;
+            assert_eq!(f64s(&y), f64s(&base), "the rank-0 layer computes its base");
+        }
+    }
+    // The rank-0 layer has nothing to train; the others train Q, λ, P.
+    let trainable: usize = pm.parameters().iter().map(|(_, t)| t.elem_count()).sum();
+    assert_eq!(trainable, 3 * (37 + 1 + 23) + 6 * (37 + 1 + 19));
+
+    // Save: tensors bit-identical to PEFT's file, the same rank pattern.
+    let dir = tempdir("adalora_fixture")?;
+    pm.save_pretrained(&dir, "default")?;
+    let theirs = case.adapter_tensors()?;
+    let ours = safetensors::load(dir.join("adapter_model.safetensors"), Device::Cpu)?;
+    let mut keys: Vec<_> = theirs.keys().collect();
+    keys.sort();
+    let mut our_keys: Vec<_> = ours.keys().collect();
+    our_keys.sort();
+    assert_eq!(keys, our_keys);
+    for k in keys {
+        assert_eq!(ours[k].dims(), theirs[k].dims(), "{k}");
+        assert_eq!(ours[k].to_vec::<f32>()?, theirs[k].to_vec::<f32>()?, "{k}");
+    }
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json"))?)?;
+    assert_eq!(cfg["rank_pattern"], case.config_json()?["rank_pattern"]);
+    assert_eq!(cfg["peft_type"], "ADALORA");
+
+    // Merge: the weights PEFT's merge_and_unload wrote.
+    let mut model = pm.merge_and_unload()?;
+    for l in &io.layers {
+        let slot = model
+            .linear_slots()
+            .into_iter()
+            .find(|(p, _)| *p == l.path)
+            .context("path")?
+            .1;
+        let w = slot.layer().dense_weight()?;
+        assert_close(
+            &f64s(&w),
+            &f64s(&l.merged_weight),
+            TIGHT,
+            &format!("{} merged weight", l.path),
+        )?;
+        let y = slot.forward(&io.x)?;
+        assert_close(
+            &f64s(&y),
+            &f64s(&l.y),
+            Tol { rel: 1e-4, abs: 1e-4 },
+            &format!("{} merged y", l.path),
+        )?;
+    }
+    Ok(())
+}
+
+/// A fresh directory under the target folder's temp area.
+fn tempdir(name: &str) -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("rankfold-adalora-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// The number of non-zero λ per layer of adapter `name`, and the rank pattern each layer carries.
+fn lambdas(pm: &mut PeftModel<TestModel>, name: &str) -> Result<(usize, BTreeMap<String, Vec<f32>>)> {
+    let mut nonzero = 0;
+    let mut all = BTreeMap::new();
+    for (path, slot) in pm.model_mut().linear_slots() {
+        let Some(s) = slot.downcast_ref::<SvdLinear>() else {
+            continue;
+        };
+        let e = s.adapter(name)?.lora_e().to_vec::<f32>()?;
+        nonzero += e.iter().filter(|&&v| v != 0.0).count();
+        all.insert(path, e);
+    }
+    Ok((nonzero, all))
+}
+
+/// The budget by exact integer arithmetic: bT + ⌊(b0 − bT)(end − t)³ / span³⌋ between tinit and end.
+fn exact_budget(b0: usize, bt: usize, tinit: usize, end: usize, t: usize) -> (usize, bool) {
+    let span = (end - tinit) as u128;
+    let num = (b0 - bt) as u128 * ((end - t) as u128).pow(3);
+    (bt + (num / span.pow(3)) as usize, num % span.pow(3) == 0)
+}
+
+/// Overwrites every AdaLoRA tensor with N(0, std²) values (λ starts at zero otherwise, making ΔW zero).
+fn randomize(pm: &mut PeftModel<TestModel>, rng: &mut Rng, std: f64) -> Result<()> {
+    for (_, slot) in pm.model_mut().linear_slots() {
+        let Some(s) = slot.downcast_ref::<SvdLinear>() else {
+            continue;
+        };
+        let ad = s.adapter("default")?;
+        for t in [ad.lora_a(), ad.lora_e(), ad.lora_b()] {
+            t.assign(&rng.normal_tensor(0.0, std, t.dims(), DType::F32, Device::Cpu)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn test_model(seed: u64) -> Result<TestModel> {
+    Ok(TestModel::new(TestModelConfig::default(), seed)?)
+}
+
+/// One training step: loss = MSE(model(x), target) + the orthogonal regularizer; AdamW; then `on_step`.
+fn train_step(pm: &mut PeftModel<TestModel>, opt: &mut AdamW, x: &Tensor, target: &Tensor, step: usize) -> Result<()> {
+    let y = pm.model().forward(x)?;
+    let mut loss = y.sub(target)?.sqr()?.mean_all()?;
+    let reg = pm.regularization_loss()?.context("AdaLoRA has a regularization loss")?;
+    loss = loss.add(&reg)?;
+    let grads = loss.backward()?;
+    opt.step(&grads)?;
+    pm.on_step(step, &grads)?;
+    Ok(())
+}
+
+#[test]
+fn training_masks_to_the_budget_at_every_allocation_step_and_saves_the_pattern() -> Result<()> {
+    let mut rng = Rng::new(41);
+    let mut cfg = adalora(30);
+    cfg.common.target_modules = Some(TargetModules::list(&["q_proj", "v_proj", "up_proj", "down_proj"]));
+    (cfg.init_r, cfg.target_r, cfg.tinit, cfg.tfinal, cfg.delta_t) = (5, 2, 3, 6, 2);
+    cfg.lora_alpha = 4.0;
+    let mut pm = PeftModel::new(test_model(3)?, 7);
+    let paths = pm.add_adapter("default", Box::new(AdaLora::new(cfg.clone())?))?;
+    assert_eq!(paths.len(), 8);
+    let (b0, bt) = (5 * paths.len(), 2 * paths.len());
+    let mut opt = AdamW::new(
+        pm.parameters(),
+        AdamWConfig {
+            lr: 1e-2,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let x = rng.normal_tensor(0.0, 1.0, (6, 13), DType::F32, Device::Cpu)?;
+    let target = rng.normal_tensor(0.0, 1.0, (6, 11), DType::F32, Device::Cpu)?;
+    let end = 30 - 6;
+    let mut final_e = None;
+    for step in 0..30 {
+        train_step(&mut pm, &mut opt, &x, &target, step)?;
+        let (nonzero, e) = lambdas(&mut pm, "default")?;
+        if step > 3 && step < end && step % 2 == 0 {
+            let (q, exact) = exact_budget(b0, bt, 3, end, step);
+            // Float rounding (as in PEFT) may land one below an exactly integral budget.
+            ensure!(
+                nonzero == q || (exact && nonzero + 1 == q),
+                "step {step}: {nonzero} non-zero λ, budget {q}"
+            );
+        } else if step == end {
+            assert_eq!(nonzero, bt, "step {step}");
+            final_e = Some(e);
+        } else if step > end {
+            // The final pattern is re-applied after every step: the same λ stay zero.
+            let f = final_e.as_ref().context("final pattern")?;
+            for (p, v) in &e {
+                for (i, &z) in v.iter().enumerate() {
+                    assert_eq!(z == 0.0, f[p][i] == 0.0, "step {step} {p} rank {i}");
+                }
+            }
+        } else if step < 3 {
+            assert_eq!(nonzero, b0, "step {step}: nothing is masked before tinit");
+        }
+    }
+
+    // Save: the pattern in the config, the tensors cut to the surviving ranks.
+    let dir = tempdir("adalora_trained")?;
+    pm.save_pretrained(&dir, "default")?;
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json"))?)?;
+    let pattern = saved["rank_pattern"].as_object().context("rank_pattern")?;
+    assert_eq!(pattern.len(), 8);
+    let kept: usize = pattern
+        .values()
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b.as_bool() == Some(true))
+                .count()
+        })
+        .sum();
+    assert_eq!(kept, bt);
+    let files = safetensors::load(dir.join("adapter_model.safetensors"), Device::Cpu)?;
+    for (key, flags) in pattern {
+        let path = key.strip_suffix(".lora_E").context("key suffix")?;
+        let k = flags
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b.as_bool() == Some(true))
+            .count();
+        let inf = if path.ends_with("down_proj") { 21 } else { 13 };
+        assert_eq!(files[&format!("base_model.model.{path}.lora_A")].dims(), [k, inf]);
+        assert_eq!(files[&format!("base_model.model.{path}.lora_E")].dims(), [k, 1]);
+    }
+
+    // Load into a fresh model: the same outputs (masked ranks contribute zero, cut ones are gone).
+    pm.set_training(false)?;
+    let y = pm.model().forward(&x)?;
+    let mut fresh = PeftModel::new(test_model(3)?, 99);
+    fresh.load(&dir, "default")?;
+    let y2 = fresh.model().forward(&x)?;
+    assert_close(&f64s(&y2), &f64s(&y), Tol { rel: 1e-6, abs: 1e-6 }, "reloaded outputs")?;
+    // Saving the reloaded adapter again writes the same bytes' worth of tensors.
+    let dir2 = tempdir("adalora_trained_again")?;
+    fresh.save_pretrained(&dir2, "default")?;
+    let again = safetensors::load(dir2.join("adapter_model.safetensors"), Device::Cpu)?;
+    assert_eq!(again.len(), files.len());
+    for (k, t) in &files {
+        assert_eq!(again[k].dims(), t.dims(), "{k}");
+        assert_eq!(again[k].to_vec::<f32>()?, t.to_vec::<f32>()?, "{k}");
+    }
+    Ok(())
+}
+
+#[test]
+fn merged_equals_unmerged_and_unmerge_restores_the_base() -> Result<()> {
+    let mut rng = Rng::new(5);
+    let mut cfg = adalora(10);
+    cfg.init_r = 7;
+    let mut pm = PeftModel::new(test_model(8)?, 1);
+    pm.add_adapter("default", Box::new(AdaLora::new(cfg)?))?;
+    randomize(&mut pm, &mut rng, 0.3)?;
+    let x = rng.normal_tensor(0.0, 1.0, (3, 2, 13), DType::F32, Device::Cpu)?;
+    let before: Vec<Vec<f32>> = pm
+        .model_mut()
+        .linear_slots()
+        .iter()
+        .map(|(_, s)| s.layer().dense_weight()?.to_vec::<f32>())
+        .collect::<rankfold_tensor::Result<_>>()?;
+    let y = pm.model().forward(&x)?;
+    pm.merge()?;
+    let ym = pm.model().forward(&x)?;
+    assert_close(&f64s(&ym), &f64s(&y), TIGHT, "merged vs unmerged")?;
+    pm.unmerge()?;
+    let after: Vec<Vec<f32>> = pm
+        .model_mut()
+        .linear_slots()
+        .iter()
+        .map(|(_, s)| s.layer().dense_weight()?.to_vec::<f32>())
+        .collect::<rankfold_tensor::Result<_>>()?;
+    assert_eq!(before, after, "unmerge restores W0 bit for bit");
+    assert_eq!(f64s(&pm.model().forward(&x)?), f64s(&y));
+    // Disabled adapters: the base alone.
+    pm.disable()?;
+    let base = TestModel::new(TestModelConfig::default(), 8)?.forward(&x)?;
+    assert_eq!(f64s(&pm.model().forward(&x)?), f64s(&base));
+    Ok(())
+}
+
+#[test]
+fn adalora_trains_and_merges_on_an_nf4_base() -> Result<()> {
+    let mut rng = Rng::new(12);
+    let mut model = test_model(4)?;
+    for (_, slot) in model.linear_slots() {
+        slot.replace_with(|old| {
+            let lin = old.as_any().downcast_ref::<Linear>().expect("the test model is dense");
+            match Nf4Linear::quantize(lin, 64, true) {
+                Ok(q) => Ok(Box::new(q) as Box<dyn LinearLayer>),
+                Err(e) => Err((old, e)),
+            }
+        })?;
+    }
+    let mut cfg = adalora(8);
+    cfg.init_r = 4;
+    cfg.target_r = 1;
+    let mut pm = PeftModel::new(model, 2);
+    pm.add_adapter("default", Box::new(AdaLora::new(cfg)?))?;
+    randomize(&mut pm, &mut rng, 0.3)?;
+    let x = rng.normal_tensor(0.0, 1.0, (5, 13), DType::F32, Device::Cpu)?;
+    // The adapted NF4 layer adds the branch to the NF4 base's own output.
+    {
+        let mut slots = pm.model_mut().linear_slots();
+        let (_, slot) = &mut slots[0];
+        let s = slot.downcast_ref::<SvdLinear>().context("AdaLoRA over NF4")?;
+        assert!(s.base().as_any().is::<Nf4Linear>());
+        let ad = s.adapter("default")?;
+        let delta = x
+            .matmul(&ad.lora_a().mul(ad.lora_e())?.t()?)?
+            .matmul(&ad.lora_b().t()?)?
+            .mul_scalar(ad.scale())?;
+        let want = s.base().forward(&x)?.add(&delta)?;
+        assert_close(&f64s(&slot.forward(&x)?), &f64s(&want), TIGHT, "NF4 base + branch")?;
+    }
+    let target = rng.normal_tensor(0.0, 1.0, (5, 11), DType::F32, Device::Cpu)?;
+    let mut opt = AdamW::new(
+        pm.parameters(),
+        AdamWConfig {
+            lr: 1e-2,
+            ..AdamWConfig::default()
+        },
+    )?;
+    for step in 0..8 {
+        train_step(&mut pm, &mut opt, &x, &target, step)?;
+    }
+    // Merging requantizes W0 + ΔW: the outputs move by NF4 rounding only.
+    let y = pm.model().forward(&x)?;
+    pm.merge()?;
+    let ym = pm.model().forward(&x)?;
+    let scale = f64s(&y).iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert_close(
+        &f64s(&ym),
+        &f64s(&y),
+        Tol {
+            rel: 0.0,
+            abs: 0.25 * scale,
+        },
+        "NF4 merged vs unmerged",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn bad_files_and_configs_name_the_problem() -> Result<()> {
+    let case = PeftCase::open("adalora")?;
+    let io = case.io()?;
+    let make = || -> Result<PeftModel<FixtureModel>> {
+        let slots = io
+            .layers
+            .iter()
+            .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
+            .collect::<Result<_>>()?;
+        Ok(PeftModel::new(FixtureModel { slots }, 0))
+    };
+    let src = case.adapter_dir();
+    let write = |name: &str, edit: &dyn Fn(&mut HashMap<String, Tensor>)| -> Result<std::path::PathBuf> {
+        let dir = tempdir(name)?;
+        std::fs::copy(src.join("adapter_config.json"), dir.join("adapter_config.json"))?;
+        let mut t = case.adapter_tensors()?;
+        edit(&mut t);
+        let refs: Vec<(&str, &Tensor)> = t.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        safetensors::save(dir.join("adapter_model.safetensors"), &refs, None)?;
+        Ok(dir)
+    };
+    let key = "base_model.model.layers.0.self_attn.q_proj.lora_E";
+    let missing = write("missing", &|t| {
+        t.remove(key);
+    })?;
+    match make()?.load(&missing, "default") {
+        Err(Error::MissingTensor { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("expected a missing-tensor error, got {other:?}"),
+    }
+    let wrong = write("wrong", &|t| {
+        t.insert(key.into(), Tensor::zeros((4, 1), DType::F32, Device::Cpu).unwrap());
+    })?;
+    match make()?.load(&wrong, "default") {
+        Err(Error::TensorShape { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    // Config errors name the field.
+    let mut c = adalora(10);
+    c.total_step = None;
+    assert!(matches!(AdaLora::new(c), Err(Error::Config { field, .. }) if field == "total_step"));
+    let mut c = adalora(10);
+    (c.tinit, c.tfinal) = (6, 4);
+    assert!(matches!(AdaLora::new(c), Err(Error::Config { field, .. }) if field == "tinit"));
+    let mut c = adalora(10);
+    c.init_r = 3;
+    c.rank_pattern = Some([("layers.0.mlp.up_proj.lora_E".to_string(), vec![true, false])].into());
+    let mut pm = make()?;
+    assert!(
+        matches!(pm.add_adapter("x", Box::new(AdaLora::new(c)?)), Err(Error::Config { field, .. }) if field == "rank_pattern")
+    );
+    Ok(())
+}
