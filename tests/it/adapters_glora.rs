@@ -508,7 +508,10 @@ fn save_load_round_trip_is_bit_identical_on_the_test_model() -> Result<()> {
     cfg.glora.init_weights = false;
     let mut pm = PeftModel::new(TestModel::new(TestModelConfig::default(), 5)?, 11);
     let paths = pm.add_adapter("default", Box::new(cfg))?;
-    ensure!(paths.len() == 12 && !paths.iter().any(|p| p == "lm_head"), "all-linear picks {paths:?}");
+    ensure!(
+        paths.len() == 12 && !paths.iter().any(|p| p == "lm_head"),
+        "all-linear picks {paths:?}"
+    );
     let y = pm.model().forward(&x)?;
     let dir = std::env::temp_dir().join(format!("rankfold-glora-rt-{}", std::process::id()));
     pm.save_pretrained(&dir, "default")?;
@@ -709,5 +712,103 @@ fn supernet_samples_share_weight_slices_and_the_search_fixes_a_config() -> Resul
         }
     }
     ensure!(PathKind::ALL.len() == 5);
+    Ok(())
+}
+
+#[test]
+fn supernet_training_through_peft_model_then_search_fix_save_and_load() -> Result<()> {
+    use rankfold_adapters::glora::SupernetMethod;
+    use rankfold_tensor::optim::{AdamW, AdamWConfig, Optimizer};
+    let mut rng = Rng::new(56);
+    let x = rng.normal_tensor(0.0, 1.0, (6, 13), DType::F32, Device::Cpu)?;
+    let target = rng.normal_tensor(0.0, 1.0, (6, 11), DType::F32, Device::Cpu)?;
+    let targets = TargetModules::list(&["q_proj", "v_proj", "down_proj"]);
+    let mut cfg = GloraConfig::new(
+        targets.clone(),
+        4,
+        Support::LowRank(4),
+        Support::LowRank(4),
+        Support::Vector,
+    );
+    cfg.glora.init_weights = false;
+    let space = SearchSpace::paper(4, 2);
+    let mut pm = PeftModel::new(TestModel::new(TestModelConfig::default(), 8)?, 12);
+    pm.add_adapter(
+        "default",
+        Box::new(SupernetMethod::new(cfg, space.clone(), 77)?),
+    )?;
+    let mut opt = AdamW::new(
+        pm.parameters(),
+        AdamWConfig {
+            lr: 1e-2,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let choices = |pm: &mut PeftModel<TestModel>| -> Result<Vec<LayerChoice>> {
+        let mut v = Vec::new();
+        for (_, slot) in pm.model_mut().linear_slots() {
+            if let Some(g) = slot.downcast_ref::<GloraLayer>() {
+                v.push(g.choice("default")?);
+            }
+        }
+        Ok(v)
+    };
+    let mut seen = std::collections::HashSet::new();
+    for step in 0..8 {
+        seen.insert(choices(&mut pm)?);
+        let loss = pm.model().forward(&x)?.sub(&target)?.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        // The trainer's hook draws the next step's sub-network.
+        pm.on_step(step, &grads)?;
+    }
+    ensure!(seen.len() > 1, "the hook must sample new configurations");
+    // Search on the trained supernet, fix, save: the config carries the per-layer choice.
+    pm.set_training(false)?;
+    let net = Supernet::find(pm.model_mut(), "default", space)?;
+    ensure!(net.paths.len() == 6, "{:?}", net.paths);
+    let scfg = SearchConfig {
+        population: 10,
+        select: 3,
+        crossover: 4,
+        mutation: 4,
+        generations: 3,
+        ..SearchConfig::default()
+    };
+    let cell = std::cell::RefCell::new(&mut pm);
+    let res = evolution_search(&net.space, &net.shapes, &scfg, &mut Rng::new(4), |cand| {
+        let mut pm = cell.borrow_mut();
+        net.apply(pm.model_mut(), cand)?;
+        let y = no_grad(|| pm.model().forward(&x))?;
+        Ok(-y.sub(&target)?.sqr()?.mean_all()?.to_scalar()?)
+    })?;
+    net.fix(pm.model_mut(), &res.best)?;
+    let y = pm.model().forward(&x)?;
+    ensure!(
+        (-y.sub(&target)?.sqr()?.mean_all()?.to_scalar()? - res.best_fitness).abs() < 1e-9,
+        "the fixed model scores as searched"
+    );
+    let dir = std::env::temp_dir().join(format!("rankfold-glora-super-{}", std::process::id()));
+    pm.save_pretrained(&dir, "default")?;
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json"))?)?;
+    ensure!(saved["peft_type"] == "GLORA", "{saved}");
+    let mut pm2 = PeftModel::new(TestModel::new(TestModelConfig::default(), 8)?, 1);
+    pm2.load(&dir, "default")?;
+    ensure!(
+        choices(&mut pm2)?
+            == res
+                .best
+                .iter()
+                .zip(&net.shapes)
+                .map(|(c, s)| c.effective(s.has_bias))
+                .collect::<Vec<_>>(),
+        "the saved config restores the searched shapes"
+    );
+    ensure!(
+        f64s(&pm2.model().forward(&x)?) == f64s(&y),
+        "the reloaded searched adapter computes the same outputs"
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -252,6 +252,15 @@ impl GloraLayer {
         Ok(())
     }
 
+    /// Whether adapter `name` holds what `choice` needs (on this layer's bias).
+    pub fn can_take(&self, name: &str, choice: LayerChoice) -> Result<bool> {
+        let eff = choice.effective(self.has_bias());
+        let a = self.adapter(name)?;
+        Ok(PathKind::ALL
+            .into_iter()
+            .all(|k| k.allows(eff.get(k)) && a.path(k).can_take(eff.get(k))))
+    }
+
     /// Fixes adapter `name` to `choice`: every path keeps only what that shape needs (low-rank cut to its rank).
     pub fn fix_choice(&mut self, name: &str, choice: LayerChoice) -> Result<()> {
         self.set_choice(name, choice)?;

@@ -36,7 +36,7 @@ use crate::{Error, Result};
 
 pub use layer::GloraLayer;
 pub use search::{evolution_search, SearchConfig, SearchResult};
-pub use supernet::{LayerShape, SearchSpace, Supernet};
+pub use supernet::{LayerShape, SearchSpace, Supernet, SupernetMethod};
 
 /// One of GLoRA's five paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,10 +7,12 @@
 use std::collections::BTreeMap;
 
 use rankfold_tensor::nn::{LinearLayer, LinearModel};
-use rankfold_tensor::Rng;
+use rankfold_tensor::{GradStore, Rng};
 
 use super::layer::{glora_error, in_module, GloraLayer};
-use super::{LayerChoice, PathKind, Support};
+use super::{GloraConfig, LayerChoice, PathKind, Support};
+use crate::config::CommonConfig;
+use crate::layer::{downcast_box, AdapterLayer, AdapterMethod, InjectResult, Method};
 use crate::Result;
 
 /// The shapes each path may take. [`SearchSpace::paper`] is the official GLoRA code's space.
@@ -164,6 +166,39 @@ impl Supernet {
         })
     }
 
+    /// The supernet adapter `name` already injected in `model` (by [`SupernetMethod`] through
+    /// [`crate::PeftModel`], or by [`Supernet::attach`]): every GLoRA layer holding that adapter, in model order.
+    pub fn find<M: LinearModel>(model: &mut M, name: &str, space: SearchSpace) -> Result<Supernet> {
+        let mut paths = Vec::new();
+        let mut shapes = Vec::new();
+        for (path, slot) in model.linear_slots() {
+            let Some(g) = slot.downcast_ref::<GloraLayer>() else {
+                continue;
+            };
+            if !g.adapter_names().iter().any(|n| n == name) {
+                continue;
+            }
+            let b = g.base_unmerged();
+            shapes.push(LayerShape {
+                in_f: b.in_features(),
+                out_f: b.out_features(),
+                has_bias: g.has_bias(),
+            });
+            paths.push(path);
+        }
+        if paths.is_empty() {
+            return Err(glora_error(format!(
+                "no GLoRA layer holds adapter `{name}`"
+            )));
+        }
+        Ok(Supernet {
+            name: name.to_string(),
+            space,
+            paths,
+            shapes,
+        })
+    }
+
     /// Samples one choice per layer (the per-step draw of supernet training) and activates it.
     pub fn sample_step<M: LinearModel>(
         &self,
@@ -243,6 +278,116 @@ impl Supernet {
                 ))
             })?;
             f(g, &self.name, c).map_err(|e| in_module(e, path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Supernet training through [`crate::PeftModel`]: an [`AdapterMethod`] that injects supernet layers (every
+/// kind of `space`, low-rank at its largest rank) into the modules `config` targets and, from the trainer's
+/// per-step hook, draws a fresh [`LayerChoice`] for every layer after each optimizer step (the first one at
+/// injection), so the user never samples by hand. After training, [`Supernet::find`] + [`super::search`] +
+/// [`Supernet::fix`] settle the configuration; saving then writes a GLORA config whose `layer_configs` holds it.
+#[derive(Debug)]
+pub struct SupernetMethod {
+    /// Targets, `init_weights`, and the config saved (with `layer_configs` filled in from the layers).
+    pub config: GloraConfig,
+    pub space: SearchSpace,
+    rng: Rng,
+}
+
+impl SupernetMethod {
+    /// A supernet over `config`'s targets; `seed` drives the per-step draws.
+    pub fn new(config: GloraConfig, space: SearchSpace, seed: u64) -> Result<SupernetMethod> {
+        config.check()?;
+        space.validate()?;
+        Ok(SupernetMethod {
+            config,
+            space,
+            rng: Rng::new(seed),
+        })
+    }
+}
+
+impl AdapterMethod for SupernetMethod {
+    fn method(&self) -> Method {
+        Method::Glora
+    }
+    fn common(&self) -> &CommonConfig {
+        &self.config.common
+    }
+    fn inject(
+        &self,
+        path: &str,
+        name: &str,
+        layer: Box<dyn LinearLayer>,
+        rng: &mut Rng,
+    ) -> InjectResult {
+        let has_bias = layer.bias().is_some();
+        let options: [Vec<Support>; 5] = PathKind::ALL.map(|k| self.space.options_for(k, has_bias));
+        let start = self.space.sample(has_bias, rng);
+        let init = self.config.glora.init_weights;
+        let mut g = match downcast_box::<GloraLayer>(layer) {
+            Ok(g) => g,
+            Err(base) => Box::new(GloraLayer::empty(base)),
+        };
+        match g.add_adapter_with_options(name, &options, start, init, rng) {
+            Ok(()) => Ok(g),
+            Err(e) => {
+                let back: Box<dyn LinearLayer> = if g.adapter_names().is_empty() {
+                    g.into_base_layer()
+                } else {
+                    g
+                };
+                Err((back, in_module(e, path)))
+            }
+        }
+    }
+    fn as_adapter<'a>(&self, layer: &'a dyn LinearLayer) -> Option<&'a dyn AdapterLayer> {
+        self.config.as_adapter(layer)
+    }
+    fn as_adapter_mut<'a>(
+        &self,
+        layer: &'a mut dyn LinearLayer,
+    ) -> Option<&'a mut dyn AdapterLayer> {
+        self.config.as_adapter_mut(layer)
+    }
+    fn into_adapter(
+        &self,
+        layer: Box<dyn LinearLayer>,
+    ) -> std::result::Result<Box<dyn AdapterLayer>, Box<dyn LinearLayer>> {
+        self.config.into_adapter(layer)
+    }
+    /// The GLORA config with every layer's current choice in `layer_configs` (fix the search's result first:
+    /// before that, the file holds whichever sub-network was sampled last).
+    fn peft_config(
+        &self,
+        name: &str,
+        layers: &[(String, &dyn AdapterLayer)],
+    ) -> Result<serde_json::Value> {
+        self.config.peft_config(name, layers)
+    }
+    /// Draws the next step's choice for every layer in training mode that still holds a supernet (a fixed
+    /// layer, or one in evaluation mode, keeps its shapes).
+    fn on_step(
+        &mut self,
+        name: &str,
+        _step: usize,
+        _grads: &GradStore,
+        layers: &mut [(String, &mut dyn AdapterLayer)],
+    ) -> Result<()> {
+        for (path, l) in layers.iter_mut() {
+            let Some(g) = l.as_any_mut().downcast_mut::<GloraLayer>() else {
+                continue;
+            };
+            if !g.is_training() || !g.merged().is_empty() {
+                continue;
+            }
+            let c = self.space.sample(g.has_bias(), &mut self.rng);
+            // A layer already fixed to one shape cannot take others: it keeps its choice.
+            if g.can_take(name, c)? {
+                g.set_choice(name, c).map_err(|e| in_module(e, path))?;
+            }
         }
         Ok(())
     }
