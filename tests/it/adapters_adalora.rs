@@ -96,6 +96,63 @@ fn peft_adalora_case_loads_runs_and_merges_like_pytorch() -> Result<()> {
     assert_eq!(cfg["rank_pattern"], case.config_json()?["rank_pattern"]);
     assert_eq!(cfg["peft_type"], "ADALORA");
 
+    // The loaded adapter trains on, rank-0 layer included: with tinit = tfinal = 0 and deltaT = 1 every step
+    // from 1 on masks to the budget, which runs from b0 = 3 + 0 + 6 down to bT = 2 · 3 at step 10.
+    let mut opt = AdamW::new(
+        pm.parameters(),
+        AdamWConfig {
+            lr: 1e-2,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let paths: Vec<String> = io.layers.iter().map(|l| l.path.clone()).collect();
+    for step in 0..=10 {
+        let mut loss = pm.regularization_loss()?.context("regularizer")?;
+        for p in &paths {
+            loss = loss.add(&pm.model().slot(p).forward(&io.x)?.sqr()?.mean_all()?)?;
+        }
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        pm.on_step(step, &grads)?;
+        let mut nonzero = 0;
+        for p in &paths {
+            let s = pm
+                .model()
+                .slot(p)
+                .downcast_ref::<SvdLinear>()
+                .context("AdaLoRA layer")?;
+            nonzero += s
+                .adapter("default")?
+                .lora_e()
+                .to_vec::<f32>()?
+                .iter()
+                .filter(|&&v| v != 0.0)
+                .count();
+        }
+        if step >= 1 {
+            let (q, exact) = exact_budget(9, 6, 0, 10, step);
+            ensure!(
+                nonzero == q || (exact && nonzero + 1 == q),
+                "step {step}: {nonzero} non-zero λ, budget {q}"
+            );
+        }
+    }
+    let rank0 = pm.model().slot("layers.0.mlp.down_proj");
+    let base = io.layer("layers.0.mlp.down_proj")?.base_linear()?.forward(&io.x)?;
+    assert_eq!(
+        f64s(&rank0.forward(&io.x)?),
+        f64s(&base),
+        "the rank-0 layer still computes its base"
+    );
+    // Reload the original file for the merge check below.
+    let slots = io
+        .layers
+        .iter()
+        .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
+        .collect::<Result<_>>()?;
+    let mut pm = PeftModel::new(FixtureModel { slots }, 0);
+    pm.load(case.adapter_dir(), "default")?;
+
     // Merge: the weights PEFT's merge_and_unload wrote.
     let mut model = pm.merge_and_unload()?;
     for l in &io.layers {
