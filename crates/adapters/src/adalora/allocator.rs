@@ -234,7 +234,11 @@ impl RankAllocator {
         };
         let mut pattern = RankPattern::new();
         for (l, s) in layers.iter().zip(&scores) {
-            let keep: Vec<bool> = s.iter().map(|&v| !(v <= threshold)).collect();
+            // `<=` is false for a NaN score, so a NaN keeps its triplet, as in PEFT.
+            let keep: Vec<bool> = s
+                .iter()
+                .map(|&v| v.partial_cmp(&threshold) == Some(std::cmp::Ordering::Greater) || v.is_nan())
+                .collect();
             apply_mask(l, &keep)?;
             pattern.insert(l.path.to_string(), keep);
         }

@@ -165,7 +165,7 @@ impl AdaLoraConfig {
         if self.delta_t == 0 {
             return Err(Error::config("deltaT", "must be at least 1"));
         }
-        if !(self.orth_reg_weight >= 0.0) {
+        if self.orth_reg_weight.is_nan() || self.orth_reg_weight < 0.0 {
             return Err(Error::config(
                 "orth_reg_weight",
                 format!("must be ≥ 0, got {}", self.orth_reg_weight),
