@@ -140,6 +140,32 @@ fn every_support_shape_matches_the_formulas_on_both_forward_paths() -> Result<()
     Ok(())
 }
 
+#[test]
+fn peft_default_init_is_a_no_op_for_every_shape() -> Result<()> {
+    let mut rng = Rng::new(57);
+    let x = rng.normal_tensor(0.0, 1.0, (3, 9), DType::F32, Device::Cpu)?;
+    for (i, (a, b, c, d, e)) in itertools_5()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 7 == 0)
+    {
+        let lin = base(9, 4, i % 2 == 0, DType::F32, &mut rng)?;
+        let y0 = lin.forward(&x)?;
+        let layer = GloraLayer::new(
+            Box::new(lin),
+            "default",
+            LayerChoice { a, b, c, d, e },
+            true,
+            &mut rng,
+        )?;
+        ensure!(
+            f64s(&layer.forward(&x)?) == f64s(&y0),
+            "case {i}: init_weights=true must leave the output unchanged"
+        );
+    }
+    Ok(())
+}
+
 /// Every (A, B, C, D, E) combination of the support shapes each path allows.
 fn itertools_5() -> Vec<(Support, Support, Support, Support, Support)> {
     let mut v = Vec::new();

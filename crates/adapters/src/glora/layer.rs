@@ -189,12 +189,15 @@ impl GloraLayer {
 
     pub(crate) fn dims(&self) -> Result<Dims> {
         let base = self.base_unmerged();
-        let dtype = match base.as_any().downcast_ref::<Nf4Linear>() {
-            Some(n) => n.dtype(),
-            None => base.dense_weight()?.dtype(),
+        let (dtype, device) = match base.as_any().downcast_ref::<Nf4Linear>() {
+            // NF4 weights live on the CPU; adapter tensors take the dtype the codes stand for.
+            Some(n) => (n.dtype(), Device::Cpu),
+            None => {
+                let w = base.dense_weight()?;
+                (w.dtype(), w.device())
+            }
         };
         let dtype = if dtype.is_float() { dtype } else { DType::F32 };
-        let device = base.bias().map(|b| b.device()).unwrap_or(Device::Cpu);
         Ok(Dims {
             in_f: base.in_features(),
             out_f: base.out_features(),
