@@ -32,3 +32,5 @@ mod peft_fixtures;
 mod adapters_glora;
 // AdaLoRA: PEFT's pruned reference case (rank-0 layer), allocator-driven training vs the budget, merge, NF4, save/load.
 mod adapters_adalora;
+// LoRA, rsLoRA, LoRA-FA (activation memory), QLoRA: PEFT reference cases, merge, gradients, errors.
+mod adapters_lora;

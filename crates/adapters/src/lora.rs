@@ -222,7 +222,10 @@ impl LoraConfig {
     ) -> Result<(LoraAdapter, Option<Tensor>)> {
         let (r, scaling) = self.rank_and_scaling(path)?;
         let (inf, out) = (base.in_features(), base.out_features());
-        let dtype = base.bias().map_or(DType::F32, |b| b.dtype());
+        let dtype = match base.as_any().downcast_ref::<Nf4Linear>() {
+            Some(q) => q.dtype(),
+            None => base.dense_weight()?.dtype(),
+        };
         let dev = rankfold_tensor::Device::Cpu;
         let mut residual_delta = None;
         let (a, b) = match self.init_lora_weights {

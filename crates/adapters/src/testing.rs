@@ -142,6 +142,28 @@ impl LinearModel for SingleLinear {
     }
 }
 
+/// Linear layers at arbitrary module paths, each applied on its own (the PEFT reference cases).
+#[derive(Debug, Default)]
+pub struct PathModel {
+    pub slots: Vec<(String, LinearSlot)>,
+}
+
+impl PathModel {
+    pub fn push(&mut self, path: &str, layer: impl rankfold_tensor::nn::LinearLayer) {
+        self.slots.push((path.into(), LinearSlot::new(layer)));
+    }
+    /// The slot at `path`, if any.
+    pub fn slot(&self, path: &str) -> Option<&LinearSlot> {
+        self.slots.iter().find(|(p, _)| p == path).map(|(_, s)| s)
+    }
+}
+
+impl LinearModel for PathModel {
+    fn linear_slots(&mut self) -> Vec<(String, &mut LinearSlot)> {
+        self.slots.iter_mut().map(|(p, s)| (p.clone(), s)).collect()
+    }
+}
+
 /// `max |a − b| / (abs + rel·|b|)` ≤ 1 elementwise, as an assertion with the worst element in the message.
 pub fn assert_close(a: &Tensor, b: &Tensor, abs: f64, rel: f64, what: &str) {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
