@@ -30,6 +30,10 @@ pub enum Method {
 /// A linear layer carrying one or more named adapters of one method over a base layer. Exactly one adapter is
 /// active at a time, or none (adapters disabled: the layer computes its base). Trainable tensors are those of
 /// the active adapter; the others are frozen until activated.
+///
+/// Naming convention for [`LinearLayer::parameters`] of an adapter layer (the trainable report relies on it):
+/// the base's tensors under `base_layer.` (`base_layer.weight`, `base_layer.bias`), the adapters' under their
+/// own names with the adapter name inside (`lora_A.<adapter>.weight`, …), as PEFT names them.
 pub trait AdapterLayer: LinearLayer {
     fn method(&self) -> Method;
     /// The base layer (with merged adapters folded in while merged).
@@ -83,6 +87,7 @@ pub trait AdapterMethod: std::fmt::Debug + Send + Sync {
         layer: &'a mut dyn LinearLayer,
     ) -> Option<&'a mut dyn AdapterLayer>;
     /// `layer` boxed as this method's adapter layer, or handed back when it is not one.
+    #[allow(clippy::wrong_self_convention)] // `self` is the method; the conversion is of `layer`.
     fn into_adapter(
         &self,
         layer: Box<dyn LinearLayer>,
