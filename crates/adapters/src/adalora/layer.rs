@@ -1,16 +1,14 @@
 //! AdaLoRA's SVD-form layer (PEFT `SVDLinear`): `y = base(x) + (drop(x)·(Q⊙λ)ᵀ·Pᵀ)·α/(ranknum + 1e-5)`, with
 //! Q = `lora_A` `[r, in]`, λ = `lora_E` `[r, 1]`, P = `lora_B` `[out, r]`, α = `lora_alpha` (or r when
 //! `lora_alpha ≤ 0`) and ranknum = `init_r` (PEFT keeps ranknum at the initial rank even after a layer is cut
-//! down on load, and never saves it). The orthogonal regularizer and the merge live here too.
+//! down on load, and never saves it). [`SvdAdapter`] holds one adapter's tensors; the orthogonal regularizer
+//! lives here too, and the layer that carries adapters over a base is [`super::SvdLinear`].
 
-use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use rankfold_tensor::nn::LinearLayer;
-use rankfold_tensor::{DType, Device, Rng, Shape, Tensor};
+use rankfold_tensor::{no_grad, DType, Device, Rng, Tensor};
 
-use crate::layer::{base_with_delta, check_no_extra, rows_of, take_tensor, AdapterLayer, Method};
+use crate::layer::rows_of;
 use crate::{Error, Result};
 
 /// PEFT's guard against a zero rank in the scale `α / (ranknum + 1e-5)`.
@@ -101,8 +99,29 @@ impl SvdAdapter {
     pub fn scale(&self) -> f64 {
         self.scaling / (self.ranknum + RANKNUM_EPS)
     }
+    /// This layer's `rank_pattern` entry (one flag per rank at the time it was set), if any.
     pub fn pattern(&self) -> Option<&[bool]> {
         self.pattern.as_deref()
+    }
+
+    /// Prunes to `keep` (one flag per current rank): zeroes λ_i in place where `keep[i]` is false (Q and P
+    /// stay) and records the pattern, so saving cuts those ranks away. This is what the allocator does at a
+    /// masking step.
+    pub fn set_pattern(&mut self, keep: &[bool]) -> Result<()> {
+        if keep.len() != self.rank() {
+            let msg = format!("{} flags for a layer of rank {}", keep.len(), self.rank());
+            return Err(Error::config("rank_pattern", msg));
+        }
+        if keep.iter().any(|&k| !k) {
+            no_grad(|| -> Result<()> {
+                let drop: Vec<u8> = keep.iter().map(|&k| u8::from(!k)).collect();
+                let m = Tensor::from_vec(drop, self.e.dims(), self.e.device())?;
+                self.e.assign(&self.e.detach().masked_fill(&m, 0.0)?)?;
+                Ok(())
+            })?;
+        }
+        self.pattern = Some(keep.to_vec());
+        Ok(())
     }
 
     /// Makes Q, λ, P trainable leaves (`on`) or frozen. The handles change unless already in that state.
@@ -173,255 +192,6 @@ impl SvdAdapter {
             _ => (a, e, b),
         };
         Ok(vec![("lora_A".into(), a), ("lora_B".into(), b), ("lora_E".into(), e)])
-    }
-}
-
-/// A linear layer with AdaLoRA adapters over a base layer (dense or NF4): PEFT's `SVDLinear`. Parameters are
-/// named as PEFT names them inside the layer: `base_layer.weight`, `lora_A.<adapter>`, `lora_E.<adapter>`,
-/// `lora_B.<adapter>`.
-#[derive(Debug)]
-pub struct SvdLinear {
-    /// The live base: W0, or W0 + Σ ΔW while adapters are merged.
-    base: Box<dyn LinearLayer>,
-    /// The original base while adapters are merged, so unmerging restores W0 bit for bit (also on NF4).
-    original: Option<Box<dyn LinearLayer>>,
-    adapters: SvdAdapters,
-    order: Vec<String>,
-    active: Option<String>,
-    merged: Vec<String>,
-    training: bool,
-    rng: Mutex<Rng>,
-}
-
-impl SvdLinear {
-    /// A layer over `base` with no adapter yet (evaluation mode).
-    pub fn new(base: Box<dyn LinearLayer>) -> Self {
-        SvdLinear {
-            base,
-            original: None,
-            adapters: SvdAdapters::new(),
-            order: Vec::new(),
-            active: None,
-            merged: Vec::new(),
-            training: false,
-            rng: Mutex::new(Rng::new(0x5eed_ada1)),
-        }
-    }
-
-    /// Adds adapter `name` (frozen until activated); its shapes must fit the base.
-    pub fn add_adapter(&mut self, name: &str, mut ad: SvdAdapter) -> Result<()> {
-        if self.adapters.contains_key(name) {
-            return Err(Error::DuplicateAdapter(name.into()));
-        }
-        let (inf, out) = (self.base.in_features(), self.base.out_features());
-        if ad.a.dims()[1] != inf || ad.b.dims()[0] != out {
-            return Err(Error::module(
-                "AdaLoRA",
-                format!(
-                    "adapter `{name}` is [{}, {}] for a [{out}, {inf}] layer",
-                    ad.b.dims()[0],
-                    ad.a.dims()[1]
-                ),
-            ));
-        }
-        ad.set_trainable(self.active.as_deref() == Some(name));
-        self.adapters.insert(name.to_string(), ad);
-        self.order.push(name.to_string());
-        Ok(())
-    }
-
-    pub fn adapter(&self, name: &str) -> Result<&SvdAdapter> {
-        self.adapters
-            .get(name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))
-    }
-    pub fn adapter_mut(&mut self, name: &str) -> Result<&mut SvdAdapter> {
-        self.adapters
-            .get_mut(name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))
-    }
-
-    /// The original base (W0 even while adapters are merged).
-    pub fn base_unmerged(&self) -> &dyn LinearLayer {
-        self.original.as_deref().unwrap_or(self.base.as_ref())
-    }
-
-    /// Seeds the dropout generator (dropout draws only in training mode).
-    pub fn seed_dropout(&mut self, seed: u64) {
-        self.rng = Mutex::new(Rng::new(seed));
-    }
-}
-
-impl LinearLayer for SvdLinear {
-    /// `base(x)`, plus the active adapter's branch unless it is merged (or has rank 0).
-    fn forward(&self, x: &Tensor) -> rankfold_tensor::Result<Tensor> {
-        let y = self.base.forward(x)?;
-        let Some(name) = self.active.as_deref().filter(|n| !self.merged.iter().any(|m| m == n)) else {
-            return Ok(y);
-        };
-        let Some(ad) = self.adapters.get(name) else {
-            return Ok(y);
-        };
-        match ad.branch(x, self.training, &self.rng) {
-            Ok(Some(h)) => y.add(&h.to_dtype(y.dtype())?),
-            Ok(None) => Ok(y),
-            Err(Error::Tensor(e)) => Err(e),
-            Err(e) => Err(rankfold_tensor::Error::InvalidArgument {
-                op: "adalora",
-                msg: e.to_string(),
-            }),
-        }
-    }
-    fn in_features(&self) -> usize {
-        self.base.in_features()
-    }
-    fn out_features(&self) -> usize {
-        self.base.out_features()
-    }
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .base
-            .parameters()
-            .into_iter()
-            .map(|(n, t)| (format!("base_layer.{n}"), t))
-            .collect();
-        for name in &self.order {
-            let ad = &self.adapters[name];
-            v.push((format!("lora_A.{name}"), ad.a.clone()));
-            v.push((format!("lora_B.{name}"), ad.b.clone()));
-            v.push((format!("lora_E.{name}"), ad.e.clone()));
-        }
-        v
-    }
-    fn dense_weight(&self) -> rankfold_tensor::Result<Tensor> {
-        self.base.dense_weight()
-    }
-    fn bias(&self) -> Option<Tensor> {
-        self.base.bias()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
-
-impl AdapterLayer for SvdLinear {
-    fn method(&self) -> Method {
-        Method::AdaLora
-    }
-    fn base(&self) -> &dyn LinearLayer {
-        self.base.as_ref()
-    }
-    /// The live base: W0 when nothing is merged, the merged layer otherwise (merge-and-unload).
-    fn into_base(self: Box<Self>) -> Box<dyn LinearLayer> {
-        self.base
-    }
-    fn adapter_names(&self) -> Vec<String> {
-        self.order.clone()
-    }
-    fn active(&self) -> Option<String> {
-        self.active.clone()
-    }
-    /// Activates `name` (its tensors trainable, the others frozen) or disables adapters with None.
-    fn set_active(&mut self, name: Option<&str>) -> Result<()> {
-        if let Some(n) = name {
-            self.adapter(n)?;
-        }
-        self.active = name.map(str::to_string);
-        for (n, ad) in self.adapters.iter_mut() {
-            ad.set_trainable(Some(n.as_str()) == name);
-        }
-        Ok(())
-    }
-    fn set_training(&mut self, on: bool) {
-        self.training = on;
-    }
-    /// Adds `name` to the merged set: the live base becomes W0 + Σ ΔW over the merged adapters, each ΔW =
-    /// P·(Q⊙λ)·scale (PEFT `get_delta_weight`); NF4 bases are requantized ([`base_with_delta`]).
-    fn merge(&mut self, name: &str) -> Result<()> {
-        self.adapter(name)?;
-        if self.merged.iter().any(|n| n == name) {
-            return Ok(());
-        }
-        let mut dw = self.adapter(name)?.delta_weight()?;
-        for n in &self.merged {
-            dw = dw.add(&self.adapter(n)?.delta_weight()?)?;
-        }
-        let merged = rankfold_tensor::no_grad(|| base_with_delta(self.base_unmerged(), &dw.detach(), None, 1.0))?;
-        let live = std::mem::replace(&mut self.base, merged);
-        if self.original.is_none() {
-            self.original = Some(live);
-        }
-        self.merged.push(name.to_string());
-        Ok(())
-    }
-    /// Restores the original base, bit for bit.
-    fn unmerge(&mut self) -> Result<()> {
-        if let Some(o) = self.original.take() {
-            self.base = o;
-        }
-        self.merged.clear();
-        Ok(())
-    }
-    fn merged(&self) -> Vec<String> {
-        self.merged.clone()
-    }
-    fn merged_weight_delta(&self, name: &str) -> Result<(Tensor, Option<Tensor>)> {
-        Ok((self.adapter(name)?.delta_weight()?, None))
-    }
-    /// `lora_A`, `lora_B`, `lora_E` (no `.weight`), cut to the surviving ranks as PEFT saves them.
-    fn peft_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>> {
-        self.adapter(name)?.peft_tensors()
-    }
-    /// Loads `lora_A` `[k, in]`, `lora_E` `[k, 1]`, `lora_B` `[out, k]`, where k is the number of ranks the
-    /// layer's `rank_pattern` entry keeps (the current rank without one): the layer is resized to k first, as
-    /// PEFT's `resize_modules_by_rank_pattern` does, keeping ranknum = init_r. k = 0 gives a layer that
-    /// computes its base alone.
-    fn load_peft_tensors(&mut self, name: &str, t: &HashMap<String, Tensor>) -> Result<()> {
-        if !self.merged.is_empty() {
-            return Err(Error::module(
-                "AdaLoRA",
-                format!("cannot load adapter `{name}` while adapters are merged"),
-            ));
-        }
-        let (inf, out) = (self.base.in_features(), self.base.out_features());
-        let trainable = self.active.as_deref() == Some(name);
-        let ad = self.adapter_mut(name)?;
-        let k = ad.pattern.as_deref().map_or(ad.rank(), count);
-        check_no_extra(t, &["lora_A", "lora_B", "lora_E"])?;
-        let dtype = ad.a.dtype();
-        let load = |key: &str, shape: (usize, usize)| -> Result<Tensor> {
-            let v = take_tensor(t, key, &Shape::from(shape))?;
-            Ok(v.to_dtype(dtype)?.contiguous()?.detach())
-        };
-        let (a, e, b) = (
-            load("lora_A", (k, inf))?,
-            load("lora_E", (k, 1))?,
-            load("lora_B", (out, k))?,
-        );
-        ad.a = a;
-        ad.e = e;
-        ad.b = b;
-        ad.set_trainable(trainable);
-        Ok(())
-    }
-    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
-        let Some(name) = self.active.as_deref() else {
-            return Vec::new();
-        };
-        let Some(ad) = self.adapters.get(name) else {
-            return Vec::new();
-        };
-        if !ad.is_trainable() {
-            return Vec::new();
-        }
-        vec![
-            (format!("lora_A.{name}"), ad.a.clone()),
-            (format!("lora_B.{name}"), ad.b.clone()),
-            (format!("lora_E.{name}"), ad.e.clone()),
-        ]
     }
 }
 
@@ -497,12 +267,10 @@ fn identity(r: usize, dtype: DType, device: Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (r, r), device)?.to_dtype(dtype)?)
 }
 
-/// The adapters of one layer, by adapter name.
-pub(crate) type SvdAdapters = BTreeMap<String, SvdAdapter>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn rand(rng: &mut Rng, dims: (usize, usize), dtype: DType) -> Tensor {
         rng.normal_tensor(0.0, 0.5, dims, dtype, Device::Cpu).unwrap()
@@ -697,6 +465,46 @@ mod tests {
         assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
         assert!(orth_regularization(std::iter::empty(), 0.5).unwrap().is_none());
         assert!(orth_regularization(std::iter::empty(), -1.0).is_err());
+    }
+
+    #[test]
+    fn dropout_acts_on_the_adapter_input_only_while_training() {
+        let mut rng = Rng::new(31);
+        let mut ad = adapter(&mut rng, 4, 9, 5, DType::F64);
+        ad.dropout = 0.5;
+        let lock = Mutex::new(Rng::new(1));
+        let x = rng.normal_tensor(0.0, 1.0, (6, 9), DType::F64, Device::Cpu).unwrap();
+        let eval = ad.branch(&x, false, &lock).unwrap().unwrap().to_vec::<f64>().unwrap();
+        let want = branch_ref(&ad, &x.to_vec::<f64>().unwrap(), 6);
+        for (g, w) in eval.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-12 + 1e-12 * w.abs());
+        }
+        // In training the branch equals the reference on the same input with the dropped elements zeroed and
+        // the rest scaled by 2; replay the generator to know which were dropped.
+        let train = ad.branch(&x, true, &lock).unwrap().unwrap().to_vec::<f64>().unwrap();
+        let mut replay = Rng::new(1);
+        let xd: Vec<f64> = x
+            .to_vec::<f64>()
+            .unwrap()
+            .iter()
+            .map(|&v| if replay.uniform() >= 0.5 { 2.0 * v } else { 0.0 })
+            .collect();
+        let want = branch_ref(&ad, &xd, 6);
+        assert!(train.iter().zip(&eval).any(|(a, b)| a != b));
+        for (g, w) in train.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-12 + 1e-12 * w.abs(), "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn set_pattern_masks_lambda_and_checks_the_length() {
+        let mut rng = Rng::new(37);
+        let mut ad = adapter(&mut rng, 4, 3, 2, DType::F32);
+        let e = ad.e.to_vec_f32().unwrap();
+        ad.set_pattern(&[true, false, true, false]).unwrap();
+        assert_eq!(ad.e.to_vec_f32().unwrap(), vec![e[0], 0.0, e[2], 0.0]);
+        assert_eq!(ad.pattern(), Some(&[true, false, true, false][..]));
+        assert!(ad.set_pattern(&[true]).is_err());
     }
 
     #[test]

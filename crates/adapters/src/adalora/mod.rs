@@ -11,6 +11,7 @@
 
 mod allocator;
 mod layer;
+mod svd_linear;
 
 use std::collections::BTreeMap;
 
@@ -21,7 +22,8 @@ use serde::{Deserialize, Serialize};
 pub use allocator::{
     apply_mask, mask_using_pattern, AllocatorConfig, RankAllocator, RankPattern, StepOutcome, TripletRef,
 };
-pub use layer::{orth_regularization, SvdAdapter, SvdLinear, RANKNUM_EPS};
+pub use layer::{orth_regularization, SvdAdapter, RANKNUM_EPS};
+pub use svd_linear::SvdLinear;
 
 use crate::config::{CommonConfig, TargetModules};
 use crate::layer::{
