@@ -124,6 +124,10 @@ fn bad_gemm_shapes_are_typed_errors() -> Result<()> {
         let b6 = GpuBuffer::zeroed(&rt, 2 * 6 * 8)?;
         let r = gemm::gemm(&rt, &GemmParams { n: 6, ldc: 6, ..ok }, FloatType::F32, &a, &b6, &c);
         assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
+        // A k past the kernel's signed 32-bit tile arithmetic is refused before any buffer check.
+        let huge = GemmParams { k: gemm::MAX_DIM + 1, lda: gemm::MAX_DIM + 1, ldb: gemm::MAX_DIM + 1, ..ok };
+        let r = gemm::gemm(&rt, &huge, FloatType::F32, &a, &b, &c);
+        assert!(matches!(&r, Err(Error::Shape { msg, .. }) if msg.contains("exceed")), "{r:?}");
     }
     Ok(())
 }

@@ -77,6 +77,10 @@ fn bad_softmax_shapes_are_typed_errors() -> Result<()> {
         assert!(matches!(r, Err(Error::BufferTooSmall { name: "y", .. })), "{r:?}");
         let r = softmax::backward(&rt, FloatType::F32, shape, &x, &y, &x);
         assert!(matches!(r, Err(Error::BufferTooSmall { name: "dy", .. })), "{r:?}");
+        // A row of 2³¹ elements would wrap the kernels' u32 column counters: refused by its shape alone.
+        let long = SoftmaxShape { rows: 1, cols: 1 << 31 };
+        let r = softmax::forward(&rt, FloatType::Bf16, long, &x, &x);
+        assert!(matches!(r, Err(Error::Shape { .. })), "{r:?}");
     }
     Ok(())
 }

@@ -13,6 +13,9 @@ pub use launch::gemm;
 use crate::elementwise::FloatType;
 use crate::{Error, KernelId, Result};
 
+/// The largest dim or stride a GEMM accepts (see `GemmParams::check`).
+pub const MAX_DIM: usize = i32::MAX as usize - 128;
+
 /// How B is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GemmLayout {
@@ -79,12 +82,14 @@ impl GemmParams {
                 });
             }
         }
-        let big = [self.m, self.n, self.k, self.lda, self.ldb, self.ldc].iter().any(|&v| v > u32::MAX as usize);
+        // The kernel counts k tiles in signed 32-bit (`kt * BK`) and rounds k up to a tile: keep every dim below
+        // 2³¹ − 128 so no index arithmetic in gemm.cu can wrap.
+        let big = [self.m, self.n, self.k, self.lda, self.ldb, self.ldc].iter().any(|&v| v > MAX_DIM);
         let overflow = [(self.m, self.lda), (self.n.max(self.k), self.ldb), (self.m, self.ldc)]
             .iter()
             .any(|&(r, ld)| r.checked_mul(ld).is_none());
         if big || overflow {
-            return Err(Error::Shape { op, msg: format!("dims or strides exceed u32 or overflow ({self:?})") });
+            return Err(Error::Shape { op, msg: format!("dims or strides exceed {MAX_DIM} or overflow ({self:?})") });
         }
         let (na, nb, nc) = self.min_lens();
         for (name, have, need) in [("a", a_len, na), ("b", b_len, nb), ("c", c_len, nc)] {

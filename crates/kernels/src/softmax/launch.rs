@@ -11,10 +11,14 @@ use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, Launch, LaunchConfig,
 /// block-per-row kernels use the same 256 threads for one row.
 const ROWS_PER_BLOCK: usize = 8;
 
+/// The longest row the kernels accept.
+const MAX_COLS: usize = i32::MAX as usize;
+
 /// Checks the shape and returns the grid and the element count.
 fn check_shape(op: &'static str, shape: SoftmaxShape) -> Result<(LaunchConfig, usize)> {
-    if shape.cols == 0 || shape.cols > u32::MAX as usize || shape.rows > u32::MAX as usize {
-        return Err(Error::Shape { op, msg: format!("{shape:?}: cols must be in 1..=u32::MAX and rows ≤ u32::MAX") });
+    // The kernels step through a row in u32 by 32 or 256 lanes: a row below 2³¹ can never make that wrap.
+    if shape.cols == 0 || shape.cols > MAX_COLS || shape.rows > u32::MAX as usize {
+        return Err(Error::Shape { op, msg: format!("{shape:?}: cols must be in 1..={MAX_COLS} and rows ≤ u32::MAX") });
     }
     let n = shape
         .rows
