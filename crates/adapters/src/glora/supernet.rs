@@ -23,17 +23,27 @@ pub struct SearchSpace {
 }
 
 impl SearchSpace {
-    /// The space of the official implementation (ViT-Slim/GLoRA) for ranks `r_big > r_small`: A and B in
-    /// {lora_big, lora_small, vector, constant, none}, C in {lora_big, lora_small, vector, none}, D and E in
-    /// {vector, constant, none}. The paper uses ranks 8 and 4.
-    pub fn paper(r_big: usize, r_small: usize) -> SearchSpace {
+    /// The space of the official implementation (ViT-Slim/GLoRA, `SuperScalableLinear`) at rank r: A and B in
+    /// {lora_r, vector, constant, none}, C in {lora_r, vector, none}, D and E in {constant, none, vector}.
+    pub fn official(r: usize) -> SearchSpace {
         use Support::*;
-        let ab = vec![LowRank(r_big), LowRank(r_small), Vector, Scalar, None];
-        let c = vec![LowRank(r_big), LowRank(r_small), Vector, None];
-        let de = vec![Vector, Scalar, None];
+        let ab = vec![LowRank(r), Vector, Scalar, None];
+        let c = vec![LowRank(r), Vector, None];
+        let de = vec![Scalar, None, Vector];
         SearchSpace {
             options: [ab.clone(), ab, c, de.clone(), de],
         }
+    }
+
+    /// The official space with two ranks, `r_big` and `r_small` (the paper reports ranks 8 and 4), on the
+    /// low-rank paths: the smaller rank trains the leading slice of the larger one's tensors, so both share
+    /// weights in one supernet.
+    pub fn paper(r_big: usize, r_small: usize) -> SearchSpace {
+        let mut s = SearchSpace::official(r_big);
+        for k in [PathKind::A, PathKind::B, PathKind::C] {
+            s.options[k as usize].insert(1, Support::LowRank(r_small));
+        }
+        s
     }
 
     /// Checks that every path has at least one option and only shapes it allows; the error names the path.
@@ -390,5 +400,49 @@ impl AdapterMethod for SupernetMethod {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaces_are_valid_and_samples_respect_paths_and_bias() {
+        let p = SearchSpace::paper(8, 4);
+        p.validate().unwrap();
+        SearchSpace::official(8).validate().unwrap();
+        assert_eq!(
+            p.options[PathKind::C as usize],
+            vec![
+                Support::LowRank(8),
+                Support::LowRank(4),
+                Support::Vector,
+                Support::None
+            ]
+        );
+        let mut rng = Rng::new(1);
+        for i in 0..200 {
+            let has_bias = i % 2 == 0;
+            let c = p.sample(has_bias, &mut rng);
+            assert!(c.invalid_path().is_none(), "{c}");
+            if !has_bias {
+                assert_eq!(
+                    (c.c, c.d, c.e),
+                    (Support::None, Support::None, Support::None)
+                );
+            }
+        }
+        let bad = SearchSpace {
+            options: [
+                vec![Support::None],
+                vec![Support::None],
+                vec![Support::Scalar],
+                vec![Support::None],
+                vec![Support::None],
+            ],
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("C"));
+        assert_eq!(p.largest(10, 6, true).a, Support::LowRank(8));
     }
 }
