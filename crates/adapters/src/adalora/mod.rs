@@ -393,9 +393,15 @@ impl AdapterMethod for AdaLora {
                 let by_path: RankPattern = refs
                     .iter()
                     .filter_map(|t| {
-                        self.config
-                            .pattern_for(t.path, name)
-                            .map(|k| (t.path.to_string(), k.clone()))
+                        let keep = self.config.pattern_for(t.path, name)?;
+                        let rank = t.a.dims()[0];
+                        // A layer already cut to its kept ranks on load keeps all it has.
+                        let keep = if keep.len() != rank && layer::count(keep) == rank {
+                            vec![true; rank]
+                        } else {
+                            keep.clone()
+                        };
+                        Some((t.path.to_string(), keep))
                     })
                     .collect();
                 a.set_final_pattern(Some(by_path));
