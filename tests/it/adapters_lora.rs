@@ -627,3 +627,88 @@ fn errors_name_the_problem() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn lora_fa_gradient_correction_through_the_model() {
+    let mut pm = PeftModel::new(TestModel::new(TestModelConfig::default(), 80).unwrap(), 81);
+    let targets = TargetModules::list(&["q_proj", "down_proj"]);
+    pm.add_adapter("fa", Box::new(lora(targets, 3, 6.0).with_lora_fa(true)))
+        .unwrap();
+    let x = randn(&mut Rng::new(82), &[4, 13]);
+    let mut grads = pm
+        .model()
+        .forward(&x)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let params = pm.parameters();
+    let before: Vec<Tensor> = params
+        .iter()
+        .map(|(_, t)| grads.get(t).unwrap().clone())
+        .collect();
+    assert_eq!(
+        rankfold_adapters::lora_fa::correct_lora_fa_grads(&mut pm, &mut grads).unwrap(),
+        4
+    );
+    let mut slots = pm.model_mut().linear_slots();
+    let mut i = 0;
+    for (_, s) in slots.iter_mut() {
+        let Some(l) = s.downcast_ref::<LoraLayer>() else {
+            continue;
+        };
+        let (a, b) = l.lora_tensors("fa").unwrap();
+        let want = rankfold_adapters::lora_fa::corrected_grad_b(&before[i], &a, 2.0).unwrap();
+        assert_close(
+            grads.get(&b).unwrap(),
+            &want,
+            0.0,
+            0.0,
+            "corrected B gradient",
+        );
+        i += 1;
+    }
+}
+
+/// The trainable-parameter counts of LoRA, LoRA-FA and QLoRA on one model shape (TestModel's default: hidden
+/// 13, ffn 21, 2 blocks, vocab 11; all-linear, r = 4), against r·(in + out) (LoRA) and r·out (LoRA-FA) per module.
+#[test]
+fn trainable_counts_per_method() {
+    let cfg = TestModelConfig::default();
+    let (d, f) = (cfg.hidden, cfg.ffn);
+    let r = 4;
+    // Per block: four d→d attention projections, up d→f, down f→d.
+    let lora_count = cfg.layers * (4 * r * (d + d) + r * (d + f) + r * (f + d));
+    let fa_count = cfg.layers * (4 * r * d + r * f + r * d);
+    for (name, fa, nf4, want) in [
+        ("LoRA", false, false, lora_count),
+        ("LoRA-FA", true, false, fa_count),
+        ("QLoRA", false, true, lora_count),
+    ] {
+        let mut pm = PeftModel::new(TestModel::new(cfg, 90).unwrap(), 91);
+        let base = pm.model().base_parameter_count();
+        if nf4 {
+            quantize_base(pm.model_mut(), &TargetModules::AllLinear, 64, true).unwrap();
+        }
+        pm.add_adapter(
+            "default",
+            Box::new(
+                LoraConfig::new(TargetModules::AllLinear)
+                    .with_rank(r, 8.0)
+                    .with_lora_fa(fa),
+            ),
+        )
+        .unwrap();
+        let rep = pm.trainable_report();
+        println!("{name:8} r={r} all-linear on TestModel {cfg:?}: {rep}");
+        assert_eq!(rep.trainable, want, "{name}");
+        assert_eq!(
+            rep.total,
+            base + lora_count,
+            "{name}: base + every adapter tensor (A and B)"
+        );
+    }
+}

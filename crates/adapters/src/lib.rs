@@ -13,6 +13,7 @@ pub mod glora;
 mod error;
 pub mod layer;
 pub mod lora;
+pub mod lora_fa;
 pub mod model;
 pub mod peft;
 pub mod target;

@@ -434,6 +434,10 @@ impl LoraLayer {
         let a = self.adapter(name)?;
         Ok((a.a.clone(), a.b.clone()))
     }
+    /// Whether adapter `name` is LoRA-FA (A frozen).
+    pub fn is_lora_fa(&self, name: &str) -> Result<bool> {
+        Ok(self.adapter(name)?.freeze_a)
+    }
     /// The scaling s of adapter `name`.
     pub fn scaling(&self, name: &str) -> Result<f64> {
         Ok(self.adapter(name)?.scaling)
