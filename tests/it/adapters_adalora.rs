@@ -597,3 +597,57 @@ fn a_loaded_adapter_resumed_in_the_final_phase_keeps_its_cut_ranks() -> Result<(
     assert_eq!(f64s(&pm.model().slot(path).forward(&io.x)?), f64s(&before));
     Ok(())
 }
+
+/// PEFT's own `RankAllocator` (tests/fixtures/adalora_allocator.py) on scripted parameters and gradients: the
+/// masked λ after every step — EMA updates, the cubic budget, masking every deltaT steps, the forced final mask
+/// and the final phase — equal PEFT's bit for bit.
+#[test]
+fn the_allocator_masks_exactly_as_peft_does() -> Result<()> {
+    use rankfold_adapters::adalora::{AllocatorConfig, RankAllocator, TripletRef};
+    use rankfold_tensor::GradStore;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/adalora_allocator/peft_rank_allocator.safetensors");
+    let f = safetensors::load(&path, Device::Cpu).with_context(|| format!("loading {}", path.display()))?;
+    let get = |k: &str| {
+        f.get(k)
+            .cloned()
+            .with_context(|| format!("{}: no tensor `{k}`", path.display()))
+    };
+    let layers = ["a", "b", "c"];
+    let mut ts = Vec::new();
+    for l in layers {
+        let t = |w: &str| -> Result<Tensor> { Ok(get(&format!("0.{l}.{w}.p"))?.with_requires_grad(true)) };
+        ts.push((l.to_string(), t("lora_A")?, t("lora_E")?, t("lora_B")?));
+    }
+    let cfg = AllocatorConfig {
+        target_r: 2,
+        tinit: 2,
+        tfinal: 5,
+        delta_t: 2,
+        beta1: 0.8,
+        beta2: 0.7,
+        total_step: 20,
+    };
+    let ranks: Vec<(String, usize)> = layers.iter().map(|l| (l.to_string(), 5)).collect();
+    let mut alloc = RankAllocator::new(cfg, &ranks)?;
+    let mut masked_at = Vec::new();
+    for step in 0..22 {
+        let mut grads = GradStore::new();
+        for (l, a, e, b) in &ts {
+            for (w, t) in [("lora_A", a), ("lora_E", e), ("lora_B", b)] {
+                t.assign(&get(&format!("{step}.{l}.{w}.p"))?)?;
+                grads.insert(t, get(&format!("{step}.{l}.{w}.g"))?);
+            }
+        }
+        let refs: Vec<TripletRef> = ts.iter().map(|(l, a, e, b)| TripletRef { path: l, a, e, b }).collect();
+        if alloc.on_step(step, &refs, &grads)?.pattern.is_some() {
+            masked_at.push(step);
+        }
+        for (l, _, e, _) in &ts {
+            let want = get(&format!("{step}.{l}.lora_E.after"))?.to_vec::<f32>()?;
+            assert_eq!(e.to_vec::<f32>()?, want, "step {step}, layer {l}");
+        }
+    }
+    assert_eq!(masked_at, [4, 6, 8, 10, 12, 14, 15]);
+    Ok(())
+}
