@@ -367,6 +367,10 @@ fn merged_equals_unmerged_and_unmerge_restores_the_base() -> Result<()> {
     let mut pm = PeftModel::new(test_model(8)?, 1);
     pm.add_adapter("default", Box::new(AdaLora::new(cfg)?))?;
     randomize(&mut pm, &mut rng, 0.3)?;
+    // Trainable: init_r · (in + out + 1) per adapted layer; all-linear skips lm_head. Per block q, k, v, o are
+    // 13 → 13, up 13 → 21, down 21 → 13.
+    let report = pm.trainable_report();
+    assert_eq!(report.trainable, 2 * (4 * 7 * (13 + 13 + 1) + 2 * 7 * (13 + 21 + 1)));
     let x = rng.normal_tensor(0.0, 1.0, (3, 2, 13), DType::F32, Device::Cpu)?;
     let before: Vec<Vec<f32>> = pm
         .model_mut()
