@@ -583,7 +583,15 @@ fn errors_name_the_problem() {
         let refs: Vec<(&str, &Tensor)> = t.iter().map(|(k, v)| (k.as_str(), v)).collect();
         rankfold_tensor::safetensors::save(&file, &refs, None).unwrap();
         let mut fresh = PeftModel::new(TestModel::new(TestModelConfig::default(), 70).unwrap(), 72);
-        fresh.load(&dir, "x").unwrap_err()
+        let e = fresh.load(&dir, "x").unwrap_err();
+        // A failed load leaves no adapter behind: every module holds its plain base again.
+        assert!(fresh.adapter_names().is_empty() && fresh.active().is_none());
+        assert!(fresh
+            .model()
+            .blocks
+            .iter()
+            .all(|b| b.q_proj.downcast_ref::<Linear>().is_some()));
+        e
     };
     let mut t = good.clone();
     t.insert(
@@ -711,4 +719,101 @@ fn trainable_counts_per_method() {
             "{name}: base + every adapter tensor (A and B)"
         );
     }
+}
+
+#[test]
+fn delete_adapter_restores_the_base_and_lora_fa_saves_as_lora() {
+    let model = TestModel::new(TestModelConfig::default(), 100).unwrap();
+    let x = randn(&mut Rng::new(101), &[2, 13]);
+    let y0 = model.forward(&x).unwrap();
+    let mut pm = PeftModel::new(model, 102);
+    pm.add_adapter(
+        "fa",
+        Box::new(lora(TargetModules::list(&["q_proj", "up_proj"]), 3, 6.0).with_lora_fa(true)),
+    )
+    .unwrap();
+    pm.add_adapter(
+        "b",
+        Box::new(lora(TargetModules::list(&["q_proj"]), 2, 2.0)),
+    )
+    .unwrap();
+    let y_fa = pm.model().forward(&x).unwrap();
+    // LoRA-FA saves as plain LoRA; loading it as LoRA gives the same function, and the tensors bit for bit.
+    let dir = std::env::temp_dir().join(format!("rankfold-lora-fa-{}", std::process::id()));
+    pm.save_pretrained(&dir, "fa").unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert!(cfg.get("lora_fa").is_none());
+    let mut other = PeftModel::new(TestModel::new(TestModelConfig::default(), 100).unwrap(), 9);
+    other.load(&dir, "fa").unwrap();
+    assert_close(
+        &other.model().forward(&x).unwrap(),
+        &y_fa,
+        0.0,
+        0.0,
+        "reloaded LoRA-FA as LoRA",
+    );
+    assert_eq!(
+        other.parameters().len(),
+        8,
+        "loaded as LoRA: A and B trainable"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    // Deleting the active adapter activates the next; deleting the last restores the plain layers.
+    pm.merge().unwrap();
+    assert!(
+        matches!(pm.delete_adapter("fa"), Err(Error::Unsupported(_))),
+        "a merged adapter cannot be deleted"
+    );
+    pm.unmerge().unwrap();
+    pm.delete_adapter("fa").unwrap();
+    assert_eq!(pm.active(), Some("b"));
+    assert!(pm.model().blocks[0]
+        .up_proj
+        .downcast_ref::<Linear>()
+        .is_some());
+    assert!(pm.model().blocks[0]
+        .q_proj
+        .downcast_ref::<LoraLayer>()
+        .is_some());
+    pm.delete_adapter("b").unwrap();
+    assert!(pm
+        .model()
+        .blocks
+        .iter()
+        .all(|b| b.q_proj.downcast_ref::<Linear>().is_some()));
+    assert_close(
+        &pm.model().forward(&x).unwrap(),
+        &y0,
+        1e-6,
+        1e-6,
+        "all adapters deleted",
+    );
+}
+
+/// QLoRA keeps no full-precision copy of an NF4 weight across a step: the whole step's peak stays far below
+/// the bytes of one dense weight.
+#[test]
+fn qlora_step_never_holds_a_dense_weight() {
+    let (inf, out, tokens) = (512, 384, 4);
+    let mut rng = Rng::new(110);
+    let lin = Linear::new(inf, out, true, &mut rng, DType::F32, Device::Cpu)
+        .unwrap()
+        .freeze();
+    let mut pm = PeftModel::new(PathModel::default(), 111);
+    pm.model_mut()
+        .push("blk.proj", Nf4Linear::quantize(&lin, 64, true).unwrap());
+    pm.add_adapter("default", Box::new(lora(TargetModules::AllLinear, 8, 16.0)))
+        .unwrap();
+    let x = randn(&mut rng, &[tokens, inf]).with_requires_grad(true);
+    let scope = MemoryScope::new(Device::Cpu);
+    let y = pm.model().slot("blk.proj").unwrap().forward(&x).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let peak = scope.stats().peak_bytes;
+    assert_eq!(grads.len(), 3, "A, B and x get gradients");
+    let dense = inf * out * 4;
+    println!("QLoRA step on a {out}x{inf} NF4 layer, {tokens} tokens: peak {peak} B vs {dense} B for a dense f32 weight");
+    assert!(peak < dense / 8, "peak {peak} B");
 }

@@ -61,6 +61,14 @@ pub trait AdapterLayer: LinearLayer {
     /// Replaces adapter `name`'s tensors by those in `t` (keyed by PEFT suffix), shape-checked; errors name the
     /// suffix ([`Error::MissingTensor`], [`Error::TensorShape`] with an empty file; the caller fills it in).
     fn load_peft_tensors(&mut self, name: &str, t: &HashMap<String, Tensor>) -> Result<()>;
+    /// Removes adapter `name` (not merged) from the layer; when it was active, none is active afterwards.
+    /// Methods that do not support removal keep this default, which refuses.
+    fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "removing adapter `{name}` is not supported by {:?}",
+            self.method()
+        )))
+    }
     /// The trainable tensors of the active adapter, named relative to the layer (`lora_B.default.weight`, …).
     fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
 }

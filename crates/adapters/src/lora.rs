@@ -604,6 +604,19 @@ impl AdapterLayer for LoraLayer {
             .with_requires_grad(ad.b.requires_grad());
         Ok(())
     }
+    fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        if self.merged.iter().any(|m| m == name) {
+            return Err(Error::Unsupported(format!(
+                "adapter `{name}` is merged; unmerge it before removing it"
+            )));
+        }
+        self.adapter(name)?;
+        self.adapters.retain(|a| a.name != name);
+        if self.active.as_deref() == Some(name) {
+            self.active = None;
+        }
+        Ok(())
+    }
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
         self.parameters()
             .into_iter()

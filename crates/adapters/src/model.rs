@@ -137,7 +137,8 @@ impl<M: LinearModel> PeftModel<M> {
                 targets,
             });
         }
-        for (path, slot) in slots.iter_mut().filter(|(p, _)| paths.contains(p)) {
+        // Refuse a module that holds another method's layer before touching anything.
+        for (path, slot) in slots.iter().filter(|(p, _)| paths.contains(p)) {
             let layer = slot.layer();
             // Another method's layer is one this method does not recognize as its own.
             let foreign = method.as_adapter(layer).is_none()
@@ -151,8 +152,14 @@ impl<M: LinearModel> PeftModel<M> {
                     "already holds an adapter of another method; one method per module",
                 ));
             }
+        }
+        let mut failed = None;
+        for (path, slot) in slots.iter_mut().filter(|(p, _)| paths.contains(p)) {
             let rng = &mut self.rng;
-            slot.replace_with(|old| method.inject(path, name, old, rng))?;
+            if let Err(e) = slot.replace_with(|old| method.inject(path, name, old, rng)) {
+                failed = Some(e);
+                break;
+            }
         }
         drop(slots);
         self.adapters.push(Entry {
@@ -160,6 +167,11 @@ impl<M: LinearModel> PeftModel<M> {
             method,
             paths: paths.clone(),
         });
+        if let Some(e) = failed {
+            // Take the adapter back out of the modules injected before the failure; the first error wins.
+            let _ = self.delete_adapter(name);
+            return Err(e);
+        }
         if self.active.is_none() {
             self.active = Some(name.into());
         }
@@ -389,8 +401,22 @@ impl<M: LinearModel> PeftModel<M> {
         name: &str,
         method: Box<dyn AdapterMethod>,
     ) -> Result<Vec<String>> {
-        let (file, mut tensors) = peft::read_tensors(dir.as_ref())?;
+        let (file, tensors) = peft::read_tensors(dir.as_ref())?;
         let paths = self.add_adapter(name, method)?;
+        if let Err(e) = self.load_tensors(name, &file, tensors) {
+            // A failed load leaves no half-loaded adapter behind.
+            let _ = self.delete_adapter(name);
+            return Err(e);
+        }
+        Ok(paths)
+    }
+
+    fn load_tensors(
+        &mut self,
+        name: &str,
+        file: &str,
+        mut tensors: std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
         let e = self
             .adapters
             .iter()
@@ -415,16 +441,57 @@ impl<M: LinearModel> PeftModel<M> {
                 continue;
             };
             l.load_peft_tensors(name, &mine)
-                .map_err(|err| err.in_file(&file, &prefix))?;
+                .map_err(|err| err.in_file(file, &prefix))?;
         }
         if let Some(k) = tensors.keys().min() {
             return Err(Error::UnexpectedTensor {
-                file,
+                file: file.into(),
                 key: k.clone(),
             });
         }
-        self.apply_active()?;
-        Ok(paths)
+        self.apply_active()
+    }
+
+    /// Removes adapter `name` from every module (a module left without adapters gets its plain base back). The
+    /// adapter must not be merged. When it was active, the first remaining adapter becomes active.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        let idx = self
+            .adapters
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| Error::UnknownAdapter(name.into()))?;
+        let e = self.adapters.remove(idx);
+        let mut result = Ok(());
+        for (path, slot) in self.model.linear_slots() {
+            let Some(l) = e.method.as_adapter_mut(slot.layer_mut()) else {
+                continue;
+            };
+            if !l.adapter_names().iter().any(|n| n == name) {
+                continue;
+            }
+            if let Err(err) = l.remove_adapter(name) {
+                result = Err(in_module(err, &path));
+                break;
+            }
+            if l.adapter_names().is_empty() {
+                let r = slot.replace_with(|old| match e.method.into_adapter(old) {
+                    Ok(a) => Ok(a.into_base()),
+                    Err(old) => Err((old, Error::module(path.clone(), "lost its adapter layer"))),
+                });
+                if let Err(err) = r {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        if let Err(err) = result {
+            self.adapters.insert(idx, e);
+            return Err(err);
+        }
+        if self.active.as_deref() == Some(name) {
+            self.active = self.adapters.first().map(|e| e.name.clone());
+        }
+        self.apply_active()
     }
 }
 
