@@ -627,3 +627,23 @@ fn planted_checks() -> Result<()> {
     ensure!(*access == "store" && *other_access == "store", "{e}");
     Ok(())
 }
+
+#[test]
+fn divergent_call_reconverges_before_a_shuffle() -> Result<()> {
+    let (sim, rt) = runtime();
+    let mut rng = Rng(10);
+    let (n, block) = (200usize, 64u32);
+    let x: Vec<i32> = (0..n).map(|_| rng.int(-1000, 1000)).collect();
+    let xb = GpuBuffer::from_slice(&rt, &x)?;
+    let ob = GpuBuffer::zeroed(&rt, 4 * n)?;
+    run(
+        &sim,
+        "sim_call_diverge",
+        cfg(n, block),
+        &[ptr(&xb), ptr(&ob), KernelArg::I32(n as i32)],
+    )?;
+    let w = |j: usize| if x[j] & 1 != 0 { 2 * x[j] + 1 } else { x[j] };
+    let want: Vec<i32> = (0..n).map(|i| w(i) + w(i ^ 1)).collect();
+    ensure!(ob.to_vec::<i32>()? == want, "sim_call_diverge");
+    Ok(())
+}

@@ -170,3 +170,15 @@ extern "C" __global__ void sim_printf(int* y, int n) {
     vprintf("thread %d\n", (const char*)&i);
     y[i] = 3 * i;
 }
+
+__device__ __noinline__ int sim_twice(int v) { return 2 * v + 1; }
+
+// A divergent call followed by a warp shuffle: the lanes must reconverge after the call before the shuffle.
+// out[i] = w(i) + w(i ^ 1) where w(j) = x[j] odd ? 2·x[j] + 1 : x[j].
+extern "C" __global__ void sim_call_diverge(const int* x, int* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int v = i < n ? x[i] : 0;
+    if (v & 1) v = sim_twice(v);
+    int s = __shfl_xor_sync(0xffffffff, v, 1);
+    if (i < n) out[i] = v + s;
+}

@@ -225,22 +225,13 @@ impl Warp {
             if runnable == 0 {
                 return Ok(());
             }
-            let mut pc = u32::MAX;
-            let mut mask = 0u32;
-            for l in lanes(runnable) {
-                let p = self.pc[l];
-                if p < pc {
-                    pc = p;
-                    mask = 1 << l;
-                } else if p == pc {
-                    mask |= 1 << l;
-                }
-            }
-            // The smallest PC of the other lanes: the current group runs on alone until it gets there.
-            let others = lanes(runnable & !mask)
-                .map(|l| self.pc[l])
-                .min()
-                .unwrap_or(u32::MAX);
+            let in_call = lanes(runnable).any(|l| !self.stacks[l].is_empty());
+            let (pc, mask, others) = if in_call {
+                self.pick_in_call(runnable)
+            } else {
+                self.pick(runnable)
+            };
+            let mut pc = pc;
             loop {
                 let Some(inst) = prog.code.get(pc as usize) else {
                     // Running off the end of the code behaves like `exit`.
@@ -289,6 +280,60 @@ impl Warp {
                 }
             }
         }
+    }
+
+    /// The lanes at the smallest PC, and the smallest PC of the other lanes (the group runs on alone until it
+    /// gets there).
+    fn pick(&self, runnable: u32) -> (u32, u32, u32) {
+        let mut pc = u32::MAX;
+        let mut mask = 0u32;
+        for l in lanes(runnable) {
+            let p = self.pc[l];
+            if p < pc {
+                pc = p;
+                mask = 1 << l;
+            } else if p == pc {
+                mask |= 1 << l;
+            }
+        }
+        let others = lanes(runnable & !mask)
+            .map(|l| self.pc[l])
+            .min()
+            .unwrap_or(u32::MAX);
+        (pc, mask, others)
+    }
+
+    /// Like `pick` when some lane is inside a called function: lanes are ordered by their position as the
+    /// sequence (call sites of the frames, outermost first, then the PC), so lanes inside a call run before lanes
+    /// at later PCs of the caller, and a lane at a call site runs before the lanes already inside that call. The
+    /// group runs one instruction at a time (`others` is 0).
+    fn pick_in_call(&self, runnable: u32) -> (u32, u32, u32) {
+        let key = |l: usize| {
+            self.stacks[l]
+                .iter()
+                .map(|f| f.0 - 1)
+                .chain(std::iter::once(self.pc[l]))
+        };
+        let mut best: Option<usize> = None;
+        let mut mask = 0u32;
+        for l in lanes(runnable) {
+            match best {
+                None => {
+                    best = Some(l);
+                    mask = 1 << l;
+                }
+                Some(b) => match key(l).cmp(key(b)) {
+                    std::cmp::Ordering::Less => {
+                        best = Some(l);
+                        mask = 1 << l;
+                    }
+                    std::cmp::Ordering::Equal => mask |= 1 << l,
+                    std::cmp::Ordering::Greater => {}
+                },
+            }
+        }
+        let pc = best.map_or(u32::MAX, |b| self.pc[b]);
+        (pc, mask, 0)
     }
 
     /// Executes one instruction for the lanes in `exec` (the lanes of `mask` whose guard holds).
