@@ -1,0 +1,315 @@
+//! LoRA-FA and QLoRA specifics: LoRA-FA's graph memory against the bytes predicted from the shapes, its
+//! gradient correction, QLoRA over NF4 bases against the dequantized twin, the QLoRA step's peak memory, and the
+//! trainable counts of LoRA / LoRA-FA / QLoRA on one model shape.
+
+use rankfold_adapters::layer::AdapterLayer;
+use rankfold_adapters::lora::{quantize_base, LoraConfig, LoraLayer};
+use rankfold_adapters::testing::{assert_close, PathModel, TestModel, TestModelConfig};
+use rankfold_adapters::{PeftModel, TargetModules};
+use rankfold_tensor::memory::MemoryScope;
+use rankfold_tensor::nn::{Linear, LinearModel, LinearSlot, Nf4Linear};
+use rankfold_tensor::{DType, Device, Nf4Tensor, Rng, Tensor};
+
+use super::{lora, randn};
+
+/// A stack of square layers with SiLU between them, each a `LinearSlot` at `layers.<i>.proj`.
+#[derive(Debug)]
+struct Stack(Vec<LinearSlot>);
+
+impl LinearModel for Stack {
+    fn linear_slots(&mut self) -> Vec<(String, &mut LinearSlot)> {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| (format!("layers.{i}.proj"), s))
+            .collect()
+    }
+}
+
+/// Peak and after-forward live bytes of one training step (forward, loss, backward) through the stack.
+fn step_memory(
+    fa: bool,
+    layers: usize,
+    d: usize,
+    tokens: usize,
+    r: usize,
+) -> (usize, usize, usize) {
+    let mut rng = Rng::new(30);
+    let stack = Stack(
+        (0..layers)
+            .map(|_| {
+                LinearSlot::new(
+                    Linear::new(d, d, false, &mut rng, DType::F32, Device::Cpu)
+                        .unwrap()
+                        .freeze(),
+                )
+            })
+            .collect(),
+    );
+    let mut pm = PeftModel::new(stack, 31);
+    pm.add_adapter(
+        "default",
+        Box::new(lora(TargetModules::AllLinear, r, 8.0).with_lora_fa(fa)),
+    )
+    .unwrap();
+    let x = randn(&mut rng, &[tokens, d]);
+    let n_params = pm.parameters().len();
+    let scope = MemoryScope::new(Device::Cpu);
+    let mut h = x.clone();
+    for (i, s) in pm.model().0.iter().enumerate() {
+        h = s.forward(&h).unwrap();
+        if i + 1 < layers {
+            h = h.silu().unwrap();
+        }
+    }
+    let loss = h.sqr().unwrap().sum_all().unwrap();
+    drop(h);
+    let after_forward = scope.stats().live_bytes;
+    let grads = loss.backward().unwrap();
+    assert_eq!(
+        grads.len(),
+        n_params,
+        "every trainable tensor gets a gradient"
+    );
+    let peak = scope.stats().peak_bytes;
+    (peak, after_forward, n_params)
+}
+
+#[test]
+fn lora_fa_keeps_only_a_x_for_the_adapter() {
+    let (layers, d, tokens, r) = (4, 48, 256, 4);
+    let (peak_lora, live_lora, np_lora) = step_memory(false, layers, d, tokens, r);
+    let (peak_fa, live_fa, np_fa) = step_memory(true, layers, d, tokens, r);
+    assert_eq!(
+        (np_lora, np_fa),
+        (2 * layers, layers),
+        "LoRA trains A and B, LoRA-FA only B"
+    );
+    // LoRA keeps each layer's input x [tokens, d] for A's gradient. The first input is the data (allocated
+    // before the scope); the other layers' inputs are SiLU outputs that nothing else keeps (SiLU keeps its
+    // own input, the frozen base keeps nothing, LoRA-FA's frozen-A matmul keeps nothing).
+    let predicted = (layers - 1) * tokens * d * 4;
+    println!("LoRA vs LoRA-FA, {layers} layers d={d} tokens={tokens} r={r}: after forward {live_lora} vs {live_fa} B, peak of the step {peak_lora} vs {peak_fa} B, predicted difference {predicted} B");
+    // What the LoRA-FA graph keeps, from the shapes: SiLU's inputs z [tokens, d] (all layers but the last), each
+    // adapter's u = s·(x Aᵀ) [tokens, r], the output that the square keeps [tokens, d], and the f32 loss.
+    let fa_graph = (layers - 1) * tokens * d * 4 + layers * tokens * r * 4 + tokens * d * 4 + 4;
+    assert_eq!(
+        live_fa, fa_graph,
+        "LoRA-FA graph memory after the forward pass"
+    );
+    assert_eq!(
+        live_lora - live_fa,
+        predicted,
+        "LoRA keeps exactly the layer inputs on top"
+    );
+    // The peaks fall at different points of the backward pass (LoRA frees each kept input once its layer is
+    // done), so the peak difference lies between the inputs of all layers but one and all of them, plus A's
+    // gradients ([r, d] each) that only LoRA computes.
+    let x_bytes = tokens * d * 4;
+    let grads_a = layers * r * d * 4;
+    let diff = peak_lora - peak_fa;
+    assert!(
+        diff >= predicted - x_bytes && diff <= predicted + grads_a,
+        "peak difference {diff} vs predicted {predicted}"
+    );
+}
+
+#[test]
+fn qlora_runs_lora_and_lora_fa_over_nf4_bases() {
+    let mut rng = Rng::new(40);
+    let model = TestModel::new(TestModelConfig::default(), 41).unwrap();
+    let mut pm = PeftModel::new(model, 42);
+    let quantized = quantize_base(pm.model_mut(), &TargetModules::AllLinear, 64, true).unwrap();
+    assert_eq!(quantized.len(), 12, "every linear layer but lm_head");
+    assert!(pm.model().lm_head.downcast_ref::<Linear>().is_some());
+    // The same model with the dequantized weights as dense layers: the independent reference.
+    let weights: Vec<(Tensor, Option<Tensor>)> = pm
+        .model_mut()
+        .linear_slots()
+        .iter()
+        .map(|(_, s)| (s.layer().dense_weight().unwrap(), s.layer().bias()))
+        .collect();
+    let twin = || {
+        let mut m = TestModel::new(TestModelConfig::default(), 41).unwrap();
+        for ((_, slot), (w, b)) in m.linear_slots().into_iter().zip(&weights) {
+            *slot = LinearSlot::new(Linear::from_weights(w.clone(), b.clone()).unwrap().freeze());
+        }
+        m
+    };
+    let targets = TargetModules::list(&["q_proj", "up_proj", "down_proj"]);
+    for fa in [false, true] {
+        let name = if fa { "fa" } else { "lora" };
+        let c = lora(targets.clone(), 4, 8.0).with_lora_fa(fa);
+        pm.add_adapter(name, Box::new(c.clone())).unwrap();
+        pm.set_active(name).unwrap();
+        // Draw the same adapter weights: same seed, same adapters in the same order.
+        let mut dm = PeftModel::new(twin(), 42);
+        dm.add_adapter("lora", Box::new(lora(targets.clone(), 4, 8.0)))
+            .unwrap();
+        if fa {
+            dm.add_adapter(name, Box::new(c)).unwrap();
+        }
+        dm.set_active(name).unwrap();
+        let x = randn(&mut rng, &[3, 13]);
+        let (yq, yd) = (
+            pm.model().forward(&x).unwrap(),
+            dm.model().forward(&x).unwrap(),
+        );
+        assert_close(
+            &yq,
+            &yd,
+            1e-4,
+            1e-4,
+            "NF4 base vs its dequantized dense twin",
+        );
+        let (gq, gd) = (
+            yq.sqr().unwrap().sum_all().unwrap().backward().unwrap(),
+            yd.sqr().unwrap().sum_all().unwrap().backward().unwrap(),
+        );
+        let (pq, pd) = (pm.parameters(), dm.parameters());
+        assert_eq!(pq.len(), if fa { 6 } else { 12 });
+        for ((nq, tq), (nd, td)) in pq.iter().zip(&pd) {
+            assert_eq!(nq, nd);
+            assert_close(gq.get(tq).unwrap(), gd.get(td).unwrap(), 1e-4, 1e-3, nq);
+        }
+    }
+    // Merging into NF4 requantizes: the merged weight is quantize(dequantize(W) + ΔW), bit for bit.
+    pm.set_active("lora").unwrap();
+    let path = "model.layers.0.mlp.up_proj";
+    let (w_before, delta) = {
+        let slots = pm.model_mut().linear_slots();
+        let l = slots
+            .iter()
+            .find(|(p, _)| p == path)
+            .unwrap()
+            .1
+            .downcast_ref::<LoraLayer>()
+            .unwrap();
+        (
+            l.base().dense_weight().unwrap(),
+            l.merged_weight_delta("lora").unwrap().0,
+        )
+    };
+    pm.merge().unwrap();
+    let slots = pm.model_mut().linear_slots();
+    let l = slots
+        .iter()
+        .find(|(p, _)| p == path)
+        .unwrap()
+        .1
+        .downcast_ref::<LoraLayer>()
+        .unwrap();
+    let q = l.base().as_any().downcast_ref::<Nf4Linear>().unwrap();
+    let want = Nf4Tensor::quantize(&w_before.add(&delta).unwrap(), 64, true).unwrap();
+    assert_eq!(q.weight().packed(), want.packed());
+}
+
+#[test]
+fn lora_fa_gradient_correction_through_the_model() {
+    let mut pm = PeftModel::new(TestModel::new(TestModelConfig::default(), 80).unwrap(), 81);
+    let targets = TargetModules::list(&["q_proj", "down_proj"]);
+    pm.add_adapter("fa", Box::new(lora(targets, 3, 6.0).with_lora_fa(true)))
+        .unwrap();
+    let x = randn(&mut Rng::new(82), &[4, 13]);
+    let mut grads = pm
+        .model()
+        .forward(&x)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let params = pm.parameters();
+    let before: Vec<Tensor> = params
+        .iter()
+        .map(|(_, t)| grads.get(t).unwrap().clone())
+        .collect();
+    assert_eq!(
+        rankfold_adapters::lora_fa::correct_lora_fa_grads(&mut pm, &mut grads).unwrap(),
+        4
+    );
+    let mut slots = pm.model_mut().linear_slots();
+    let mut i = 0;
+    for (_, s) in slots.iter_mut() {
+        let Some(l) = s.downcast_ref::<LoraLayer>() else {
+            continue;
+        };
+        let (a, b) = l.lora_tensors("fa").unwrap();
+        let want = rankfold_adapters::lora_fa::corrected_grad_b(&before[i], &a, 2.0).unwrap();
+        assert_close(
+            grads.get(&b).unwrap(),
+            &want,
+            0.0,
+            0.0,
+            "corrected B gradient",
+        );
+        i += 1;
+    }
+}
+
+/// The trainable-parameter counts of LoRA, LoRA-FA and QLoRA on one model shape (TestModel's default: hidden
+/// 13, ffn 21, 2 blocks, vocab 11; all-linear, r = 4), against r·(in + out) (LoRA) and r·out (LoRA-FA) per module.
+#[test]
+fn trainable_counts_per_method() {
+    let cfg = TestModelConfig::default();
+    let (d, f) = (cfg.hidden, cfg.ffn);
+    let r = 4;
+    // Per block: four d→d attention projections, up d→f, down f→d.
+    let lora_count = cfg.layers * (4 * r * (d + d) + r * (d + f) + r * (f + d));
+    let fa_count = cfg.layers * (4 * r * d + r * f + r * d);
+    for (name, fa, nf4, want) in [
+        ("LoRA", false, false, lora_count),
+        ("LoRA-FA", true, false, fa_count),
+        ("QLoRA", false, true, lora_count),
+    ] {
+        let mut pm = PeftModel::new(TestModel::new(cfg, 90).unwrap(), 91);
+        let base = pm.model().base_parameter_count();
+        if nf4 {
+            quantize_base(pm.model_mut(), &TargetModules::AllLinear, 64, true).unwrap();
+        }
+        pm.add_adapter(
+            "default",
+            Box::new(
+                LoraConfig::new(TargetModules::AllLinear)
+                    .with_rank(r, 8.0)
+                    .with_lora_fa(fa),
+            ),
+        )
+        .unwrap();
+        let rep = pm.trainable_report();
+        println!("{name:8} r={r} all-linear on TestModel {cfg:?}: {rep}");
+        assert_eq!(rep.trainable, want, "{name}");
+        assert_eq!(
+            rep.total,
+            base + lora_count,
+            "{name}: base + every adapter tensor (A and B)"
+        );
+    }
+}
+
+/// QLoRA keeps no full-precision copy of an NF4 weight across a step: the whole step's peak stays far below
+/// the bytes of one dense weight.
+#[test]
+fn qlora_step_never_holds_a_dense_weight() {
+    let (inf, out, tokens) = (512, 384, 4);
+    let mut rng = Rng::new(110);
+    let lin = Linear::new(inf, out, true, &mut rng, DType::F32, Device::Cpu)
+        .unwrap()
+        .freeze();
+    let mut pm = PeftModel::new(PathModel::default(), 111);
+    pm.model_mut()
+        .push("blk.proj", Nf4Linear::quantize(&lin, 64, true).unwrap());
+    pm.add_adapter("default", Box::new(lora(TargetModules::AllLinear, 8, 16.0)))
+        .unwrap();
+    let x = randn(&mut rng, &[tokens, inf]).with_requires_grad(true);
+    let scope = MemoryScope::new(Device::Cpu);
+    let y = pm.model().slot("blk.proj").unwrap().forward(&x).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let peak = scope.stats().peak_bytes;
+    assert_eq!(grads.len(), 3, "A, B and x get gradients");
+    let dense = inf * out * 4;
+    println!("QLoRA step on a {out}x{inf} NF4 layer, {tokens} tokens: peak {peak} B vs {dense} B for a dense f32 weight");
+    assert!(peak < dense / 8, "peak {peak} B");
+}
