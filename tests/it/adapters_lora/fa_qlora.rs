@@ -313,3 +313,48 @@ fn qlora_step_never_holds_a_dense_weight() {
     println!("QLoRA step on a {out}x{inf} NF4 layer, {tokens} tokens: peak {peak} B vs {dense} B for a dense f32 weight");
     assert!(peak < dense / 8, "peak {peak} B");
 }
+
+/// PiSSA over an NF4 base: A and B come from the dequantized weight's SVD and the residual is requantized, so
+/// at init the layer equals the NF4 layer up to one more NF4 rounding of the residual.
+#[test]
+fn pissa_over_nf4_requantizes_the_residual() {
+    let mut rng = Rng::new(130);
+    let lin = Linear::new(96, 40, true, &mut rng, DType::F32, Device::Cpu)
+        .unwrap()
+        .freeze();
+    let q = Nf4Linear::quantize(&lin, 64, true).unwrap();
+    let mut pm = PeftModel::new(PathModel::default(), 131);
+    pm.model_mut().push("blk.proj", q.clone());
+    let mut c = LoraConfig::new(TargetModules::AllLinear).with_rank(4, 8.0);
+    c.init_lora_weights = rankfold_adapters::lora::LoraInit::Pissa { niter: None };
+    pm.add_adapter("default", Box::new(c)).unwrap();
+    let l = pm
+        .model()
+        .slot("blk.proj")
+        .unwrap()
+        .downcast_ref::<LoraLayer>()
+        .unwrap();
+    let residual = l
+        .base()
+        .as_any()
+        .downcast_ref::<Nf4Linear>()
+        .expect("the residual stays NF4");
+    // The residual is exactly quantize(dequantize(W) − s·B·A).
+    let w = q.weight().dequantize(DType::F32).unwrap();
+    let delta = l.merged_weight_delta("default").unwrap().0;
+    let want = Nf4Tensor::quantize(&w.sub(&delta).unwrap(), 64, true).unwrap();
+    assert_eq!(residual.weight().packed(), want.packed());
+    let x = randn(&mut rng, &[5, 96]);
+    let y = pm.model().slot("blk.proj").unwrap().forward(&x).unwrap();
+    let y_nf4 = rankfold_tensor::nn::LinearLayer::forward(&q, &x).unwrap();
+    // One NF4 rounding of the residual: |Δw| ≤ absmax/2 per block gap; the outputs stay close in norm.
+    let (a, b) = (y.to_vec::<f64>().unwrap(), y_nf4.to_vec::<f64>().unwrap());
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm = b.iter().map(|q| q * q).sum::<f64>().sqrt();
+    assert!(err < 0.1 * norm, "relative output change {}", err / norm);
+}

@@ -517,3 +517,43 @@ fn delete_adapter_restores_the_base_and_lora_fa_saves_as_lora() {
         "all adapters deleted",
     );
 }
+
+/// A PiSSA adapter keeps the model's function at init, and reloads onto the original base model: loading
+/// re-runs PiSSA's SVD on W0 (the residual is recomputed, as PEFT does), then takes the saved A and B.
+#[test]
+fn pissa_keeps_the_function_and_reloads_onto_the_original_base() {
+    let x = randn(&mut Rng::new(120), &[3, 13]);
+    let model = TestModel::new(TestModelConfig::default(), 121).unwrap();
+    let y0 = model.forward(&x).unwrap();
+    let mut pm = PeftModel::new(model, 122);
+    let mut c = LoraConfig::new(TargetModules::list(&["q_proj", "up_proj"])).with_rank(3, 6.0);
+    c.init_lora_weights = LoraInit::Pissa { niter: None };
+    pm.add_adapter("default", Box::new(c)).unwrap();
+    assert_close(
+        &pm.model().forward(&x).unwrap(),
+        &y0,
+        1e-5,
+        1e-5,
+        "PiSSA at init",
+    );
+    // One step of "training": move every B.
+    for (_, t) in pm.parameters() {
+        if t.dims()[1] == 3 {
+            t.assign(&t.affine(1.1, 0.01).unwrap()).unwrap();
+        }
+    }
+    let y1 = pm.model().forward(&x).unwrap();
+    assert!(max_abs_diff(&y1, &y0).unwrap() > 1e-4);
+    let dir = std::env::temp_dir().join(format!("rankfold-pissa-{}", std::process::id()));
+    pm.save_pretrained(&dir, "default").unwrap();
+    let mut again = PeftModel::new(TestModel::new(TestModelConfig::default(), 121).unwrap(), 5);
+    again.load(&dir, "default").unwrap();
+    assert_close(
+        &again.model().forward(&x).unwrap(),
+        &y1,
+        1e-5,
+        1e-5,
+        "PiSSA reloaded",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
