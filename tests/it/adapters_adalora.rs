@@ -497,6 +497,23 @@ fn bad_files_and_configs_name_the_problem() -> Result<()> {
         Err(Error::TensorShape { key: k, .. }) => assert_eq!(k, key),
         other => panic!("expected a shape error, got {other:?}"),
     }
+    // A failed load leaves the plain base layers behind (AdaLoRA layers remove their adapter).
+    let mut pm = make()?;
+    assert!(pm.load(&wrong, "default").is_err());
+    for (p, slot) in pm.model_mut().linear_slots() {
+        assert!(slot.downcast_ref::<Linear>().is_some(), "{p} is its plain base again");
+    }
+    pm.load(case.adapter_dir(), "default")?;
+    pm.add_adapter("second", Box::new(AdaLora::new(adalora(10))?))?;
+    pm.delete_adapter("default")?;
+    assert_eq!(pm.adapter_names(), ["second"]);
+    pm.delete_adapter("second")?;
+    for (p, slot) in pm.model_mut().linear_slots() {
+        assert!(
+            slot.downcast_ref::<Linear>().is_some(),
+            "{p} is its plain base after deleting every adapter"
+        );
+    }
     // Config errors name the field.
     let mut c = adalora(10);
     c.total_step = None;

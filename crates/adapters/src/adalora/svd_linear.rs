@@ -246,6 +246,22 @@ impl AdapterLayer for SvdLinear {
         ad.set_trainable(trainable);
         Ok(())
     }
+    /// Drops adapter `name` (refused while it is merged); when it was active, none is active afterwards.
+    fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        self.adapter(name)?;
+        if self.merged.iter().any(|n| n == name) {
+            return Err(Error::module(
+                "AdaLoRA",
+                format!("adapter `{name}` is merged; unmerge it before removing it"),
+            ));
+        }
+        self.adapters.remove(name);
+        self.order.retain(|n| n != name);
+        if self.active.as_deref() == Some(name) {
+            self.active = None;
+        }
+        Ok(())
+    }
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
         let Some(name) = self.active.as_deref() else {
             return Vec::new();
