@@ -9,6 +9,8 @@
 //! autograd graph keeps x for A's gradient; with A frozen (LoRA-FA) the matmul with the frozen Aᵀ keeps nothing
 //! of x, and only u ([rows, r]) is kept for B's gradient. A frozen base keeps nothing of x either (its weight
 //! needs no gradient), so under LoRA-FA a layer's input is freed as soon as the next layer has consumed it.
+//! With `lora_dropout > 0` while training, the dropout mask (`[rows, in]`, in x's dtype) is kept for x's
+//! gradient under both LoRA and LoRA-FA, so LoRA-FA's saving is the dropped input itself, not the mask.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
