@@ -647,3 +647,54 @@ fn divergent_call_reconverges_before_a_shuffle() -> Result<()> {
     ensure!(ob.to_vec::<i32>()? == want, "sim_call_diverge");
     Ok(())
 }
+
+const CP_ASYNC: &str = include_str!("planted/cp_async.ptx");
+
+#[test]
+fn planted_cp_async_without_wait() -> Result<()> {
+    let (sim, rt) = runtime();
+    let x: Vec<f32> = (0..64).map(|i| i as f32 * 0.5).collect();
+    let xb = GpuBuffer::from_slice(&rt, &x)?;
+    let yb = GpuBuffer::zeroed(&rt, 4 * 64)?;
+    let one = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(64),
+        shared_bytes: 0,
+    };
+    let args = [ptr(&xb), ptr(&yb)];
+    sim.launch_ptx(
+        "planted/cp_async.ptx",
+        CP_ASYNC,
+        "planted_cp_async_ok",
+        one,
+        &args,
+    )
+    .context("the kernel that waits must pass")?;
+    ensure!(
+        yb.to_vec::<f32>()? == (0..64).map(|t| x[(t + 1) % 64]).collect::<Vec<_>>(),
+        "planted_cp_async_ok"
+    );
+    let e = sim
+        .launch_ptx(
+            "planted/cp_async.ptx",
+            CP_ASYNC,
+            "planted_cp_async",
+            one,
+            &args,
+        )
+        .err()
+        .context("the missing cp.async.wait_group was not reported")?;
+    let msg = e.to_string();
+    let SimError::AsyncCopyPending {
+        site, other_thread, ..
+    } = downcast(e)?
+    else {
+        bail!("wrong error: {msg}")
+    };
+    ensure!(
+        site.kernel == "planted_cp_async" && site.thread == [0, 0, 0] && other_thread == [1, 0, 0],
+        "{msg}"
+    );
+    ensure!(msg.contains("cp_async.cu:"), "{msg}");
+    Ok(())
+}

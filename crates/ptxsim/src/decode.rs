@@ -451,8 +451,22 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             )
         }
         "cp" if m.has("async") => {
-            if m.has("commit_group") || m.has("wait_group") || m.has("wait_all") {
-                (Op::Nop, Class::Sync)
+            if m.has("commit_group") {
+                (Op::CpAsyncCommit, Class::Sync)
+            } else if m.has("wait_all") {
+                (Op::CpAsyncWait { keep: None }, Class::Sync)
+            } else if m.has("wait_group") {
+                let Some(Opnd::Imm(n)) = args.first() else {
+                    return Err(bad(
+                        "cp.async.wait_group needs an immediate group count".into()
+                    ));
+                };
+                (
+                    Op::CpAsyncWait {
+                        keep: Some(*n as u32),
+                    },
+                    Class::Sync,
+                )
             } else {
                 let size = match args.get(2) {
                     Some(Opnd::Imm(s @ (4 | 8 | 16))) => *s as u8,
@@ -612,6 +626,7 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
 fn min_operands(op: &Op) -> usize {
     match op {
         Op::Ret | Op::Exit | Op::Bar | Op::BarWarp | Op::Trap | Op::Nop | Op::Call { .. } => 0,
+        Op::CpAsyncCommit | Op::CpAsyncWait { .. } => 0,
         Op::Bra | Op::Activemask => 1,
         Op::IntUn { .. } | Op::FUn { .. } | Op::Mov { .. } | Op::Cvt { .. } | Op::Cvta { .. } => 2,
         Op::Ld { .. } | Op::St { .. } | Op::Ldmatrix { .. } | Op::Vote { .. } => 2,

@@ -80,6 +80,16 @@ pub enum SimError {
         /// The other thread, or `[u32::MAX; 3]` when several threads read the byte.
         other_thread: [u32; 3],
     },
+    /// An access to shared bytes that a thread's cp.async wrote before that thread waited for the copy.
+    #[error(
+        "shared offset {offset:#x} accessed before the cp.async of thread ({},{},{}) that writes it was waited for \
+         (cp.async.wait_group / wait_all): {site}", other_thread[0], other_thread[1], other_thread[2]
+    )]
+    AsyncCopyPending {
+        site: Box<Site>,
+        offset: u64,
+        other_thread: [u32; 3],
+    },
     /// A read of shared memory that no thread of the block has written since the launch.
     #[error("read of uninitialized shared memory at shared offset {offset:#x}: {site}")]
     UninitShared { site: Box<Site>, offset: u64 },

@@ -378,6 +378,12 @@ pub(crate) enum Op {
     CpAsync {
         size: u8,
     },
+    /// `cp.async.commit_group`.
+    CpAsyncCommit,
+    /// `cp.async.wait_group N` (`Some(N)`: all but the newest N groups complete) or `cp.async.wait_all`.
+    CpAsyncWait {
+        keep: Option<u32>,
+    },
     Ldmatrix {
         num: u8,
         trans: bool,

@@ -66,6 +66,8 @@ fn target(space: Space, a: u64) -> Target {
 enum Access {
     Load,
     Store,
+    /// The shared-memory side of a cp.async.
+    AsyncStore,
     Atomic,
 }
 
@@ -73,7 +75,7 @@ impl Access {
     fn name(self) -> &'static str {
         match self {
             Access::Load => "load",
-            Access::Store => "store",
+            Access::Store | Access::AsyncStore => "store",
             Access::Atomic => "atomic",
         }
     }
@@ -193,7 +195,7 @@ impl Warp {
                     for i in (0..size).step_by(piece) {
                         let v = read_le(&buf[i..i + piece]);
                         let t = tg[l].offset(i as u64);
-                        self.write(ctx, blk, inst, l, t, piece, v, Access::Store)?;
+                        self.write(ctx, blk, inst, l, t, piece, v, Access::AsyncStore)?;
                     }
                 }
                 ctx.counters.shared_requests += 1;
@@ -472,6 +474,30 @@ impl Warp {
         };
         for i in off..off + size {
             let m = &mut blk.meta[i];
+            if m.async_tid != 0 && m.async_block == start {
+                let owner = m.async_tid - 1;
+                if m.async_group >= blk.async_done[owner as usize] {
+                    if acc != Access::AsyncStore || owner != t {
+                        let g = self.geo.ntid;
+                        return Err(SimError::AsyncCopyPending {
+                            site: self.site(ctx, inst, l),
+                            offset: i as u64,
+                            other_thread: [
+                                owner % g[0],
+                                (owner / g[0]) % g[1],
+                                owner / (g[0] * g[1]),
+                            ],
+                        });
+                    }
+                } else {
+                    m.async_tid = 0;
+                }
+            }
+            if acc == Access::AsyncStore {
+                m.async_tid = t + 1;
+                m.async_group = blk.async_open[t as usize];
+                m.async_block = start;
+            }
             if acc == Access::Atomic {
                 if write && m.init < start {
                     m.init = e;

@@ -35,6 +35,10 @@ pub(crate) struct Meta {
     /// The reading thread, or `MULTI` when several threads read it in `r_epoch`.
     r_tid: u32,
     r_wepoch: u32,
+    /// The thread (index + 1; 0 = none) whose cp.async wrote the byte, its group, and the block (start epoch).
+    async_tid: u32,
+    async_group: u32,
+    async_block: u32,
 }
 
 pub(crate) const MULTI: u32 = u32::MAX;
@@ -51,6 +55,9 @@ pub(crate) struct Block {
     pub local: Vec<u8>,
     pub epoch: u32,
     pub start_epoch: u32,
+    /// Per thread: the open cp.async group, and the groups below this one are complete.
+    pub async_open: Vec<u32>,
+    pub async_done: Vec<u32>,
 }
 
 /// Launch geometry as the special registers see it.
@@ -169,6 +176,8 @@ pub(crate) fn run_grid(
         local: vec![0; prog.local_bytes * nthreads as usize],
         epoch: 0,
         start_epoch: 0,
+        async_open: vec![0; nthreads as usize],
+        async_done: vec![0; nthreads as usize],
     };
     for bz in 0..grid[2] {
         for by in 0..grid[1] {
@@ -176,6 +185,8 @@ pub(crate) fn run_grid(
                 blk.ctaid = [bx, by, bz];
                 blk.epoch += 1;
                 blk.start_epoch = blk.epoch;
+                blk.async_open.fill(0);
+                blk.async_done.fill(0);
                 for w in warps.iter_mut() {
                     w.pc = [0; 32];
                     w.exited = 0;
@@ -544,6 +555,26 @@ impl Warp {
             | Op::Mma { .. }
             | Op::Redux { .. } => self.warp_op(inst, exec, ctx),
             Op::Nop => Ok(()),
+            Op::CpAsyncCommit => {
+                for l in lanes(exec) {
+                    blk.async_open[self.lin[l] as usize] += 1;
+                }
+                Ok(())
+            }
+            Op::CpAsyncWait { keep } => {
+                for l in lanes(exec) {
+                    let t = self.lin[l] as usize;
+                    let done = match keep {
+                        Some(n) => blk.async_open[t].saturating_sub(*n),
+                        None => {
+                            blk.async_open[t] += 1;
+                            blk.async_open[t]
+                        }
+                    };
+                    blk.async_done[t] = blk.async_done[t].max(done);
+                }
+                Ok(())
+            }
             _ => self.alu(inst, exec, ctx),
         }
     }
