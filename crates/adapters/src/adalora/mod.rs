@@ -8,6 +8,31 @@
 //! `resize_modules_by_rank_pattern`), so a layer that kept nothing loads with rank 0 and computes its base.
 //!
 //! Only the active adapter is trained and allocated (PEFT allows one trainable AdaLoRA adapter per model).
+//!
+//! ```
+//! use rankfold_adapters::adalora::{AdaLora, AdaLoraConfig};
+//! use rankfold_adapters::testing::{TestModel, TestModelConfig};
+//! use rankfold_adapters::{PeftModel, TargetModules};
+//! use rankfold_tensor::optim::{AdamW, AdamWConfig, Optimizer};
+//! use rankfold_tensor::{DType, Device, Rng};
+//!
+//! let mut config = AdaLoraConfig::new(TargetModules::list(&["q_proj", "v_proj"]), 6);
+//! (config.init_r, config.target_r) = (4, 2);
+//! let mut pm = PeftModel::new(TestModel::new(TestModelConfig::default(), 0)?, 0);
+//! pm.add_adapter("default", Box::new(AdaLora::new(config)?))?;
+//! let mut opt = AdamW::new(pm.parameters(), AdamWConfig::default())?;
+//! let x = Rng::new(1).normal_tensor(0.0, 1.0, (4, 13), DType::F32, Device::Cpu)?;
+//! for step in 0..6 {
+//!     let mut loss = pm.model().forward(&x)?.sqr()?.mean_all()?;
+//!     if let Some(reg) = pm.regularization_loss()? {
+//!         loss = loss.add(&reg)?; // the orthogonal regularizer
+//!     }
+//!     let grads = loss.backward()?;
+//!     opt.step(&grads)?;
+//!     pm.on_step(step, &grads)?; // the rank allocator
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod allocator;
 mod layer;
