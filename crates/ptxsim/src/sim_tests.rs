@@ -355,3 +355,32 @@ fn cp_async_zero_fills_and_counts_only_src_size() {
     }
     assert_eq!(sim.last_counters().global_read_bytes, read);
 }
+
+#[test]
+fn collectives_check_their_member_mask() {
+    let sim = Arc::new(SimRuntime::new());
+    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let ib = GpuBuffer::zeroed(&rt, 12 * 32).expect("simulated allocation");
+    let ob = GpuBuffer::zeroed(&rt, 4 * 32).expect("simulated allocation");
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(32),
+        shared_bytes: 0,
+    };
+    let args = [
+        KernelArg::Ptr(ib.ptr()),
+        KernelArg::Ptr(ob.ptr()),
+        KernelArg::U32(32),
+    ];
+    // Lanes 0..16 branch around a full-mask shuffle that lanes 16..32 execute; then a half mask that is right.
+    let bad = "mov.u32 %r10, 0;\nsetp.lt.u32 %p1, %r31, 16;\n@%p1 bra $L_skip;\n\
+               shfl.sync.bfly.b32 %r10, %r1, 1, 31, -1;\n$L_skip:";
+    let good = "mov.u32 %r10, 0;\nsetp.lt.u32 %p1, %r31, 16;\n@%p1 bra $L_skip;\n\
+                shfl.sync.bfly.b32 %r10, %r1, 1, 31, 0xffff0000;\n$L_skip:";
+    let e = sim
+        .launch_ptx("bad", &kernel(bad), "t", cfg, &args)
+        .expect_err("diverged members");
+    assert!(e.to_string().contains("member"), "{e}");
+    sim.launch_ptx("good", &kernel(good), "t", cfg, &args)
+        .expect("a mask of the executing lanes is fine");
+}

@@ -6,10 +6,41 @@ use crate::ir::{Inst, IntOp, Op, Opnd, ShflMode, VoteMode};
 use crate::types::ScalarType;
 
 impl Warp {
+    /// Checks a `.sync` collective's member mask: every executing lane is a member, and every member that has
+    /// not exited executes this instruction together with the others.
+    fn check_members(
+        &self,
+        ctx: &Ctx<'_>,
+        inst: &Inst,
+        exec: u32,
+        mask: Option<&Opnd>,
+    ) -> Result<u32> {
+        let Some(m) = mask else { return Ok(exec) };
+        let Some(l0) = lanes(exec).next() else {
+            return Ok(exec);
+        };
+        let members = self.get(m, l0) as u32;
+        if exec & !members != 0 {
+            let msg = format!("lanes {:#010x} execute a warp collective without being in its member mask {members:#010x}", exec & !members);
+            return Err(self.exec_err(ctx, inst, exec & !members, &msg));
+        }
+        let live = self.valid & !self.exited;
+        let missing = members & live & !exec;
+        if missing != 0 {
+            let msg = format!(
+                "member lanes {missing:#010x} of mask {members:#010x} have not exited but do not execute this warp \
+                 collective with the others (divergence)"
+            );
+            return Err(self.exec_err(ctx, inst, exec, &msg));
+        }
+        Ok(members)
+    }
+
     pub(super) fn warp_op(&mut self, inst: &Inst, exec: u32, ctx: &mut Ctx<'_>) -> Result<()> {
         let a = &inst.args;
         match inst.op {
             Op::Shfl { mode } => {
+                self.check_members(ctx, inst, exec, a.get(4))?;
                 let (d, p) = match &a[0] {
                     Opnd::Vec(v) if v.len() == 2 => (v[0].clone(), v[1].clone()),
                     o => (o.clone(), Opnd::Sink),
@@ -37,11 +68,16 @@ impl Warp {
                         }
                     };
                     let j = if ok { j as usize } else { l };
+                    if exec & (1 << (j & 31)) == 0 {
+                        let msg = format!("shfl reads lane {j}, which does not execute it");
+                        return Err(self.exec_err(ctx, inst, 1 << l, &msg));
+                    }
                     self.set(&d, l, src[j & 31]);
                     self.set(&p, l, u64::from(ok));
                 }
             }
             Op::Vote { mode } => {
+                self.check_members(ctx, inst, exec, a.get(2))?;
                 let mut ballot = 0u32;
                 for l in lanes(exec) {
                     if self.get(&a[1], l) != 0 {
@@ -59,6 +95,7 @@ impl Warp {
                 }
             }
             Op::Redux { op, ty } => {
+                self.check_members(ctx, inst, exec, a.get(2))?;
                 let signed = ty.is_signed();
                 let mut acc: Option<u32> = None;
                 for l in lanes(exec) {
