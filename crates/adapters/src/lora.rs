@@ -630,6 +630,7 @@ impl AdapterLayer for LoraLayer {
 /// QLoRA's first step: replaces every dense [`Linear`] slot that `targets` selects (for
 /// [`TargetModules::AllLinear`], every one but `lm_head`) by a frozen [`Nf4Linear`] quantized in blocks of
 /// `blocksize` (64 in QLoRA) with double-quantized scales when `double_quant`. Returns the paths quantized.
+/// Call it before adding adapters: a slot that already holds an adapter layer is left as it is.
 pub fn quantize_base<M: LinearModel>(
     model: &mut M,
     targets: &TargetModules,
