@@ -358,3 +358,66 @@ fn pissa_over_nf4_requantizes_the_residual() {
     let norm = b.iter().map(|q| q * q).sum::<f64>().sqrt();
     assert!(err < 0.1 * norm, "relative output change {}", err / norm);
 }
+
+/// QLoRA in bf16 (the paper's compute dtype): the NF4 weight stands for a bf16 weight, the adapter is bf16, and
+/// a step runs end to end, close to the same step in f32.
+#[test]
+fn qlora_in_bf16_tracks_f32() {
+    let mut rng = Rng::new(150);
+    let lin = Linear::new(70, 33, true, &mut rng, DType::F32, Device::Cpu)
+        .unwrap()
+        .freeze();
+    let lin16 = Linear::from_weights(
+        lin.weight().to_dtype(DType::BF16).unwrap(),
+        lin.bias().map(|b| b.to_dtype(DType::BF16).unwrap()),
+    )
+    .unwrap();
+    let x = randn(&mut rng, &[6, 70]);
+    let mut outs = Vec::new();
+    for (l, dt) in [
+        (lin16, DType::BF16),
+        (
+            Linear::from_weights(
+                lin.weight()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap(),
+                lin.bias().cloned(),
+            )
+            .unwrap(),
+            DType::F32,
+        ),
+    ] {
+        let mut pm = PeftModel::new(PathModel::default(), 151);
+        pm.model_mut()
+            .push("blk.proj", Nf4Linear::quantize(&l, 64, true).unwrap());
+        pm.add_adapter("default", Box::new(lora(TargetModules::AllLinear, 4, 8.0)))
+            .unwrap();
+        let params = pm.parameters();
+        assert!(
+            params.iter().all(|(_, t)| t.dtype() == dt),
+            "the adapter takes the base's dtype"
+        );
+        let y = pm
+            .model()
+            .slot("blk.proj")
+            .unwrap()
+            .forward(&x.to_dtype(dt).unwrap())
+            .unwrap();
+        assert_eq!(y.dtype(), dt);
+        let grads = y
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(grads.len(), 2);
+        outs.push(y.to_dtype(DType::F32).unwrap());
+    }
+    // bf16 keeps 8 bits of mantissa: agree to a few parts in a hundred of the output scale.
+    assert_close(&outs[0], &outs[1], 0.05, 0.02, "bf16 vs f32 QLoRA");
+}
