@@ -521,13 +521,19 @@ fn bad_files_and_configs_name_the_problem() -> Result<()> {
     let mut c = adalora(10);
     (c.tinit, c.tfinal) = (6, 4);
     assert!(matches!(AdaLora::new(c), Err(Error::Config { field, .. }) if field == "tinit"));
-    let mut c = adalora(10);
-    c.init_r = 3;
-    c.rank_pattern = Some([("layers.0.mlp.up_proj.lora_E".to_string(), vec![true, false])].into());
-    let mut pm = make()?;
-    assert!(
-        matches!(pm.add_adapter("x", Box::new(AdaLora::new(c)?)), Err(Error::Config { field, .. }) if field == "rank_pattern")
-    );
+    // A config whose pattern keeps more ranks than the file holds: the loader names the tensor that does not fit.
+    let dir = tempdir("pattern_mismatch")?;
+    let mut cfg = case.config_json()?;
+    cfg["rank_pattern"]["layers.0.self_attn.q_proj.lora_E"] = serde_json::json!([true, true, true, true, false, false]);
+    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string(&cfg)?)?;
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )?;
+    match make()?.load(&dir, "default") {
+        Err(Error::TensorShape { key: k, .. }) => assert_eq!(k, "base_model.model.layers.0.self_attn.q_proj.lora_A"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
     Ok(())
 }
 

@@ -29,8 +29,12 @@ pub struct SvdAdapter {
     pub(crate) scaling: f64,
     /// Dropout probability on the adapter input (training only).
     pub(crate) dropout: f64,
-    /// This layer's entry of the adapter's `rank_pattern` (one flag per initial rank), once one is known.
+    /// This layer's entry of the adapter's `rank_pattern` (one flag per initial rank, as PEFT saves it), once
+    /// one is known.
     pub(crate) pattern: Option<Vec<bool>>,
+    /// The pattern the layer was cut down with on load (its kept positions are the current ranks, in order),
+    /// so later patterns are written in the same initial-rank coordinates that PEFT's loader indexes with.
+    pub(crate) cut: Option<Vec<bool>>,
 }
 
 impl SvdAdapter {
@@ -76,6 +80,7 @@ impl SvdAdapter {
             scaling,
             dropout,
             pattern: None,
+            cut: None,
         })
     }
 
@@ -99,9 +104,47 @@ impl SvdAdapter {
     pub fn scale(&self) -> f64 {
         self.scaling / (self.ranknum + RANKNUM_EPS)
     }
-    /// This layer's `rank_pattern` entry (one flag per rank at the time it was set), if any.
+    /// This layer's `rank_pattern` entry in initial-rank coordinates (as saved), if any.
     pub fn pattern(&self) -> Option<&[bool]> {
         self.pattern.as_deref()
+    }
+
+    /// The pattern over the current ranks: the saved pattern read through the positions the layer was cut to
+    /// on load (or the pattern itself when it was not cut). Errors when the lengths do not fit.
+    pub fn current_mask(&self) -> Result<Option<Vec<bool>>> {
+        let Some(p) = &self.pattern else { return Ok(None) };
+        let mask = match &self.cut {
+            Some(c) if c.len() == p.len() => c.iter().zip(p).filter(|(&c, _)| c).map(|(_, &k)| k).collect(),
+            None => p.clone(),
+            Some(c) => {
+                let msg = format!("a pattern of {} flags for a layer cut with {} flags", p.len(), c.len());
+                return Err(Error::config("rank_pattern", msg));
+            }
+        };
+        if mask.len() != self.rank() {
+            let msg = format!("{} flags for a layer of rank {}", mask.len(), self.rank());
+            return Err(Error::config("rank_pattern", msg));
+        }
+        Ok(Some(mask))
+    }
+
+    /// Records `keep` (one flag per current rank) as the layer's pattern, expanded to initial-rank coordinates
+    /// through the load-time cut (positions cut away stay false). λ is not touched.
+    pub fn record_pattern(&mut self, keep: &[bool]) -> Result<()> {
+        if keep.len() != self.rank() {
+            let msg = format!("{} flags for a layer of rank {}", keep.len(), self.rank());
+            return Err(Error::config("rank_pattern", msg));
+        }
+        self.pattern = Some(match &self.cut {
+            Some(c) => {
+                let mut next = keep.iter();
+                c.iter()
+                    .map(|&on| on && *next.next().expect("the cut keeps `rank` positions"))
+                    .collect()
+            }
+            None => keep.to_vec(),
+        });
+        Ok(())
     }
 
     /// Prunes to `keep` (one flag per current rank): zeroes λ_i in place where `keep[i]` is false (Q and P
@@ -120,8 +163,7 @@ impl SvdAdapter {
                 Ok(())
             })?;
         }
-        self.pattern = Some(keep.to_vec());
-        Ok(())
+        self.record_pattern(keep)
     }
 
     /// Makes Q, λ, P trainable leaves (`on`) or frozen. The handles change unless already in that state.
@@ -172,23 +214,12 @@ impl SvdAdapter {
     /// tensors hold, only the kept rows of Q and λ and the kept columns of P are written.
     pub fn peft_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let (a, e, b) = (self.a.detach(), self.e.detach(), self.b.detach());
-        let (a, e, b) = match &self.pattern {
-            Some(keep) if keep.iter().filter(|&&k| k).count() != self.rank() => {
-                if keep.len() != self.rank() {
-                    let msg = format!(
-                        "keeps {} of {} ranks but the layer has rank {}",
-                        count(keep),
-                        keep.len(),
-                        self.rank()
-                    );
-                    return Err(Error::config("rank_pattern", msg));
-                }
-                (
-                    select_rows(&a, keep)?,
-                    select_rows(&e, keep)?,
-                    select_rows(&b.t()?, keep)?.t()?.contiguous()?,
-                )
-            }
+        let (a, e, b) = match self.current_mask()? {
+            Some(keep) if count(&keep) != self.rank() => (
+                select_rows(&a, &keep)?,
+                select_rows(&e, &keep)?,
+                select_rows(&b.t()?, &keep)?.t()?.contiguous()?,
+            ),
             _ => (a, e, b),
         };
         Ok(vec![("lora_A".into(), a), ("lora_B".into(), b), ("lora_E".into(), e)])
@@ -542,10 +573,20 @@ mod tests {
             (t["lora_A"].dims(), t["lora_E"].dims(), t["lora_B"].dims()),
             (&[0, 6][..], &[0, 1][..], &[4, 0][..])
         );
-        // A pattern whose kept count equals the current rank (a layer already cut on load) changes nothing.
+        // A layer cut on load (rank 2 of 6) saves as it is under its load pattern; a later pattern over its two
+        // ranks is recorded in the six initial-rank positions and cuts the tensors again.
         let mut small = adapter(&mut rng, 2, 6, 4, DType::F32);
-        small.pattern = Some(vec![false, true, false, true, false, false]);
+        let loaded = vec![false, true, false, true, false, false];
+        (small.pattern, small.cut) = (Some(loaded.clone()), Some(loaded));
         let t: BTreeMap<String, Tensor> = small.peft_tensors().unwrap().into_iter().collect();
         assert_eq!(t["lora_A"].to_vec_f32().unwrap(), small.a.to_vec_f32().unwrap());
+        small.set_pattern(&[false, true]).unwrap();
+        assert_eq!(small.pattern(), Some(&[false, false, false, true, false, false][..]));
+        let t: BTreeMap<String, Tensor> = small.peft_tensors().unwrap().into_iter().collect();
+        assert_eq!(
+            t["lora_A"].to_vec_f32().unwrap(),
+            small.a.narrow(0, 1, 1).unwrap().to_vec_f32().unwrap()
+        );
+        assert!(small.record_pattern(&[true]).is_err());
     }
 }

@@ -341,13 +341,8 @@ impl AdapterMethod for AdaLora {
             Ok(a) => a,
             Err(e) => return Err((layer, e)),
         };
-        if let Some(keep) = c.pattern_for(path, name) {
-            if keep.len() != c.init_r {
-                let msg = format!("module {path}: {} flags for init_r = {}", keep.len(), c.init_r);
-                return Err((layer, Error::config("rank_pattern", msg)));
-            }
-            ad.pattern = Some(keep.clone());
-        }
+        // PEFT does not check the pattern's length here; saving and the allocator check it against the rank.
+        ad.pattern = c.pattern_for(path, name).cloned();
         let mut s = match downcast_box::<SvdLinear>(layer) {
             Ok(s) => s,
             Err(base) => Box::new(SvdLinear::new(base)),
@@ -413,23 +408,18 @@ impl AdapterMethod for AdaLora {
         if self.allocator.is_none() {
             let ranks: Vec<(String, usize)> = refs.iter().map(|t| (t.path.to_string(), t.a.dims()[0])).collect();
             let mut a = RankAllocator::new(self.config.allocator_config(), &ranks)?;
-            // A run that resumes in the final phase re-applies the config's pattern, as PEFT does.
-            if self.config.rank_pattern.is_some() {
-                let by_path: RankPattern = refs
-                    .iter()
-                    .filter_map(|t| {
-                        let keep = self.config.pattern_for(t.path, name)?;
-                        let rank = t.a.dims()[0];
-                        // A layer already cut to its kept ranks on load keeps all it has.
-                        let keep = if keep.len() != rank && layer::count(keep) == rank {
-                            vec![true; rank]
-                        } else {
-                            keep.clone()
-                        };
-                        Some((t.path.to_string(), keep))
-                    })
-                    .collect();
-                a.set_final_pattern(Some(by_path));
+            // A run that resumes in the final phase re-applies the layers' patterns (from the config), as PEFT
+            // does, read over each layer's current ranks.
+            let mut preset = RankPattern::new();
+            for (path, l) in &view {
+                if let Some(s) = l.as_any().downcast_ref::<SvdLinear>() {
+                    if let Some(m) = s.adapter(name)?.current_mask()? {
+                        preset.insert(path.clone(), m);
+                    }
+                }
+            }
+            if !preset.is_empty() {
+                a.set_final_pattern(Some(preset));
             }
             self.allocator = Some(a);
         }
@@ -441,7 +431,7 @@ impl AdapterMethod for AdaLora {
         if let Some(p) = out.pattern {
             for (path, l) in layers.iter_mut() {
                 if let (Some(keep), Some(s)) = (p.get(path.as_str()), l.as_any_mut().downcast_mut::<SvdLinear>()) {
-                    s.adapter_mut(name)?.pattern = Some(keep.clone());
+                    s.adapter_mut(name)?.record_pattern(keep)?;
                 }
             }
         }

@@ -243,6 +243,7 @@ impl AdapterLayer for SvdLinear {
         ad.a = a;
         ad.e = e;
         ad.b = b;
+        ad.cut = ad.pattern.clone();
         ad.set_trainable(trainable);
         Ok(())
     }
