@@ -101,6 +101,16 @@ pub enum SimError {
     Exec { site: Box<Site>, msg: String },
 }
 
+impl SimError {
+    /// The simulator error inside a `rankfold_kernels::Error` returned by `SimRuntime`, if it is one.
+    pub fn try_from_kernel(e: rankfold_kernels::Error) -> Option<SimError> {
+        match e {
+            rankfold_kernels::Error::Backend(b) => b.downcast::<SimError>().ok().map(|b| *b),
+            _ => None,
+        }
+    }
+}
+
 /// Names the other party of a race.
 fn other(t: &[u32; 3]) -> String {
     if t[0] == u32::MAX {

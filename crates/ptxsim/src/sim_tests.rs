@@ -384,3 +384,54 @@ fn collectives_check_their_member_mask() {
     sim.launch_ptx("good", &kernel(good), "t", cfg, &args)
         .expect("a mask of the executing lanes is fine");
 }
+
+#[test]
+fn atomics_race_with_plain_accesses_and_need_initialized_shared_memory() {
+    let wrap = |body: &str| {
+        format!(
+            ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 4 .b8 sm[256];\n\
+             .visible .entry a()\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<10>;\n\
+             mov.u32 %r1, %tid.x;\nshl.b32 %r2, %r1, 2;\nmov.u32 %r3, sm;\nadd.u32 %r4, %r3, %r2;\n{body}\nret;\n}}\n"
+        )
+    };
+    let sim = SimRuntime::new();
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(64),
+        shared_bytes: 0,
+    };
+    // Every thread adds to sm[0] without anyone having written it.
+    let e = sim
+        .launch_ptx(
+            "u",
+            &wrap("atom.shared.add.u32 %r5, [%r3], 1;"),
+            "a",
+            cfg,
+            &[],
+        )
+        .expect_err("uninit");
+    assert!(matches!(
+        crate::SimError::try_from_kernel(e),
+        Some(SimError::UninitShared { .. })
+    ));
+    // Initialized, then thread 0 adds while thread 1 loads in the same interval.
+    let body = "st.shared.u32 [%r4], %r1;\nbar.sync 0;\nsetp.eq.u32 %p1, %r1, 0;\n@%p1 atom.shared.add.u32 %r5, [%r3], 1;\n\
+                setp.eq.u32 %p2, %r1, 1;\n@%p2 ld.shared.u32 %r6, [%r3];";
+    let e = sim
+        .launch_ptx("r", &wrap(body), "a", cfg, &[])
+        .expect_err("race");
+    match crate::SimError::try_from_kernel(e) {
+        Some(SimError::SharedRace {
+            site, other_access, ..
+        }) => {
+            assert_eq!((site.thread, other_access), ([1, 0, 0], "atomic"));
+        }
+        other => panic!("expected a race, got {other:?}"),
+    }
+    // Atomics of many threads with a barrier before the plain read are fine.
+    let body =
+        "st.shared.u32 [%r4], %r1;\nbar.sync 0;\natom.shared.add.u32 %r5, [%r3], 1;\nbar.sync 0;\n\
+                ld.shared.u32 %r6, [%r3];";
+    sim.launch_ptx("ok", &wrap(body), "a", cfg, &[])
+        .expect("ordered by barriers");
+}

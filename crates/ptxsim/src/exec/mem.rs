@@ -498,12 +498,6 @@ impl Warp {
                 m.async_group = blk.async_open[t as usize];
                 m.async_block = start;
             }
-            if acc == Access::Atomic {
-                if write && m.init < start {
-                    m.init = e;
-                }
-                continue;
-            }
             let race = |other: u32, other_access: &'static str| {
                 let th = if other == MULTI {
                     [u32::MAX; 3]
@@ -519,6 +513,35 @@ impl Warp {
                     other_thread: th,
                 }
             };
+            if acc == Access::Atomic {
+                // Atomics never race with each other, but do with plain accesses of other threads.
+                if !write {
+                    if m.init < start {
+                        let site = self.site(ctx, inst, l);
+                        return Err(SimError::UninitShared {
+                            site,
+                            offset: i as u64,
+                        });
+                    }
+                    if conflict(m.w_tid, m.w_wepoch, m.w_epoch) {
+                        return Err(race(m.w_tid, "store"));
+                    }
+                    if conflict(m.r_tid, m.r_wepoch, m.r_epoch) {
+                        return Err(race(m.r_tid, "load"));
+                    }
+                    m.a_tid = if m.a_epoch == e && m.a_tid != t {
+                        MULTI
+                    } else {
+                        t
+                    };
+                    m.a_epoch = e;
+                }
+                continue;
+            }
+            // A plain access after another thread's atomic in the same interval races with it.
+            if m.a_epoch == e && m.a_tid != t {
+                return Err(race(m.a_tid, "atomic"));
+            }
             if write {
                 if conflict(m.w_tid, m.w_wepoch, m.w_epoch) {
                     return Err(race(m.w_tid, "store"));

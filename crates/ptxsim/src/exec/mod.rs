@@ -39,6 +39,9 @@ pub(crate) struct Meta {
     async_tid: u32,
     async_group: u32,
     async_block: u32,
+    /// The interval and thread (`MULTI` for several) of the latest atomics on the byte.
+    a_epoch: u32,
+    a_tid: u32,
 }
 
 pub(crate) const MULTI: u32 = u32::MAX;
