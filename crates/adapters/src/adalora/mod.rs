@@ -9,6 +9,13 @@
 //!
 //! Only the active adapter is trained and allocated (PEFT allows one trainable AdaLoRA adapter per model).
 //!
+//! Where rankfold departs from PEFT, on purpose: a masking step whose budget equals b0 (k = 0) masks nothing,
+//! where PEFT's `kthvalue` fails; b0 is taken from the layers' ranks at the first step (after a load has cut
+//! them), where PEFT counts init_r per layer before the load; a tensor without a gradient counts as a zero
+//! gradient; an adapter trained on after a load records its pattern in the initial-rank positions (PEFT writes
+//! the cut layer's positions, which its own loader cannot index); merging keeps the original base, so unmerging
+//! restores it exactly (also on NF4); `bias` other than "none", `fan_in_fan_out` and `use_dora` are refused.
+//!
 //! ```
 //! use rankfold_adapters::adalora::{AdaLora, AdaLoraConfig};
 //! use rankfold_adapters::testing::{TestModel, TestModelConfig};
