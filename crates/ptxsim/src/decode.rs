@@ -472,7 +472,13 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
                     Some(Opnd::Imm(s @ (4 | 8 | 16))) => *s as u8,
                     _ => return Err(bad("cp.async needs a copy size of 4, 8 or 16".into())),
                 };
-                (Op::CpAsync { size }, Class::Global)
+                (
+                    Op::CpAsync {
+                        size,
+                        ignore_src: false,
+                    },
+                    Class::Global,
+                )
             }
         }
         "ldmatrix" => {

@@ -377,6 +377,8 @@ pub(crate) enum Op {
     },
     CpAsync {
         size: u8,
+        /// The fourth operand is an `ignore-src` predicate (true: zero-fill) rather than a `src-size`.
+        ignore_src: bool,
     },
     /// `cp.async.commit_group`.
     CpAsyncCommit,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::decode::decode;
 use crate::error::{Result, SimError};
-use crate::ir::{Function, Inst, Module, Opnd, Space, SymRef, Symbol};
+use crate::ir::{Function, Inst, Module, Op, Opnd, Space, SymRef, Symbol};
 use crate::lex::{parse_int, parse_number, tokenize, Tok, Token};
 use crate::types::ScalarType;
 
@@ -15,6 +15,7 @@ pub fn parse(src: &str) -> Result<Module> {
     let mut p = Parser {
         toks,
         pos: 0,
+        preds: Vec::new(),
         module: Module {
             globals: vec![],
             functions: vec![],
@@ -40,6 +41,8 @@ enum Name {
 struct Parser<'a> {
     toks: Vec<Token<'a>>,
     pos: usize,
+    /// Per register of the function being parsed: whether it is a predicate.
+    preds: Vec<bool>,
     module: Module,
 }
 
@@ -355,6 +358,7 @@ impl<'a> Parser<'a> {
     }
 
     fn body(&mut self, f: &mut Function) -> Result<()> {
+        self.preds.clear();
         let mut scopes: Vec<HashMap<String, Name>> = vec![HashMap::new()];
         for (i, p) in f.params.iter().enumerate() {
             scopes[0].insert(p.name.clone(), Name::Sym(SymRef::Param(i as u32)));
@@ -391,8 +395,8 @@ impl<'a> Parser<'a> {
                     self.instruction(f, &scopes, op, Some((r, neg)), loc, &mut fixups, line)?;
                 }
                 Tok::Word(".reg") => {
-                    // The register type is not kept: every instruction names the type it operates on.
-                    self.word()?;
+                    // Only whether a register is a predicate is kept: instructions name their own types.
+                    let is_pred = self.word()? == ".pred";
                     loop {
                         let name = self.word()?;
                         if self.is_punct('<') {
@@ -405,6 +409,7 @@ impl<'a> Parser<'a> {
                             for i in 0..n {
                                 scope.insert(format!("{name}{i}"), Name::Reg(f.nregs));
                                 f.nregs += 1;
+                                self.preds.push(is_pred);
                             }
                         } else {
                             scopes
@@ -412,6 +417,7 @@ impl<'a> Parser<'a> {
                                 .expect("a function body always has a scope")
                                 .insert(name.to_string(), Name::Reg(f.nregs));
                             f.nregs += 1;
+                            self.preds.push(is_pred);
                         }
                         if self.is_punct(',') {
                             self.pos += 1;
@@ -500,7 +506,11 @@ impl<'a> Parser<'a> {
             fixups.push((f.code.len(), oi, name, line));
         }
         let parts: Vec<&str> = opcode.split('.').collect();
-        let (op, class) = decode(&parts, &args, line)?;
+        let (mut op, class) = decode(&parts, &args, line)?;
+        // cp.async's fourth operand is `ignore-src` when it is a predicate, else `src-size`.
+        if let (Op::CpAsync { ignore_src, .. }, Some(Opnd::Reg(r))) = (&mut op, args.get(3)) {
+            *ignore_src = self.preds.get(*r as usize).copied().unwrap_or(false);
+        }
         f.code.push(Inst {
             op,
             guard,

@@ -435,3 +435,35 @@ fn atomics_race_with_plain_accesses_and_need_initialized_shared_memory() {
     sim.launch_ptx("ok", &wrap(body), "a", cfg, &[])
         .expect("ordered by barriers");
 }
+
+#[test]
+fn cp_async_ignore_src_predicate() {
+    // Odd threads set ignore-src: their 16 shared bytes are zero-filled; even threads copy.
+    let src = ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 16 .b8 sm[1024];\n\
+        .visible .entry cp(.param .u64 cp_in, .param .u64 cp_out)\n{\n.reg .pred %p<2>;\n\
+        .reg .b32 %r<20>;\n.reg .b64 %rd<20>;\n\
+        ld.param.u64 %rd1, [cp_in];\nld.param.u64 %rd2, [cp_out];\nmov.u32 %r1, %tid.x;\n\
+        and.b32 %r2, %r1, 1;\nsetp.eq.u32 %p1, %r2, 1;\nshl.b32 %r4, %r1, 4;\nmov.u32 %r5, sm;\nadd.u32 %r6, %r5, %r4;\n\
+        cvt.u64.u32 %rd3, %r4;\nadd.s64 %rd4, %rd1, %rd3;\n\
+        cp.async.ca.shared.global [%r6], [%rd4], 16, %p1;\ncp.async.wait_all;\nbar.sync 0;\n\
+        ld.shared.v4.u32 {%r10, %r11, %r12, %r13}, [%r6];\nadd.s64 %rd5, %rd2, %rd3;\n\
+        st.global.v4.u32 [%rd5], {%r10, %r11, %r12, %r13};\nret;\n}\n";
+    let sim = Arc::new(SimRuntime::new());
+    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let input: Vec<u8> = (0..1024u32).map(|i| (i * 13 + 1) as u8).collect();
+    let ib = GpuBuffer::from_slice(&rt, &input).expect("simulated allocation");
+    let ob = GpuBuffer::zeroed(&rt, 1024).expect("simulated allocation");
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(64),
+        shared_bytes: 0,
+    };
+    let args = [KernelArg::Ptr(ib.ptr()), KernelArg::Ptr(ob.ptr())];
+    sim.launch_ptx("cpi", src, "cp", cfg, &args)
+        .expect("the cp.async kernel runs");
+    let got = ob.to_vec::<u8>().expect("copy back");
+    for (i, (g, x)) in got.iter().zip(&input).enumerate() {
+        let want = if (i / 16) % 2 == 1 { 0 } else { *x };
+        assert_eq!(*g, want, "byte {i}");
+    }
+}

@@ -158,7 +158,7 @@ impl Warp {
                     }
                 }
             }
-            Op::CpAsync { size } => {
+            Op::CpAsync { size, ignore_src } => {
                 let size = usize::from(size);
                 let mut src = [Target::Global(0); 32];
                 for l in lanes(exec) {
@@ -167,7 +167,25 @@ impl Warp {
                 }
                 let mut src_size = [0usize; 32];
                 for l in lanes(exec) {
-                    src_size[l] = a.get(3).map_or(size, |o| self.get(o, l) as usize).min(size);
+                    src_size[l] = match a.get(3) {
+                        None => size,
+                        Some(o) if ignore_src => {
+                            if self.get(o, l) != 0 {
+                                0
+                            } else {
+                                size
+                            }
+                        }
+                        Some(o) => {
+                            let n = self.get(o, l);
+                            if n > size as u64 {
+                                let msg =
+                                    format!("cp.async src-size {n} exceeds the copy size {size}");
+                                return Err(self.exec_err(ctx, inst, 1 << l, &msg));
+                            }
+                            n as usize
+                        }
+                    };
                 }
                 self.account(
                     inst,
