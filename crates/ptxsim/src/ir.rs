@@ -69,6 +69,8 @@ pub(crate) struct Function {
     pub code: Vec<Inst>,
     /// The PTX line of the `.entry`/`.func` directive.
     pub line: u32,
+    /// `.maxntid` (false) or `.reqntid` (true): the thread count of a block it allows.
+    pub max_threads: Option<(u64, bool)>,
 }
 
 /// Where a symbol operand points, before linking resolves it to an address.

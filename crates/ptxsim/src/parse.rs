@@ -317,9 +317,18 @@ impl<'a> Parser<'a> {
         } else {
             Vec::new()
         };
-        // Performance directives (.maxntid, .reqntid, .minnctapersm, .noreturn, …) up to the body or `;`.
+        // Performance directives up to the body or `;`: `.maxntid` / `.reqntid` are kept for the launch check,
+        // the others (.minnctapersm, .noreturn, …) are skipped.
+        let mut max_threads = None;
         while !self.is_punct('{') && !self.is_punct(';') {
-            self.next()?;
+            if let Tok::Word(w @ (".maxntid" | ".reqntid")) = self.next()? {
+                let mut n = self.int()?;
+                while self.is_punct(',') {
+                    self.pos += 1;
+                    n *= self.int()?;
+                }
+                max_threads = Some((n, w == ".reqntid"));
+            }
         }
         let idx = match self.module.function(name) {
             Some(i) => i,
@@ -333,6 +342,7 @@ impl<'a> Parser<'a> {
                     nregs: 0,
                     code: vec![],
                     line,
+                    max_threads,
                 });
                 self.module.functions.len() - 1
             }
@@ -351,6 +361,7 @@ impl<'a> Parser<'a> {
             nregs: 0,
             code: vec![],
             line,
+            max_threads,
         };
         self.body(&mut f)?;
         self.module.functions[idx] = f;

@@ -84,6 +84,8 @@ pub(crate) struct Program {
     pub dyn_shared_offset: usize,
     pub calls: Vec<CallInfo>,
     pub files: Vec<(u32, String)>,
+    /// The entry's `.maxntid` / `.reqntid` (threads per block; true for `.reqntid`).
+    pub max_threads: Option<(u64, bool)>,
 }
 
 pub(crate) fn align_up(v: usize, a: usize) -> usize {
@@ -196,6 +198,7 @@ pub(crate) fn link(module: &Module, layout: &Layout, entry: &str, source: &str) 
         dyn_shared_offset: layout.dyn_shared_offset,
         calls: Vec::new(),
         files: module.files.clone(),
+        max_threads: module.functions[root].max_threads,
     };
     for p in &placed {
         let f = &module.functions[p.func];

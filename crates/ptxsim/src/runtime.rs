@@ -212,6 +212,24 @@ fn run(
     if g.count() == 0 || threads == 0 {
         return Err(invalid(format!("empty grid {g:?} or block {b:?}")));
     }
+    if g.x > i32::MAX as u32 || g.y > 65535 || g.z > 65535 {
+        return Err(invalid(format!(
+            "grid {g:?} exceeds x ≤ 2^31 − 1, y ≤ 65535, z ≤ 65535"
+        )));
+    }
+    match prog.max_threads {
+        Some((n, false)) if threads > n => {
+            return Err(invalid(format!(
+                "block {b:?} has {threads} threads, the kernel's .maxntid allows {n}"
+            )));
+        }
+        Some((n, true)) if threads != n => {
+            return Err(invalid(format!(
+                "block {b:?} has {threads} threads, the kernel's .reqntid requires {n}"
+            )));
+        }
+        _ => {}
+    }
     if threads > 1024 || b.z > 64 {
         return Err(invalid(format!(
             "block {b:?} has more than 1024 threads or z > 64"

@@ -467,3 +467,27 @@ fn cp_async_ignore_src_predicate() {
         assert_eq!(*g, want, "byte {i}");
     }
 }
+
+#[test]
+fn launch_limits_and_maxntid() {
+    let src = ".version 8.4\n.target sm_80\n.address_size 64\n.visible .entry m()\n.maxntid 32, 2, 1\n{\nret;\n}\n";
+    let sim = SimRuntime::new();
+    let launch = |grid: Dim3, block: Dim3| {
+        sim.launch_ptx(
+            "m",
+            src,
+            "m",
+            LaunchConfig {
+                grid,
+                block,
+                shared_bytes: 0,
+            },
+            &[],
+        )
+    };
+    launch(Dim3::x(3), Dim3::xy(32, 2)).expect("64 threads are allowed");
+    let e = launch(Dim3::x(3), Dim3::xy(32, 3)).expect_err(".maxntid exceeded");
+    assert!(e.to_string().contains(".maxntid"), "{e}");
+    let e = launch(Dim3::xy(1, 70000), Dim3::x(32)).expect_err("grid.y too large");
+    assert!(e.to_string().contains("65535"), "{e}");
+}
