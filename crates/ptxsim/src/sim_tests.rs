@@ -491,3 +491,31 @@ fn launch_limits_and_maxntid() {
     let e = launch(Dim3::xy(1, 70000), Dim3::x(32)).expect_err("grid.y too large");
     assert!(e.to_string().contains("65535"), "{e}");
 }
+
+#[test]
+fn warp_sync_orders_many_readers_before_a_write() {
+    let wrap = |body: &str| {
+        format!(
+            ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 4 .b8 sm[256];\n\
+             .visible .entry w()\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<10>;\n\
+             mov.u32 %r1, %tid.x;\nshl.b32 %r2, %r1, 2;\nmov.u32 %r3, sm;\nadd.u32 %r4, %r3, %r2;\n\
+             st.shared.u32 [%r4], %r1;\nbar.sync 0;\nld.shared.u32 %r5, [%r3];\n{body}\n\
+             setp.eq.u32 %p1, %r1, 0;\n@%p1 st.shared.u32 [%r3], %r5;\nret;\n}}\n"
+        )
+    };
+    let sim = SimRuntime::new();
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(32),
+        shared_bytes: 0,
+    };
+    sim.launch_ptx("ok", &wrap("bar.warp.sync -1;"), "w", cfg, &[])
+        .expect("readers ordered by __syncwarp");
+    let e = sim
+        .launch_ptx("bad", &wrap(""), "w", cfg, &[])
+        .expect_err("no __syncwarp");
+    assert!(matches!(
+        SimError::try_from_kernel(e),
+        Some(SimError::SharedRace { .. })
+    ));
+}

@@ -490,6 +490,14 @@ impl Warp {
         let conflict = |ot: u32, owe: u32, oe: u32| {
             oe == e && ot != t && (ot == MULTI || ot / 32 != t / 32 || owe == we)
         };
+        // Readers: several readers of one warp are ordered before this access by a later `bar.warp.sync`.
+        let reader_conflict = |m: &super::Meta| {
+            if m.r_tid == MULTI {
+                m.r_epoch == e && (m.r_warp != t / 32 || m.r_wepoch == we)
+            } else {
+                conflict(m.r_tid, m.r_wepoch, m.r_epoch)
+            }
+        };
         for i in off..off + size {
             let m = &mut blk.meta[i];
             if m.async_tid != 0 && m.async_block == start {
@@ -544,7 +552,7 @@ impl Warp {
                     if conflict(m.w_tid, m.w_wepoch, m.w_epoch) {
                         return Err(race(m.w_tid, "store"));
                     }
-                    if conflict(m.r_tid, m.r_wepoch, m.r_epoch) {
+                    if reader_conflict(m) {
                         return Err(race(m.r_tid, "load"));
                     }
                     m.a_tid = if m.a_epoch == e && m.a_tid != t {
@@ -564,7 +572,7 @@ impl Warp {
                 if conflict(m.w_tid, m.w_wepoch, m.w_epoch) {
                     return Err(race(m.w_tid, "store"));
                 }
-                if conflict(m.r_tid, m.r_wepoch, m.r_epoch) {
+                if reader_conflict(m) {
                     return Err(race(m.r_tid, "load"));
                 }
                 m.w_epoch = e;
@@ -586,14 +594,18 @@ impl Warp {
                 if m.r_epoch != e {
                     m.r_epoch = e;
                     m.r_tid = t;
+                    m.r_warp = t / 32;
                     m.r_wepoch = we;
                 } else if m.r_tid != t {
-                    // Several readers in one interval: remember the most recent when they share a warp sync.
-                    m.r_tid = if m.r_tid / 32 == t / 32 && m.r_wepoch != we {
-                        t
+                    if m.r_tid != MULTI && m.r_tid / 32 == t / 32 && m.r_wepoch != we {
+                        // The earlier reader of this warp is ordered before by a warp sync: keep the latest.
+                        m.r_tid = t;
                     } else {
-                        MULTI
-                    };
+                        m.r_tid = MULTI;
+                        if m.r_warp != t / 32 {
+                            m.r_warp = MULTI;
+                        }
+                    }
                     m.r_wepoch = we;
                 }
             }

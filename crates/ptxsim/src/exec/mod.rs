@@ -35,6 +35,8 @@ pub(crate) struct Meta {
     /// The reading thread, or `MULTI` when several threads read it in `r_epoch`.
     r_tid: u32,
     r_wepoch: u32,
+    /// The warp of the readers when they are several (`MULTI` when they span warps).
+    r_warp: u32,
     /// The thread (index + 1; 0 = none) whose cp.async wrote the byte, its group, and the block (start epoch).
     async_tid: u32,
     async_group: u32,
