@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rankfold_tensor::nn::{Linear, LinearLayer, Nf4Linear};
-use rankfold_tensor::{GradStore, Nf4Tensor, Rng, Shape, Tensor};
+use rankfold_tensor::{DType, GradStore, Nf4Tensor, Rng, Shape, Tensor};
 
 use crate::{Error, Result};
 
@@ -213,8 +213,39 @@ pub fn base_with_delta(
     )))
 }
 
-/// Tensor `key` of `t`, checked against `shape` and cast to `like`'s dtype and device; errors name the key.
-pub fn take_tensor(t: &HashMap<String, Tensor>, key: &str, shape: &Shape) -> Result<Tensor> {
+/// Makes `merged` the live base of a layer that keeps its unmerged base aside (AdaLoRA, GLoRA): the first merge
+/// moves the original base into `original`, later merges drop the previous merged layer, so [`restore_base`]
+/// gives the original back bit for bit, even on NF4.
+pub fn install_merged_base(
+    base: &mut Box<dyn LinearLayer>,
+    original: &mut Option<Box<dyn LinearLayer>>,
+    merged: Box<dyn LinearLayer>,
+) {
+    let live = std::mem::replace(base, merged);
+    if original.is_none() {
+        *original = Some(live);
+    }
+}
+
+/// Undoes [`install_merged_base`]: puts the original base back (when one was kept) and clears the merged list.
+pub fn restore_base(
+    base: &mut Box<dyn LinearLayer>,
+    original: &mut Option<Box<dyn LinearLayer>>,
+    merged: &mut Vec<String>,
+) {
+    if let Some(o) = original.take() {
+        *base = o;
+    }
+    merged.clear();
+}
+
+/// Tensor `key` of `t`, checked against `shape`, as a detached contiguous copy in `dtype`; errors name the key.
+pub fn take_tensor(
+    t: &HashMap<String, Tensor>,
+    key: &str,
+    shape: &Shape,
+    dtype: DType,
+) -> Result<Tensor> {
     let Some(v) = t.get(key) else {
         return Err(Error::MissingTensor {
             file: String::new(),
@@ -229,7 +260,7 @@ pub fn take_tensor(t: &HashMap<String, Tensor>, key: &str, shape: &Shape) -> Res
             got: v.shape().clone(),
         });
     }
-    Ok(v.clone())
+    Ok(v.to_dtype(dtype)?.contiguous()?.detach())
 }
 
 /// Checks that `t` holds no key outside `known` (a stray key would otherwise be silently ignored).

@@ -591,19 +591,13 @@ impl AdapterLayer for LoraLayer {
     fn load_peft_tensors(&mut self, name: &str, t: &HashMap<String, Tensor>) -> Result<()> {
         let (inf, out) = (self.in_features(), self.out_features());
         let ad = self.adapter_mut(name)?;
-        let a = layer::take_tensor(t, "lora_A.weight", &Shape::new([ad.r, inf]))?;
-        let b = layer::take_tensor(t, "lora_B.weight", &Shape::new([out, ad.r]))?;
+        let a_shape = Shape::new([ad.r, inf]);
+        let a = layer::take_tensor(t, "lora_A.weight", &a_shape, ad.a.dtype())?;
+        let b_shape = Shape::new([out, ad.r]);
+        let b = layer::take_tensor(t, "lora_B.weight", &b_shape, ad.b.dtype())?;
         layer::check_no_extra(t, &["lora_A.weight", "lora_B.weight"])?;
-        ad.a = a
-            .to_dtype(ad.a.dtype())?
-            .contiguous()?
-            .detach()
-            .with_requires_grad(ad.a.requires_grad());
-        ad.b = b
-            .to_dtype(ad.b.dtype())?
-            .contiguous()?
-            .detach()
-            .with_requires_grad(ad.b.requires_grad());
+        ad.a = a.with_requires_grad(ad.a.requires_grad());
+        ad.b = b.with_requires_grad(ad.b.requires_grad());
         Ok(())
     }
     fn remove_adapter(&mut self, name: &str) -> Result<()> {

@@ -106,10 +106,7 @@ impl<M: LinearModel> PeftModel<M> {
     }
 
     fn entry(&self, name: &str) -> Result<&Entry> {
-        self.adapters
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))
+        find_entry(&self.adapters, name)
     }
 
     /// Injects adapter `name` described by `method` into every linear module its config selects, and returns
@@ -346,17 +343,9 @@ impl<M: LinearModel> PeftModel<M> {
         let Some(name) = self.active.clone().filter(|_| self.enabled) else {
             return Ok(None);
         };
-        let e = self
-            .adapters
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| Error::UnknownAdapter(name.clone()))?;
+        let e = find_entry(&self.adapters, &name)?;
         let slots = self.model.linear_slots();
-        let layers: Vec<(String, &dyn AdapterLayer)> = slots
-            .iter()
-            .filter(|(p, _)| e.paths.contains(p))
-            .filter_map(|(p, s)| e.method.as_adapter(s.layer()).map(|l| (p.clone(), l)))
-            .collect();
+        let layers = entry_layers(e, &slots);
         e.method.regularization_loss(&name, &layers)
     }
 
@@ -365,17 +354,9 @@ impl<M: LinearModel> PeftModel<M> {
     /// (PEFT puts adapters other than "default" in a subfolder; pass that folder here to match).
     pub fn save_pretrained(&mut self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
         let dir = dir.as_ref();
-        let e = self
-            .adapters
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))?;
+        let e = find_entry(&self.adapters, name)?;
         let slots = self.model.linear_slots();
-        let layers: Vec<(String, &dyn AdapterLayer)> = slots
-            .iter()
-            .filter(|(p, _)| e.paths.contains(p))
-            .filter_map(|(p, s)| e.method.as_adapter(s.layer()).map(|l| (p.clone(), l)))
-            .collect();
+        let layers = entry_layers(e, &slots);
         let config = e.method.peft_config(name, &layers)?;
         let mut tensors = Vec::new();
         for (path, l) in &layers {
@@ -493,6 +474,26 @@ impl<M: LinearModel> PeftModel<M> {
         }
         self.apply_active()
     }
+}
+
+/// The entry of adapter `name` (a free function so that callers can borrow `model` mutably alongside).
+fn find_entry<'a>(adapters: &'a [Entry], name: &str) -> Result<&'a Entry> {
+    adapters
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| Error::UnknownAdapter(name.into()))
+}
+
+/// Entry `e`'s layers among `slots`, as its method's adapter layers, with their paths.
+fn entry_layers<'a>(
+    e: &Entry,
+    slots: &'a [(String, &mut LinearSlot)],
+) -> Vec<(String, &'a dyn AdapterLayer)> {
+    slots
+        .iter()
+        .filter(|(p, _)| e.paths.contains(p))
+        .filter_map(|(p, s)| e.method.as_adapter(s.layer()).map(|l| (p.clone(), l)))
+        .collect()
 }
 
 fn in_module(e: Error, path: &str) -> Error {

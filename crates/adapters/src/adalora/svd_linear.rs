@@ -9,7 +9,10 @@ use rankfold_tensor::nn::LinearLayer;
 use rankfold_tensor::{Rng, Shape, Tensor};
 
 use super::layer::{count, SvdAdapter};
-use crate::layer::{base_with_delta, check_no_extra, take_tensor, AdapterLayer, Method};
+use crate::layer::{
+    base_with_delta, check_no_extra, install_merged_base, restore_base, take_tensor, AdapterLayer,
+    Method,
+};
 use crate::{Error, Result};
 
 /// The adapters of one layer, by adapter name.
@@ -189,19 +192,13 @@ impl AdapterLayer for SvdLinear {
             dw = dw.add(&self.adapter(n)?.delta_weight()?)?;
         }
         let merged = rankfold_tensor::no_grad(|| base_with_delta(self.base_unmerged(), &dw.detach(), None, 1.0))?;
-        let live = std::mem::replace(&mut self.base, merged);
-        if self.original.is_none() {
-            self.original = Some(live);
-        }
+        install_merged_base(&mut self.base, &mut self.original, merged);
         self.merged.push(name.to_string());
         Ok(())
     }
     /// Restores the original base, bit for bit.
     fn unmerge(&mut self) -> Result<()> {
-        if let Some(o) = self.original.take() {
-            self.base = o;
-        }
-        self.merged.clear();
+        restore_base(&mut self.base, &mut self.original, &mut self.merged);
         Ok(())
     }
     fn merged(&self) -> Vec<String> {
@@ -231,10 +228,8 @@ impl AdapterLayer for SvdLinear {
         let k = ad.pattern.as_deref().map_or(ad.rank(), count);
         check_no_extra(t, &["lora_A", "lora_B", "lora_E"])?;
         let dtype = ad.a.dtype();
-        let load = |key: &str, shape: (usize, usize)| -> Result<Tensor> {
-            let v = take_tensor(t, key, &Shape::from(shape))?;
-            Ok(v.to_dtype(dtype)?.contiguous()?.detach())
-        };
+        let load =
+            |key: &str, shape: (usize, usize)| take_tensor(t, key, &Shape::from(shape), dtype);
         let (a, e, b) = (
             load("lora_A", (k, inf))?,
             load("lora_E", (k, 1))?,

@@ -499,11 +499,7 @@ impl AdapterLayer for GloraLayer {
         self.merged.push(name.to_string());
         match self.merged_base() {
             Ok(m) => {
-                let live = std::mem::replace(&mut self.base, m);
-                // The first merge keeps W0 aside; later ones drop the previous merged layer.
-                if self.original.is_none() {
-                    self.original = Some(live);
-                }
+                crate::layer::install_merged_base(&mut self.base, &mut self.original, m);
                 Ok(())
             }
             Err(e) => {
@@ -514,10 +510,7 @@ impl AdapterLayer for GloraLayer {
     }
     /// Restores the original base, bit for bit.
     fn unmerge(&mut self) -> Result<()> {
-        if let Some(o) = self.original.take() {
-            self.base = o;
-        }
-        self.merged.clear();
+        crate::layer::restore_base(&mut self.base, &mut self.original, &mut self.merged);
         Ok(())
     }
     fn merged(&self) -> Vec<String> {

@@ -8,7 +8,7 @@ use rankfold_tensor::{DType, Device, Rng, Shape, Tensor};
 
 use super::layer::glora_error;
 use super::{PathKind, Support};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The parameter kinds one path holds; which one is in use is the path's `active` shape.
 #[derive(Debug, Clone)]
@@ -296,20 +296,8 @@ impl Path {
     pub(crate) fn load(&self, t: &HashMap<String, Tensor>, d: Dims) -> Result<()> {
         let pre = self.kind.peft_name();
         let get = |p: &str, want: &[usize]| -> Result<Tensor> {
-            let key = format!("{pre}.{p}");
-            let v = t.get(&key).ok_or_else(|| Error::MissingTensor {
-                file: String::new(),
-                key: key.clone(),
-            })?;
-            if v.dims() != want {
-                return Err(Error::TensorShape {
-                    file: String::new(),
-                    key,
-                    expected: Shape::new(want.to_vec()),
-                    got: v.shape().clone(),
-                });
-            }
-            Ok(v.to_dtype(d.dtype)?)
+            let shape = Shape::new(want.to_vec());
+            crate::layer::take_tensor(t, &format!("{pre}.{p}"), &shape, d.dtype)
         };
         match self.active {
             Support::None => {
