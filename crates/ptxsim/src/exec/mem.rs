@@ -216,7 +216,13 @@ impl Warp {
                         self.write(ctx, blk, inst, l, t, piece, v, Access::AsyncStore)?;
                     }
                 }
+                // The shared side: one request whose bank conflicts follow the destination addresses.
+                let mut dst = [0u64; 32];
+                for l in lanes(exec) {
+                    dst[l] = tg[l].addr();
+                }
                 ctx.counters.shared_requests += 1;
+                ctx.counters.bank_conflicts += bank_conflicts(&dst, exec, size);
             }
             Op::Ldmatrix { num, trans } => {
                 let nrows = 8 * usize::from(num);
