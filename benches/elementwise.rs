@@ -7,20 +7,23 @@
 //! stops and flush the L2 cache before each launch.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use rankfold_kernels::elementwise::{self, cpu, BinaryOp, DeviceLayout, FloatType, UnaryOp};
-use rankfold_kernels::{CudaRuntime, GpuBuffer, GpuRuntime};
+use rankfold_kernels::{GpuBuffer, GpuRuntime};
 use rankfold_ptxsim::SimRuntime;
 use rankfold_tensor::Rng;
+
+#[path = "common/gpu.rs"]
+mod gpu;
+use gpu::Gpu;
 
 const CPU_ELEMS: usize = 1 << 18;
 const SIM_ELEMS: usize = 1 << 14;
 /// GPU output dims [rows, cols]; the broadcast case adds a [cols] row to every row.
 const GPU_DIMS: [usize; 2] = [16384, 4096];
-const FLUSH_BYTES: usize = 256 << 20;
 
 fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.uniform() * 8.0 - 4.0) as f32).collect()
@@ -28,21 +31,6 @@ fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 /// A GPU case: its name, the bytes it moves, and the launch.
 type Case<'a> = (&'static str, usize, Box<dyn Fn() + 'a>);
-
-/// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
-fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        // SAFETY: the range is the flush buffer's own allocation.
-        unsafe { rt.memset(flush.ptr(), 1, flush.len()) }.expect("flush L2");
-        rt.synchronize().expect("synchronize");
-        let start = Instant::now();
-        run();
-        rt.synchronize().expect("synchronize");
-        total += start.elapsed();
-    }
-    total
-}
 
 fn cpu_twin(c: &mut Criterion) {
     let x = random_f32(&mut Rng::new(1), CPU_ELEMS);
@@ -75,12 +63,10 @@ fn sim(c: &mut Criterion) {
 }
 
 fn cuda(c: &mut Criterion) {
-    let Ok(cuda) = CudaRuntime::new(0) else {
-        eprintln!("elementwise bench: no CUDA device, GPU rows skipped");
+    let Some(gpu) = Gpu::new("elementwise") else {
         return;
     };
-    let rt: Arc<dyn GpuRuntime> = Arc::new(cuda);
-    let flush = GpuBuffer::zeroed(&rt, FLUSH_BYTES).expect("L2 flush buffer");
+    let rt = gpu.rt.clone();
     let [rows, cols] = GPU_DIMS;
     let n = rows * cols;
     let x32 = random_f32(&mut Rng::new(3), n);
@@ -118,7 +104,7 @@ fn cuda(c: &mut Criterion) {
         for (name, bytes, run) in cases {
             group.throughput(Throughput::BytesDecimal(bytes as u64));
             group.bench_function(BenchmarkId::new(name, format!("{dtype:?}/{rows}x{cols}")), |bench| {
-                bench.iter_custom(|iters| timed(&rt, &flush, iters, &run))
+                bench.iter_custom(|iters| gpu.timed(iters, &run))
             });
         }
     }

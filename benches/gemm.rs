@@ -7,16 +7,20 @@
 //! flush the L2 cache (a 256 MiB memset) before each launch, outside the timed region.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use rankfold_kernels::elementwise::FloatType;
 use rankfold_kernels::gemm::{self, cpu, GemmLayout, GemmParams};
-use rankfold_kernels::{CudaRuntime, GemmConfig, GemmDType, GpuBuffer, GpuRuntime};
+use rankfold_kernels::{GemmConfig, GemmDType, GpuBuffer, GpuRuntime};
 use rankfold_ptxsim::SimRuntime;
 use rankfold_tensor::Rng;
+
+#[path = "common/gpu.rs"]
+mod gpu;
+use gpu::Gpu;
 
 /// GPU shapes (m, n, k): square, a Llama-like projection, and a tall-skinny LoRA-sized one.
 const GPU_SHAPES: [(usize, usize, usize); 3] = [(4096, 4096, 4096), (8192, 2048, 2048), (4096, 576, 576)];
@@ -24,8 +28,6 @@ const GPU_SHAPES: [(usize, usize, usize); 3] = [(4096, 4096, 4096), (8192, 2048,
 const CPU_SHAPE: (usize, usize, usize) = (96, 96, 96);
 /// The simulated shape: two CTAs along n, two k tiles.
 const SIM_SHAPE: (usize, usize, usize) = (128, 256, 64);
-/// Bytes overwritten to evict the H200's 60 MiB L2 between GPU launches.
-const FLUSH_BYTES: usize = 256 << 20;
 
 fn random_bf16(rng: &mut Rng, n: usize) -> Vec<bf16> {
     (0..n).map(|_| bf16::from_f32((rng.uniform() * 2.0 - 1.0) as f32)).collect()
@@ -38,21 +40,6 @@ fn operands(rt: &Arc<dyn GpuRuntime>, rng: &mut Rng, (m, n, k): (usize, usize, u
         GpuBuffer::from_slice(rt, &random_bf16(rng, n * k))?,
         GpuBuffer::zeroed(rt, 2 * m * n)?,
     ])
-}
-
-/// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
-fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        // SAFETY: the range is the flush buffer's own allocation.
-        unsafe { rt.memset(flush.ptr(), 1, flush.len()) }.expect("flush L2");
-        rt.synchronize().expect("synchronize");
-        let start = Instant::now();
-        run();
-        rt.synchronize().expect("synchronize");
-        total += start.elapsed();
-    }
-    total
 }
 
 fn cpu_twin(c: &mut Criterion) {
@@ -88,12 +75,10 @@ fn sim(c: &mut Criterion) {
 }
 
 fn cuda(c: &mut Criterion) {
-    let Ok(cuda) = CudaRuntime::new(0) else {
-        eprintln!("gemm bench: no CUDA device, GPU rows skipped");
+    let Some(gpu) = Gpu::new("gemm") else {
         return;
     };
-    let rt: Arc<dyn GpuRuntime> = Arc::new(cuda);
-    let flush = GpuBuffer::zeroed(&rt, FLUSH_BYTES).expect("L2 flush buffer");
+    let rt = gpu.rt.clone();
     let mut rng = Rng::new(3);
     let mut group = c.benchmark_group("gemm");
     group.sample_size(10);
@@ -122,10 +107,10 @@ fn cuda(c: &mut Criterion) {
         let cublas = || unsafe { rt.gemm(&blas) }.expect("cuBLAS gemm");
         let shape = format!("{m}x{n}x{k}");
         group.bench_function(BenchmarkId::new("cuda_nt_bf16", &shape), |bench| {
-            bench.iter_custom(|iters| timed(&rt, &flush, iters, &ours))
+            bench.iter_custom(|iters| gpu.timed(iters, &ours))
         });
         group.bench_function(BenchmarkId::new("cublas_bf16", &shape), |bench| {
-            bench.iter_custom(|iters| timed(&rt, &flush, iters, &cublas))
+            bench.iter_custom(|iters| gpu.timed(iters, &cublas))
         });
     }
     group.finish();

@@ -5,15 +5,19 @@
 //! timed region, and synchronize before the clock stops.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use rankfold_kernels::nf4::launch::{self, GemvConfig, GemvScales, Nf4Type};
 use rankfold_kernels::nf4::{self, cpu};
-use rankfold_kernels::{CudaRuntime, GpuBuffer, GpuRuntime};
+use rankfold_kernels::{GpuBuffer, GpuRuntime};
 use rankfold_ptxsim::SimRuntime;
 use rankfold_tensor::Rng;
+
+#[path = "common/gpu.rs"]
+mod gpu;
+use gpu::Gpu;
 
 /// The bench group (`nf4` is the CPU bench's group in benches/nf4.rs).
 const GROUP: &str = "nf4_kernel";
@@ -25,8 +29,6 @@ const GPU_GEMV: [(usize, usize, usize); 4] = [(1, 4096, 4096), (1, 11008, 4096),
 const SIM_LEN: usize = 16_384;
 const SIM_GEMV: (usize, usize, usize) = (4, 64, 1024);
 const BLOCKSIZE: usize = 64;
-/// Bytes overwritten to evict the H200's 60 MiB L2 between GPU launches.
-const FLUSH_BYTES: usize = 256 << 20;
 
 fn normal_bf16(rng: &mut Rng, n: usize) -> Vec<bf16> {
     (0..n).map(|_| bf16::from_f32(rng.normal() as f32)).collect()
@@ -145,21 +147,6 @@ fn gemv_operands(rt: &Arc<dyn GpuRuntime>, rng: &mut Rng, (m, n, k): (usize, usi
     }
 }
 
-/// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
-fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        // SAFETY: the range is the flush buffer's own allocation.
-        unsafe { rt.memset(flush.ptr(), 1, flush.len()) }.expect("flush L2");
-        rt.synchronize().expect("synchronize");
-        let start = Instant::now();
-        run();
-        rt.synchronize().expect("synchronize");
-        total += start.elapsed();
-    }
-    total
-}
-
 fn sim(c: &mut Criterion) {
     let sim = Arc::new(SimRuntime::new());
     let rt: Arc<dyn GpuRuntime> = sim.clone();
@@ -181,12 +168,10 @@ fn sim(c: &mut Criterion) {
 }
 
 fn cuda(c: &mut Criterion) {
-    let Ok(cuda) = CudaRuntime::new(0) else {
-        eprintln!("nf4_kernel bench: no CUDA device, GPU rows skipped");
+    let Some(gpu) = Gpu::new("nf4_kernel") else {
         return;
     };
-    let rt: Arc<dyn GpuRuntime> = Arc::new(cuda);
-    let flush = GpuBuffer::zeroed(&rt, FLUSH_BYTES).expect("L2 flush buffer");
+    let rt = gpu.rt.clone();
     let mut rng = Rng::new(2);
     let gemv: Vec<Gemv> = GPU_GEMV.iter().map(|&s| gemv_operands(&rt, &mut rng, s)).collect();
     let mut group = c.benchmark_group(GROUP);
@@ -199,7 +184,7 @@ fn cuda(c: &mut Criterion) {
         for (name, shape, throughput, run) in cases(&rt, &w, &out, g) {
             group.throughput(throughput);
             group.bench_function(BenchmarkId::new(format!("cuda_{name}"), shape), |b| {
-                b.iter_custom(|iters| timed(&rt, &flush, iters, &run))
+                b.iter_custom(|iters| gpu.timed(iters, &run))
             });
         }
     }

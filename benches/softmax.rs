@@ -6,22 +6,25 @@
 //! the figure is the simulator's speed. GPU timings synchronize before the clock stops and flush the L2 cache.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use rankfold_kernels::elementwise::FloatType;
 use rankfold_kernels::softmax::{self, cpu, SoftmaxShape};
-use rankfold_kernels::{CudaRuntime, GpuBuffer, GpuRuntime};
+use rankfold_kernels::{GpuBuffer, GpuRuntime};
 use rankfold_ptxsim::SimRuntime;
 use rankfold_tensor::Rng;
+
+#[path = "common/gpu.rs"]
+mod gpu;
+use gpu::Gpu;
 
 const CPU_SHAPE: SoftmaxShape = SoftmaxShape { rows: 256, cols: 1024 };
 const SIM_SHAPE: SoftmaxShape = SoftmaxShape { rows: 64, cols: 512 };
 /// Attention-like rows (Llama-sized context) and vocabulary-sized rows.
 const GPU_SHAPES: [SoftmaxShape; 2] =
     [SoftmaxShape { rows: 65536, cols: 2048 }, SoftmaxShape { rows: 2048, cols: 32768 }];
-const FLUSH_BYTES: usize = 256 << 20;
 
 fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.uniform() * 8.0 - 4.0) as f32).collect()
@@ -29,21 +32,6 @@ fn random_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
 
 /// A GPU pass: its name, the bytes it moves per element byte, and the launch.
 type Pass<'a> = (&'static str, u64, Box<dyn Fn() + 'a>);
-
-/// Runs `run` `iters` times on `rt`, each after an L2 flush, and returns the time from launch to synchronize.
-fn timed(rt: &Arc<dyn GpuRuntime>, flush: &GpuBuffer, iters: u64, run: &dyn Fn()) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        // SAFETY: the range is the flush buffer's own allocation.
-        unsafe { rt.memset(flush.ptr(), 1, flush.len()) }.expect("flush L2");
-        rt.synchronize().expect("synchronize");
-        let start = Instant::now();
-        run();
-        rt.synchronize().expect("synchronize");
-        total += start.elapsed();
-    }
-    total
-}
 
 fn cpu_twin(c: &mut Criterion) {
     let s = CPU_SHAPE;
@@ -74,12 +62,10 @@ fn sim(c: &mut Criterion) {
 }
 
 fn cuda(c: &mut Criterion) {
-    let Ok(cuda) = CudaRuntime::new(0) else {
-        eprintln!("softmax bench: no CUDA device, GPU rows skipped");
+    let Some(gpu) = Gpu::new("softmax") else {
         return;
     };
-    let rt: Arc<dyn GpuRuntime> = Arc::new(cuda);
-    let flush = GpuBuffer::zeroed(&rt, FLUSH_BYTES).expect("L2 flush buffer");
+    let rt = gpu.rt.clone();
     let mut rng = Rng::new(3);
     let mut group = c.benchmark_group("softmax_kernel");
     group.sample_size(10);
@@ -101,7 +87,7 @@ fn cuda(c: &mut Criterion) {
             for (name, per_elem, run) in passes {
                 group.throughput(Throughput::BytesDecimal(per_elem * (n * dtype.size()) as u64));
                 group.bench_function(BenchmarkId::new(name, &shape), |bench| {
-                    bench.iter_custom(|iters| timed(&rt, &flush, iters, &run))
+                    bench.iter_custom(|iters| gpu.timed(iters, &run))
                 });
             }
         }
