@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{contiguous_strides, BinaryOp, FloatType, UnaryOp, MAX_RANK};
-use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, Launch, LaunchConfig, Result};
+use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, KernelId, Launch, LaunchConfig, Result};
 
 /// Threads per block of every elementwise kernel.
 const BLOCK: u32 = 256;
@@ -171,6 +171,23 @@ fn check_launch(
     })
 }
 
+/// The launch of `kernel` over `inputs` after [`check_launch`]: the kernel's arguments are the inputs'
+/// pointers in order, then `y`, `info`, `rank` and n.
+fn strided_launch(
+    op: &'static str,
+    rt: &Arc<dyn GpuRuntime>,
+    dtype: FloatType,
+    kernel: KernelId,
+    inputs: &[(&'static str, &GpuBuffer)],
+    y: &GpuBuffer,
+    layout: &DeviceLayout,
+) -> Result<Launch> {
+    let (info, rank) = check_launch(op, rt, dtype, inputs, y, layout)?;
+    let mut args: Vec<KernelArg> = inputs.iter().map(|(_, buf)| KernelArg::Ptr(buf.ptr())).collect();
+    args.extend([KernelArg::Ptr(y.ptr()), info, KernelArg::U32(rank), KernelArg::U32(layout.n as u32)]);
+    Ok(Launch { kernel, config: config(layout.n), args })
+}
+
 /// Builds the launch of `y = op(a, b)` after checking every view and buffer.
 pub fn binary_launch(
     rt: &Arc<dyn GpuRuntime>,
@@ -181,19 +198,7 @@ pub fn binary_launch(
     y: &GpuBuffer, // [n] contiguous
     layout: &DeviceLayout,
 ) -> Result<Launch> {
-    let (info, rank) = check_launch("elementwise::binary", rt, dtype, &[("a", a), ("b", b)], y, layout)?;
-    Ok(Launch {
-        kernel: op.kernel(dtype),
-        config: config(layout.n),
-        args: vec![
-            KernelArg::Ptr(a.ptr()),
-            KernelArg::Ptr(b.ptr()),
-            KernelArg::Ptr(y.ptr()),
-            info,
-            KernelArg::U32(rank),
-            KernelArg::U32(layout.n as u32),
-        ],
-    })
+    strided_launch("elementwise::binary", rt, dtype, op.kernel(dtype), &[("a", a), ("b", b)], y, layout)
 }
 
 /// Runs `y = op(a, b)` on `rt`; `y` is contiguous over `layout.dims()`. An empty output launches nothing.
@@ -225,18 +230,7 @@ pub fn unary_launch(
     y: &GpuBuffer, // [n] contiguous
     layout: &DeviceLayout,
 ) -> Result<Launch> {
-    let (info, rank) = check_launch("elementwise::unary", rt, dtype, &[("x", x)], y, layout)?;
-    Ok(Launch {
-        kernel: op.kernel(dtype),
-        config: config(layout.n),
-        args: vec![
-            KernelArg::Ptr(x.ptr()),
-            KernelArg::Ptr(y.ptr()),
-            info,
-            KernelArg::U32(rank),
-            KernelArg::U32(layout.n as u32),
-        ],
-    })
+    strided_launch("elementwise::unary", rt, dtype, op.kernel(dtype), &[("x", x)], y, layout)
 }
 
 /// Runs `y = op(x)` on `rt`; `y` is contiguous over `layout.dims()`. An empty output launches nothing.

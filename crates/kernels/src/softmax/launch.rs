@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{backward_kernel, forward_kernel, SoftmaxShape, LONG_ROW};
 use crate::elementwise::launch::check_buffer;
 use crate::elementwise::FloatType;
-use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, Launch, LaunchConfig, Result};
+use crate::{Dim3, Error, GpuBuffer, GpuRuntime, KernelArg, KernelId, Launch, LaunchConfig, Result};
 
 /// Rows per block of the warp-per-row kernels: 8 warps per block (`kWarpsPerBlock` in the .cu); the
 /// block-per-row kernels use the same 256 threads for one row.
@@ -34,6 +34,27 @@ fn check_shape(op: &'static str, shape: SoftmaxShape) -> Result<(LaunchConfig, u
     Ok((config, n))
 }
 
+/// The launch of a row kernel over `bufs` (each rows·cols elements of `dtype`, passed in order) after checking
+/// the shape and every buffer; the kernel's arguments are the buffers' pointers, then rows and cols.
+fn row_launch(
+    op: &'static str,
+    rt: &Arc<dyn GpuRuntime>,
+    dtype: FloatType,
+    shape: SoftmaxShape,
+    kernel: KernelId,
+    bufs: &[(&'static str, &GpuBuffer)],
+) -> Result<Launch> {
+    let (config, n) = check_shape(op, shape)?;
+    let mut args = Vec::with_capacity(bufs.len() + 2);
+    for &(name, buf) in bufs {
+        check_buffer(op, name, rt, buf, n * dtype.size())?;
+        args.push(KernelArg::Ptr(buf.ptr()));
+    }
+    args.push(KernelArg::U32(shape.rows as u32));
+    args.push(KernelArg::U32(shape.cols as u32));
+    Ok(Launch { kernel, config, args })
+}
+
 /// Builds the launch of `y = softmax(x)` per row after checking the shape and buffers.
 pub fn forward_launch(
     rt: &Arc<dyn GpuRuntime>,
@@ -42,20 +63,8 @@ pub fn forward_launch(
     x: &GpuBuffer, // [rows, cols] row-major
     y: &GpuBuffer, // [rows, cols] row-major
 ) -> Result<Launch> {
-    const OP: &str = "softmax::forward";
-    let (config, n) = check_shape(OP, shape)?;
-    check_buffer(OP, "x", rt, x, n * dtype.size())?;
-    check_buffer(OP, "y", rt, y, n * dtype.size())?;
-    Ok(Launch {
-        kernel: forward_kernel(dtype, shape.cols),
-        config,
-        args: vec![
-            KernelArg::Ptr(x.ptr()),
-            KernelArg::Ptr(y.ptr()),
-            KernelArg::U32(shape.rows as u32),
-            KernelArg::U32(shape.cols as u32),
-        ],
-    })
+    let kernel = forward_kernel(dtype, shape.cols);
+    row_launch("softmax::forward", rt, dtype, shape, kernel, &[("x", x), ("y", y)])
 }
 
 /// Runs `y = softmax(x)` per row on `rt`. Zero rows launch nothing.
@@ -84,22 +93,8 @@ pub fn backward_launch(
     dy: &GpuBuffer, // [rows, cols] row-major
     dx: &GpuBuffer, // [rows, cols] row-major
 ) -> Result<Launch> {
-    const OP: &str = "softmax::backward";
-    let (config, n) = check_shape(OP, shape)?;
-    check_buffer(OP, "y", rt, y, n * dtype.size())?;
-    check_buffer(OP, "dy", rt, dy, n * dtype.size())?;
-    check_buffer(OP, "dx", rt, dx, n * dtype.size())?;
-    Ok(Launch {
-        kernel: backward_kernel(dtype, shape.cols),
-        config,
-        args: vec![
-            KernelArg::Ptr(y.ptr()),
-            KernelArg::Ptr(dy.ptr()),
-            KernelArg::Ptr(dx.ptr()),
-            KernelArg::U32(shape.rows as u32),
-            KernelArg::U32(shape.cols as u32),
-        ],
-    })
+    let kernel = backward_kernel(dtype, shape.cols);
+    row_launch("softmax::backward", rt, dtype, shape, kernel, &[("y", y), ("dy", dy), ("dx", dx)])
 }
 
 /// Runs `dx = y ⊙ (dy − Σ dy ⊙ y)` per row on `rt`. Zero rows launch nothing.
