@@ -14,7 +14,7 @@ use rankfold_tensor::optim::{AdamW, AdamWConfig, Optimizer};
 use rankfold_tensor::{safetensors, DType, Device, Rng, Tensor};
 
 use crate::common::{assert_close, Tol};
-use crate::peft_fixtures::PeftCase;
+use crate::peft_fixtures::{CaseIo, PeftCase};
 
 fn f64s(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().expect("f64 read")
@@ -35,6 +35,15 @@ impl LinearModel for FixtureModel {
 }
 
 impl FixtureModel {
+    /// A `PeftModel` (seed 0) over the fixture's frozen base layers, with no adapter yet.
+    fn peft(io: &CaseIo) -> Result<PeftModel<FixtureModel>> {
+        let slots = io
+            .layers
+            .iter()
+            .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
+            .collect::<Result<_>>()?;
+        Ok(PeftModel::new(FixtureModel { slots }, 0))
+    }
     fn slot(&self, path: &str) -> &LinearSlot {
         &self.slots.iter().find(|(p, _)| p == path).expect("a fixture path").1
     }
@@ -48,12 +57,7 @@ fn adalora(total_step: usize) -> AdaLoraConfig {
 fn peft_adalora_case_loads_runs_and_merges_like_pytorch() -> Result<()> {
     let case = PeftCase::open("adalora")?;
     let io = case.io()?;
-    let slots = io
-        .layers
-        .iter()
-        .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
-        .collect::<Result<_>>()?;
-    let mut pm = PeftModel::new(FixtureModel { slots }, 0);
+    let mut pm = FixtureModel::peft(&io)?;
     pm.load(case.adapter_dir(), "default")?;
     for l in &io.layers {
         let slot = pm.model().slot(&l.path);
@@ -145,12 +149,7 @@ fn peft_adalora_case_loads_runs_and_merges_like_pytorch() -> Result<()> {
         "the rank-0 layer still computes its base"
     );
     // Reload the original file for the merge check below.
-    let slots = io
-        .layers
-        .iter()
-        .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
-        .collect::<Result<_>>()?;
-    let mut pm = PeftModel::new(FixtureModel { slots }, 0);
+    let mut pm = FixtureModel::peft(&io)?;
     pm.load(case.adapter_dir(), "default")?;
 
     // Merge: the weights PEFT's merge_and_unload wrote.
@@ -464,14 +463,7 @@ fn adalora_trains_and_merges_on_an_nf4_base() -> Result<()> {
 fn bad_files_and_configs_name_the_problem() -> Result<()> {
     let case = PeftCase::open("adalora")?;
     let io = case.io()?;
-    let make = || -> Result<PeftModel<FixtureModel>> {
-        let slots = io
-            .layers
-            .iter()
-            .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
-            .collect::<Result<_>>()?;
-        Ok(PeftModel::new(FixtureModel { slots }, 0))
-    };
+    let make = || FixtureModel::peft(&io);
     let src = case.adapter_dir();
     let write = |name: &str, edit: &dyn Fn(&mut HashMap<String, Tensor>)| -> Result<TempDir> {
         let dir = tempdir(name)?;
@@ -609,12 +601,7 @@ proptest::proptest! {
 fn a_loaded_adapter_resumed_in_the_final_phase_keeps_its_cut_ranks() -> Result<()> {
     let case = PeftCase::open("adalora")?;
     let io = case.io()?;
-    let slots = io
-        .layers
-        .iter()
-        .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
-        .collect::<Result<_>>()?;
-    let mut pm = PeftModel::new(FixtureModel { slots }, 0);
+    let mut pm = FixtureModel::peft(&io)?;
     pm.load(case.adapter_dir(), "default")?;
     let path = "layers.0.self_attn.q_proj";
     let before = pm.model().slot(path).forward(&io.x)?;

@@ -114,6 +114,17 @@ fn lora_fa_keeps_only_a_x_for_the_adapter() {
     );
 }
 
+/// The LoRA layer at `path` among a model's linear slots.
+fn lora_at<'a>(slots: &'a [(String, &mut LinearSlot)], path: &str) -> &'a LoraLayer {
+    slots
+        .iter()
+        .find(|(p, _)| p == path)
+        .expect("a linear module at the path")
+        .1
+        .downcast_ref::<LoraLayer>()
+        .expect("a LoRA layer")
+}
+
 #[test]
 fn qlora_runs_lora_and_lora_fa_over_nf4_bases() {
     let mut rng = Rng::new(40);
@@ -178,13 +189,7 @@ fn qlora_runs_lora_and_lora_fa_over_nf4_bases() {
     let path = "model.layers.0.mlp.up_proj";
     let (w_before, delta) = {
         let slots = pm.model_mut().linear_slots();
-        let l = slots
-            .iter()
-            .find(|(p, _)| p == path)
-            .unwrap()
-            .1
-            .downcast_ref::<LoraLayer>()
-            .unwrap();
+        let l = lora_at(&slots, path);
         (
             l.base().dense_weight().unwrap(),
             l.merged_weight_delta("lora").unwrap().0,
@@ -192,13 +197,7 @@ fn qlora_runs_lora_and_lora_fa_over_nf4_bases() {
     };
     pm.merge().unwrap();
     let slots = pm.model_mut().linear_slots();
-    let l = slots
-        .iter()
-        .find(|(p, _)| p == path)
-        .unwrap()
-        .1
-        .downcast_ref::<LoraLayer>()
-        .unwrap();
+    let l = lora_at(&slots, path);
     let q = l.base().as_any().downcast_ref::<Nf4Linear>().unwrap();
     let want = Nf4Tensor::quantize(&w_before.add(&delta).unwrap(), 64, true).unwrap();
     assert_eq!(q.weight().packed(), want.packed());
