@@ -9,45 +9,18 @@ use anyhow::{ensure, Context, Result};
 use rankfold_adapters::adalora::{AdaLora, AdaLoraConfig, SvdLinear};
 use rankfold_adapters::testing::{TestModel, TestModelConfig};
 use rankfold_adapters::{AdapterLayer, Error, PeftModel, TargetModules};
-use rankfold_tensor::nn::{Linear, LinearLayer, LinearModel, LinearSlot, Nf4Linear};
+use rankfold_tensor::nn::{Linear, LinearLayer, LinearModel, Nf4Linear};
 use rankfold_tensor::optim::{AdamW, AdamWConfig, Optimizer};
 use rankfold_tensor::{safetensors, DType, Device, Rng, Tensor};
 
 use crate::common::{assert_close, Tol};
-use crate::peft_fixtures::{CaseIo, PeftCase};
+use crate::peft_fixtures::{FixtureModel, PeftCase};
 
 fn f64s(t: &Tensor) -> Vec<f64> {
     t.to_vec::<f64>().expect("f64 read")
 }
 
 const TIGHT: Tol = Tol { rel: 1e-5, abs: 1e-5 };
-
-/// Linear layers at the fixture's module paths.
-#[derive(Debug)]
-struct FixtureModel {
-    slots: Vec<(String, LinearSlot)>,
-}
-
-impl LinearModel for FixtureModel {
-    fn linear_slots(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        self.slots.iter_mut().map(|(p, s)| (p.clone(), s)).collect()
-    }
-}
-
-impl FixtureModel {
-    /// A `PeftModel` (seed 0) over the fixture's frozen base layers, with no adapter yet.
-    fn peft(io: &CaseIo) -> Result<PeftModel<FixtureModel>> {
-        let slots = io
-            .layers
-            .iter()
-            .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
-            .collect::<Result<_>>()?;
-        Ok(PeftModel::new(FixtureModel { slots }, 0))
-    }
-    fn slot(&self, path: &str) -> &LinearSlot {
-        &self.slots.iter().find(|(p, _)| p == path).expect("a fixture path").1
-    }
-}
 
 fn adalora(total_step: usize) -> AdaLoraConfig {
     AdaLoraConfig::new(TargetModules::AllLinear, total_step)

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use rankfold_tensor::{nn::Linear, safetensors, Device, Tensor};
+use rankfold_adapters::PeftModel;
+use rankfold_tensor::nn::{Linear, LinearModel, LinearSlot};
+use rankfold_tensor::{safetensors, Device, Tensor};
 
 /// The folder holding one sub-folder per case.
 pub(crate) fn fixtures_root() -> PathBuf {
@@ -323,4 +325,32 @@ fn lora_case_matches_the_lora_formula() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The linear layers of a PEFT fixture at their module paths (the adapter tests' model).
+#[derive(Debug)]
+pub(crate) struct FixtureModel {
+    pub(crate) slots: Vec<(String, LinearSlot)>,
+}
+
+impl LinearModel for FixtureModel {
+    fn linear_slots(&mut self) -> Vec<(String, &mut LinearSlot)> {
+        self.slots.iter_mut().map(|(p, s)| (p.clone(), s)).collect()
+    }
+}
+
+impl FixtureModel {
+    /// A `PeftModel` (seed 0) over the case's frozen base layers, with no adapter yet.
+    pub(crate) fn peft(io: &CaseIo) -> Result<PeftModel<FixtureModel>> {
+        let slots = io
+            .layers
+            .iter()
+            .map(|l| Ok((l.path.clone(), LinearSlot::new(l.base_linear()?.freeze()))))
+            .collect::<Result<_>>()?;
+        Ok(PeftModel::new(FixtureModel { slots }, 0))
+    }
+    /// The slot at `path`.
+    pub(crate) fn slot(&self, path: &str) -> &LinearSlot {
+        &self.slots.iter().find(|(p, _)| p == path).expect("a fixture path").1
+    }
 }

@@ -15,6 +15,7 @@ use rankfold_tensor::nn::{Linear, LinearLayer, LinearModel, LinearSlot, Nf4Linea
 use rankfold_tensor::{no_grad, DType, Device, Rng, Tensor};
 
 use crate::common::{assert_close, Tol};
+use crate::peft_fixtures::FixtureModel;
 
 const AB: [Support; 4] = [
     Support::LowRank(3),
@@ -340,18 +341,6 @@ fn gradients_match_finite_differences_for_every_path_kind() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The two linear layers of the PEFT fixtures, at their module paths, over the saved base weights.
-#[derive(Debug)]
-struct FixtureModel {
-    slots: Vec<(String, LinearSlot)>,
-}
-
-impl LinearModel for FixtureModel {
-    fn linear_slots(&mut self) -> Vec<(String, &mut LinearSlot)> {
-        self.slots.iter_mut().map(|(p, s)| (p.clone(), s)).collect()
-    }
 }
 
 const FIXTURE_PATHS: [&str; 2] = ["layers.0.self_attn.q_proj", "layers.0.mlp.down_proj"];
