@@ -27,6 +27,19 @@ fn dequantize_rows(w: &Nf4Tensor, k: usize, r0: usize, buf: &mut [f32]) {
     });
 }
 
+/// Calls `f(r0, rows, tile)` for each tile of `Ŵ [n, k]`: rows `r0 .. r0 + rows` dequantized into `tile
+/// [rows, k]` row-major (one buffer reused for every tile).
+fn for_each_tile(w: &Nf4Tensor, n: usize, k: usize, mut f: impl FnMut(usize, usize, &[f32])) {
+    let tn = tile_rows(n, k);
+    let mut buf = vec![0f32; tn * k];
+    for r0 in (0..n).step_by(tn) {
+        let rows = tn.min(n - r0);
+        let tile = &mut buf[..rows * k];
+        dequantize_rows(w, k, r0, tile);
+        f(r0, rows, tile);
+    }
+}
+
 fn parallelism(macs: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
     if macs >= 1 << 18 && threads > 1 {
@@ -44,12 +57,7 @@ pub(crate) fn forward(x: &[f32], m: usize, w: &Nf4Tensor, n: usize, k: usize) ->
     if m == 0 || n == 0 || k == 0 {
         return y;
     }
-    let tn = tile_rows(n, k);
-    let mut buf = vec![0f32; tn * k];
-    for r0 in (0..n).step_by(tn) {
-        let rows = tn.min(n - r0);
-        let tile = &mut buf[..rows * k];
-        dequantize_rows(w, k, r0, tile);
+    for_each_tile(w, n, k, |r0, rows, tile| {
         // SAFETY: dst is y[.., r0 .. r0 + rows] of the row-major [m, n] output: row stride n, column stride 1,
         // m·rows elements all inside `y` since r0 + rows ≤ n. lhs is x [m, k] row-major (row stride k). rhs is
         // the tileᵀ [k, rows]: element (p, j) = tile[j·k + p], row stride 1 and column stride k, inside `tile`.
@@ -76,7 +84,7 @@ pub(crate) fn forward(x: &[f32], m: usize, w: &Nf4Tensor, n: usize, k: usize) ->
                 parallelism(m * rows * k),
             )
         }
-    }
+    });
     y
 }
 
@@ -92,12 +100,7 @@ pub(crate) fn backward_x(dy: &[f32], m: usize, w: &Nf4Tensor, n: usize, k: usize
     if m == 0 || n == 0 || k == 0 {
         return dx;
     }
-    let tn = tile_rows(n, k);
-    let mut buf = vec![0f32; tn * k];
-    for r0 in (0..n).step_by(tn) {
-        let rows = tn.min(n - r0);
-        let tile = &mut buf[..rows * k];
-        dequantize_rows(w, k, r0, tile);
+    for_each_tile(w, n, k, |r0, rows, tile| {
         // SAFETY: dst is dx [m, k] row-major, read and accumulated into (read_dst with alpha 1). lhs is
         // dy[.., r0 .. r0 + rows]: row stride n, column stride 1, inside `dy` since r0 + rows ≤ n. rhs is the
         // tile [rows, k] row-major, inside `tile`.
@@ -124,6 +127,6 @@ pub(crate) fn backward_x(dy: &[f32], m: usize, w: &Nf4Tensor, n: usize, k: usize
                 parallelism(m * rows * k),
             )
         }
-    }
+    });
     dx
 }
