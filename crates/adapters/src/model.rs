@@ -183,17 +183,11 @@ impl<M: LinearModel> PeftModel<M> {
     ) -> Result<()> {
         let adapters = &self.adapters;
         for (path, slot) in self.model.linear_slots() {
-            let Some(e) = adapters
-                .iter()
-                .find(|e| e.method.as_adapter(slot.layer()).is_some())
-            else {
+            let Some(e) = owner(adapters, slot.layer()) else {
                 continue;
             };
             if let Some(l) = e.method.as_adapter_mut(slot.layer_mut()) {
-                f(&path, l).map_err(|e| match e {
-                    Error::Tensor(t) => Error::module(path.clone(), t.to_string()),
-                    e => e,
-                })?;
+                f(&path, l).map_err(|e| in_module(e, &path))?;
             }
         }
         Ok(())
@@ -263,10 +257,7 @@ impl<M: LinearModel> PeftModel<M> {
         }
         let adapters = &self.adapters;
         for (path, slot) in self.model.linear_slots() {
-            let Some(e) = adapters
-                .iter()
-                .find(|e| e.method.as_adapter(slot.layer()).is_some())
-            else {
+            let Some(e) = owner(adapters, slot.layer()) else {
                 continue;
             };
             slot.replace_with(|old| match e.method.into_adapter(old) {
@@ -494,6 +485,13 @@ fn entry_layers<'a>(
         .filter(|(p, _)| e.paths.contains(p))
         .filter_map(|(p, s)| e.method.as_adapter(s.layer()).map(|l| (p.clone(), l)))
         .collect()
+}
+
+/// The entry whose method made `layer` (an adapter layer holds one method's adapters), if any.
+fn owner<'a>(adapters: &'a [Entry], layer: &dyn LinearLayer) -> Option<&'a Entry> {
+    adapters
+        .iter()
+        .find(|e| e.method.as_adapter(layer).is_some())
 }
 
 fn in_module(e: Error, path: &str) -> Error {
