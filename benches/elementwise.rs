@@ -103,9 +103,7 @@ fn cuda(c: &mut Criterion) {
         ];
         for (name, bytes, run) in cases {
             group.throughput(Throughput::BytesDecimal(bytes as u64));
-            group.bench_function(BenchmarkId::new(name, format!("{dtype:?}/{rows}x{cols}")), |bench| {
-                bench.iter_custom(|iters| gpu.timed(iters, &run))
-            });
+            gpu.bench(&mut group, BenchmarkId::new(name, format!("{dtype:?}/{rows}x{cols}")), &run);
         }
     }
     group.finish();

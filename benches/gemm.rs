@@ -106,12 +106,8 @@ fn cuda(c: &mut Criterion) {
         // SAFETY: a, b and out were allocated for exactly these shapes and strides on this runtime.
         let cublas = || unsafe { rt.gemm(&blas) }.expect("cuBLAS gemm");
         let shape = format!("{m}x{n}x{k}");
-        group.bench_function(BenchmarkId::new("cuda_nt_bf16", &shape), |bench| {
-            bench.iter_custom(|iters| gpu.timed(iters, &ours))
-        });
-        group.bench_function(BenchmarkId::new("cublas_bf16", &shape), |bench| {
-            bench.iter_custom(|iters| gpu.timed(iters, &cublas))
-        });
+        gpu.bench(&mut group, BenchmarkId::new("cuda_nt_bf16", &shape), &ours);
+        gpu.bench(&mut group, BenchmarkId::new("cublas_bf16", &shape), &cublas);
     }
     group.finish();
 }

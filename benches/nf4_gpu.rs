@@ -183,9 +183,7 @@ fn cuda(c: &mut Criterion) {
         let g: &[Gemv] = if i == 0 { &gemv } else { &[] };
         for (name, shape, throughput, run) in cases(&rt, &w, &out, g) {
             group.throughput(throughput);
-            group.bench_function(BenchmarkId::new(format!("cuda_{name}"), shape), |b| {
-                b.iter_custom(|iters| gpu.timed(iters, &run))
-            });
+            gpu.bench(&mut group, BenchmarkId::new(format!("cuda_{name}"), shape), &run);
         }
     }
     group.finish();

@@ -86,9 +86,7 @@ fn cuda(c: &mut Criterion) {
             ];
             for (name, per_elem, run) in passes {
                 group.throughput(Throughput::BytesDecimal(per_elem * (n * dtype.size()) as u64));
-                group.bench_function(BenchmarkId::new(name, &shape), |bench| {
-                    bench.iter_custom(|iters| gpu.timed(iters, &run))
-                });
+                gpu.bench(&mut group, BenchmarkId::new(name, &shape), &run);
             }
         }
     }

@@ -1,10 +1,12 @@
 //! GPU timing shared by the kernel benches, included in each with `#[path = "common/gpu.rs"] mod gpu;`: the CUDA
-//! runtime with its L2 flush buffer, and the timing loop that flushes before each launch and synchronizes before
-//! the clock stops.
+//! runtime with its L2 flush buffer, and a criterion bench whose timing loop flushes before each launch and
+//! synchronizes before the clock stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId};
 use rankfold_kernels::{CudaRuntime, GpuBuffer, GpuRuntime};
 
 /// Bytes overwritten to evict the H200's 60 MiB L2 between GPU launches.
@@ -28,8 +30,13 @@ impl Gpu {
         Some(Gpu { rt, flush })
     }
 
+    /// Benchmarks `run` in `group` as `id`, timed by [`Gpu::timed`] (the group's throughput is the caller's).
+    pub(crate) fn bench(&self, group: &mut BenchmarkGroup<'_, WallTime>, id: BenchmarkId, run: &dyn Fn()) {
+        group.bench_function(id, |b| b.iter_custom(|iters| self.timed(iters, run)));
+    }
+
     /// Runs `run` `iters` times, each after an L2 flush, and returns the time from launch to synchronize.
-    pub(crate) fn timed(&self, iters: u64, run: &dyn Fn()) -> Duration {
+    fn timed(&self, iters: u64, run: &dyn Fn()) -> Duration {
         let rt = &self.rt;
         let mut total = Duration::ZERO;
         for _ in 0..iters {
