@@ -186,6 +186,18 @@ pub fn from_json<T: serde::de::DeserializeOwned>(
     serde_json::from_value(v.clone()).map_err(|e| crate::Error::config(what, e.to_string()))
 }
 
+/// Checks a `lora_dropout` probability: it must lie in [0, 1) (1 would drop every input).
+pub fn check_dropout(p: f64) -> crate::Result<()> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(crate::Error::config(
+            "lora_dropout",
+            format!("{p} is outside [0, 1)"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,12 +173,7 @@ impl LoraConfig {
         if self.use_dora {
             return Err(Error::config("use_dora", "DoRA is not supported"));
         }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(Error::config(
-                "lora_dropout",
-                format!("{} is outside [0, 1)", self.lora_dropout),
-            ));
-        }
+        crate::config::check_dropout(self.lora_dropout)?;
         if self.r == 0 || self.rank_pattern.values().any(|&r| r == 0) {
             return Err(Error::config("r", "ranks must be positive"));
         }

@@ -52,9 +52,7 @@ impl SvdAdapter {
         dtype: DType,
         device: Device,
     ) -> Result<Self> {
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(Error::config("lora_dropout", format!("{dropout} is outside [0, 1)")));
-        }
+        crate::config::check_dropout(dropout)?;
         let (a, e, b) = if r == 0 {
             (
                 empty((0, in_features), dtype, device)?,

@@ -205,12 +205,7 @@ impl AdaLoraConfig {
                 format!("must be ≥ 0, got {}", self.orth_reg_weight),
             ));
         }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(Error::config(
-                "lora_dropout",
-                format!("{} is outside [0, 1)", self.lora_dropout),
-            ));
-        }
+        crate::config::check_dropout(self.lora_dropout)?;
         if self.use_dora {
             return Err(Error::config("use_dora", "AdaLoRA does not support DoRA"));
         }
