@@ -329,23 +329,15 @@ fn nf4_linear_matches_the_dequantized_composition() -> Result<()> {
         )?);
         let x = Tensor::from_vec(sample::<f32>(seed ^ 7, b * t * k), (b, t, k), Device::Cpu)?.with_requires_grad(true);
         let r = Tensor::from_vec(sample::<f32>(seed ^ 8, b * t * n), (b, t, n), Device::Cpu)?;
+        // The gradient of Σ y ⊙ r with respect to x.
+        let grad_x = |y: &Tensor| -> Result<Vec<f64>> {
+            Ok(y.mul(&r)?.sum_all()?.backward()?.get(&x).context("x has a gradient")?.to_vec::<f64>()?)
+        };
         let y = x.nf4_linear(&w)?;
-        let gx = y
-            .mul(&r)?
-            .sum_all()?
-            .backward()?
-            .get(&x)
-            .context("x has a gradient")?
-            .to_vec::<f64>()?;
+        let gx = grad_x(&y)?;
         let wd = w.dequantize(DType::F32)?;
         let y2 = x.matmul(&wd.t()?)?;
-        let gx2 = y2
-            .mul(&r)?
-            .sum_all()?
-            .backward()?
-            .get(&x)
-            .context("x has a gradient")?
-            .to_vec::<f64>()?;
+        let gx2 = grad_x(&y2)?;
         let tol = crate::common::Tol { rel: 1e-4, abs: 1e-4 };
         crate::common::assert_close(&y.to_vec::<f64>()?, &y2.to_vec::<f64>()?, tol, "nf4_linear forward")?;
         crate::common::assert_close(&gx, &gx2, tol, "nf4_linear backward")?;
