@@ -34,3 +34,5 @@ mod adapters_glora;
 mod adapters_adalora;
 // LoRA, rsLoRA, LoRA-FA (activation memory), QLoRA: PEFT reference cases, merge, gradients, errors.
 mod adapters_lora;
+// GGUF reader: gguf-py fixtures bit for bit (every type), Q/K permutation, Llama names, NF4 on load, hostile headers.
+mod gguf;
