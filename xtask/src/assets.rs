@@ -185,8 +185,15 @@ const MARKER: &str = ".rankfold-asset";
 pub(crate) enum AssetError {
     /// A tool (pip, npm, Python, tar) could not be started.
     ToolMissing { tool: String, command: String },
-    /// A tool ran and failed, most often for want of the network.
+    /// A tool ran and failed.
     ToolFailed {
+        tool: String,
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// The fetch (pip download or npm pack) ran and failed, most often for want of the network.
+    FetchFailed {
         tool: String,
         command: String,
         status: String,
@@ -209,11 +216,16 @@ impl fmt::Display for AssetError {
         match self {
             Self::ToolMissing { tool, command } => write!(
                 f,
-                "`{tool}` is not available (not on PATH); install it, or run by hand: {command}"
+                "`{tool}` is not available (not on PATH); install it, or run by hand: {command}\nand then \
+                 `cargo xtask assets` again (an archive already in that folder is used when its sha256 matches)"
             ),
-            Self::ToolFailed { tool, command, status, stderr } => write!(
+            Self::ToolFailed { tool, command, status, stderr } => {
+                write!(f, "`{tool}` failed ({status}); the command was: {command}\n{stderr}")
+            }
+            Self::FetchFailed { tool, command, status, stderr } => write!(
                 f,
-                "`{tool}` failed ({status}); is the network reachable? The command was: {command}\n{stderr}"
+                "`{tool}` could not fetch the archive ({status}); is the network (or the registry) reachable? \
+                 The command was: {command}\n{stderr}"
             ),
             Self::HashMismatch { path, expected, actual } => write!(
                 f,
@@ -276,7 +288,7 @@ impl Tools {
         })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+            let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             return Err(AssetError::ToolFailed {
                 tool: program.into(),
@@ -484,7 +496,26 @@ fn ensure_archive(tools: &Tools, asset: &Asset, downloads: &Path) -> Result<Path
         })?;
     }
     eprintln!("assets: {}", shown(&program, &args));
-    tools.run(&program, &args, &shown(&program, &args))?;
+    let label = match asset.source {
+        Source::Pip { .. } => "pip",
+        Source::Npm { .. } => "npm",
+    };
+    tools
+        .run(&program, &args, &shown(&program, &args))
+        .map_err(|e| match e {
+            AssetError::ToolFailed {
+                command,
+                status,
+                stderr,
+                ..
+            } => AssetError::FetchFailed {
+                tool: label.into(),
+                command,
+                status,
+                stderr,
+            },
+            other => other,
+        })?;
     if !path.is_file() {
         bail!(
             "{} did not produce {}",

