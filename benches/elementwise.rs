@@ -7,7 +7,6 @@
 //! stops and flush the L2 cache before each launch.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
@@ -111,7 +110,7 @@ fn cuda(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    config = gpu::criterion();
     targets = cpu_twin, sim, cuda
 }
 criterion_main!(benches);

@@ -7,7 +7,6 @@
 //! flush the L2 cache (a 256 MiB memset) before each launch, outside the timed region.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -114,7 +113,7 @@ fn cuda(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    config = gpu::criterion();
     targets = cpu_twin, sim, cuda
 }
 criterion_main!(benches);

@@ -13,6 +13,9 @@ use anyhow::Result;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rankfold_tensor::{DType, Device, Rng, Tensor};
 
+#[path = "common/config.rs"]
+mod config;
+
 /// The benchmarked shapes as (m, n, k).
 const SHAPES: [(usize, usize, usize); 4] = [
     (1024, 1024, 1024),
@@ -65,10 +68,7 @@ fn matmul(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = config::criterion();
     targets = matmul
 }
 criterion_main!(benches);

@@ -16,6 +16,9 @@ use half::bf16;
 use rankfold_kernels::nf4::{fast, GemvShape, Nf4Element};
 use rayon::prelude::*;
 
+#[path = "common/config.rs"]
+mod config;
+
 const N: usize = 1 << 24;
 const BLOCKSIZE: usize = 64;
 
@@ -87,10 +90,7 @@ fn nf4(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = config::criterion();
     targets = nf4
 }
 criterion_main!(benches);

@@ -5,7 +5,6 @@
 //! timed region, and synchronize before the clock stops.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
@@ -191,7 +190,7 @@ fn cuda(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    config = gpu::criterion();
     targets = sim, cuda
 }
 criterion_main!(benches);

@@ -14,6 +14,9 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use rankfold_tensor::{DType, Device, Rng, Tensor};
 
+#[path = "common/config.rs"]
+mod config;
+
 /// The benchmarked input shape, [rows, d].
 const SHAPE: (usize, usize) = (4096, 1024);
 
@@ -65,10 +68,7 @@ fn rms_norm(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = config::criterion();
     targets = softmax, rms_norm
 }
 criterion_main!(benches);

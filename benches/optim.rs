@@ -5,12 +5,15 @@
 //! about 470 MB, so the working set is far beyond any cache and needs no rotation.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rankfold_tensor::optim::{AdamW, AdamWConfig, Optimizer};
 use rankfold_tensor::{DType, Device, GradStore, Rng};
+
+#[path = "common/config.rs"]
+mod config;
 
 /// The parameters: this many tensors of [ROWS, COLS].
 const TENSORS: usize = 16;
@@ -51,10 +54,7 @@ fn adamw(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = config::criterion();
     targets = adamw
 }
 criterion_main!(benches);

@@ -1,13 +1,18 @@
-//! GPU timing shared by the kernel benches, included in each with `#[path = "common/gpu.rs"] mod gpu;`: the CUDA
-//! runtime with its L2 flush buffer, and a criterion bench whose timing loop flushes before each launch and
-//! synchronizes before the clock stops.
+//! GPU timing shared by the kernel benches, included in each with `#[path = "common/gpu.rs"] mod gpu;`: their
+//! criterion settings, the CUDA runtime with its L2 flush buffer, and a criterion bench whose timing loop
+//! flushes before each launch and synchronizes before the clock stops.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, BenchmarkId};
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion};
 use rankfold_kernels::{CudaRuntime, GpuBuffer, GpuRuntime};
+
+/// The kernel benches' criterion settings: a half-second warm-up, two seconds of measurement.
+pub(crate) fn criterion() -> Criterion {
+    Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2))
+}
 
 /// Bytes overwritten to evict the H200's 60 MiB L2 between GPU launches.
 const FLUSH_BYTES: usize = 256 << 20;
