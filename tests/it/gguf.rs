@@ -543,3 +543,87 @@ fn every_truncation_of_real_files_is_an_error() -> Result<()> {
     }
     Ok(())
 }
+
+/// The SmolLM2-135M-Instruct asset (`cargo xtask assets`), when it has been fetched.
+fn smollm2_asset() -> Option<PathBuf> {
+    let root = std::env::var_os("RANKFOLD_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rankfold/assets"))
+        })?;
+    let p = root.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn smollm2_asset_loads_when_present() -> Result<()> {
+    let Some(path) = smollm2_asset() else {
+        eprintln!("skipped: the SmolLM2 asset is not fetched (cargo xtask assets)");
+        return Ok(());
+    };
+    let f = GgufFile::open(&path)?;
+    let hp = LlamaHparams::from_gguf(&f)?;
+    let embd = f.require("token_embd.weight")?;
+    ensure!(
+        embd.shape() == [hp.n_vocab, hp.n_embd],
+        "token_embd {:?} vs {hp:?}",
+        embd.shape()
+    );
+    ensure!(
+        f.get("llama.vocab_size").and_then(Value::as_u64) == Some(hp.n_vocab as u64),
+        "vocab {hp:?}"
+    );
+    ensure!(
+        hp.tied_embeddings == f.tensor_info("output.weight").is_none(),
+        "{hp:?}"
+    );
+    let q = f.require("blk.0.attn_q.weight")?;
+    let k = f.require("blk.0.attn_k.weight")?;
+    ensure!(
+        q.shape() == [hp.n_head * hp.head_dim, hp.n_embd],
+        "attn_q {:?}",
+        q.shape()
+    );
+    ensure!(
+        k.shape() == [hp.n_head_kv * hp.head_dim, hp.n_embd],
+        "attn_k {:?}",
+        k.shape()
+    );
+    ensure!(
+        f.tensors().len() == 2 + 9 * hp.n_layer + usize::from(!hp.tied_embeddings),
+        "tensor count"
+    );
+    for info in f.tensors() {
+        ensure!(
+            llama::hf_name(&info.name).is_some(),
+            "{}: no HF name",
+            info.name
+        );
+        ensure!(
+            info.ggml_type.can_dequantize(),
+            "{}: {}",
+            info.name,
+            info.ggml_type
+        );
+    }
+    // With RANKFOLD_GGUF_REF set to `gguf_fixtures.py --real`'s output, compare bit for bit with gguf-py.
+    if let Some(r) = std::env::var_os("RANKFOLD_GGUF_REF") {
+        let refs = MmapedSafetensors::open(PathBuf::from(r))?;
+        let want_all = refs.load_all(Device::Cpu)?;
+        ensure!(!want_all.is_empty(), "empty reference");
+        for info in f.tensors() {
+            let hf = llama::hf_name(&info.name).context("name")?;
+            let Some(want) = want_all.get(&hf) else {
+                continue;
+            };
+            let (_, got) = llama::load_f32(&f, &hp, &info.name)?;
+            ensure!(got.dims() == want.dims(), "{hf}: shape");
+            ensure!(
+                bits(&got.to_vec::<f32>()?) == bits(&want.to_vec::<f32>()?),
+                "{hf} differs from gguf-py"
+            );
+            eprintln!("{hf} ({}): bit for bit with gguf-py", info.ggml_type);
+        }
+    }
+    Ok(())
+}
