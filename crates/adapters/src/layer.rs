@@ -213,30 +213,67 @@ pub fn base_with_delta(
     )))
 }
 
-/// Makes `merged` the live base of a layer that keeps its unmerged base aside (AdaLoRA, GLoRA): the first merge
-/// moves the original base into `original`, later merges drop the previous merged layer, so [`restore_base`]
-/// gives the original back bit for bit, even on NF4.
-pub fn install_merged_base(
-    base: &mut Box<dyn LinearLayer>,
-    original: &mut Option<Box<dyn LinearLayer>>,
-    merged: Box<dyn LinearLayer>,
-) {
-    let live = std::mem::replace(base, merged);
-    if original.is_none() {
-        *original = Some(live);
-    }
+/// The base of a layer that keeps its original aside while adapters are merged (AdaLoRA, GLoRA): merging
+/// installs a new live base W0 + Σ ΔW, and unmerging gives the original back bit for bit, even on NF4.
+#[derive(Debug)]
+pub struct MergedBase {
+    /// The live base: W0, or the merged layer while adapters are merged.
+    live: Box<dyn LinearLayer>,
+    /// The original base while adapters are merged.
+    original: Option<Box<dyn LinearLayer>>,
+    /// The merged adapters, in merge order.
+    merged: Vec<String>,
 }
 
-/// Undoes [`install_merged_base`]: puts the original base back (when one was kept) and clears the merged list.
-pub fn restore_base(
-    base: &mut Box<dyn LinearLayer>,
-    original: &mut Option<Box<dyn LinearLayer>>,
-    merged: &mut Vec<String>,
-) {
-    if let Some(o) = original.take() {
-        *base = o;
+impl MergedBase {
+    /// `base` with nothing merged.
+    pub fn new(base: Box<dyn LinearLayer>) -> Self {
+        MergedBase {
+            live: base,
+            original: None,
+            merged: Vec::new(),
+        }
     }
-    merged.clear();
+    /// The live base (the merged layer while adapters are merged).
+    pub fn live(&self) -> &dyn LinearLayer {
+        self.live.as_ref()
+    }
+    /// The original base (W0 even while adapters are merged).
+    pub fn unmerged(&self) -> &dyn LinearLayer {
+        self.original.as_deref().unwrap_or(self.live.as_ref())
+    }
+    /// The merged adapters, in merge order.
+    pub fn merged(&self) -> &[String] {
+        &self.merged
+    }
+    /// Whether adapter `name` is merged.
+    pub fn is_merged(&self, name: &str) -> bool {
+        self.merged.iter().any(|n| n == name)
+    }
+    /// Records `name` as merged with `base` (W0 + ΔW of every merged adapter, `name` included) as the live base;
+    /// the first merge keeps W0 aside, later ones drop the previous merged layer.
+    pub fn install(&mut self, name: &str, base: Box<dyn LinearLayer>) {
+        let live = std::mem::replace(&mut self.live, base);
+        if self.original.is_none() {
+            self.original = Some(live);
+        }
+        self.merged.push(name.to_string());
+    }
+    /// Puts the original base back and forgets the merged adapters.
+    pub fn restore(&mut self) {
+        if let Some(o) = self.original.take() {
+            self.live = o;
+        }
+        self.merged.clear();
+    }
+    /// The live base (merge-and-unload).
+    pub fn into_live(self) -> Box<dyn LinearLayer> {
+        self.live
+    }
+    /// The original base, dropping any merged layer.
+    pub fn into_unmerged(self) -> Box<dyn LinearLayer> {
+        self.original.unwrap_or(self.live)
+    }
 }
 
 /// Tensor `key` of `t`, checked against `shape`, as a detached contiguous copy in `dtype`; errors name the key.

@@ -10,8 +10,7 @@ use rankfold_tensor::{Rng, Shape, Tensor};
 
 use super::layer::{count, SvdAdapter};
 use crate::layer::{
-    base_with_delta, check_no_extra, install_merged_base, restore_base, take_tensor, AdapterLayer,
-    Method,
+    base_with_delta, check_no_extra, take_tensor, AdapterLayer, MergedBase, Method,
 };
 use crate::{Error, Result};
 
@@ -23,14 +22,12 @@ type SvdAdapters = BTreeMap<String, SvdAdapter>;
 /// `lora_B.<adapter>`.
 #[derive(Debug)]
 pub struct SvdLinear {
-    /// The live base: W0, or W0 + Σ ΔW while adapters are merged.
-    base: Box<dyn LinearLayer>,
-    /// The original base while adapters are merged, so unmerging restores W0 bit for bit (also on NF4).
-    original: Option<Box<dyn LinearLayer>>,
+    /// The live base (W0, or W0 + Σ ΔW while adapters are merged) and the original kept aside, so unmerging
+    /// restores W0 bit for bit (also on NF4).
+    base: MergedBase,
     adapters: SvdAdapters,
     order: Vec<String>,
     active: Option<String>,
-    merged: Vec<String>,
     training: bool,
     rng: Mutex<Rng>,
 }
@@ -39,12 +36,10 @@ impl SvdLinear {
     /// A layer over `base` with no adapter yet (evaluation mode).
     pub fn new(base: Box<dyn LinearLayer>) -> Self {
         SvdLinear {
-            base,
-            original: None,
+            base: MergedBase::new(base),
             adapters: SvdAdapters::new(),
             order: Vec::new(),
             active: None,
-            merged: Vec::new(),
             training: false,
             rng: Mutex::new(Rng::new(0x5eed_ada1)),
         }
@@ -55,7 +50,7 @@ impl SvdLinear {
         if self.adapters.contains_key(name) {
             return Err(Error::DuplicateAdapter(name.into()));
         }
-        let (inf, out) = (self.base.in_features(), self.base.out_features());
+        let (inf, out) = (self.in_features(), self.out_features());
         if ad.a.dims()[1] != inf || ad.b.dims()[0] != out {
             return Err(Error::module(
                 "AdaLoRA",
@@ -85,7 +80,7 @@ impl SvdLinear {
 
     /// The original base (W0 even while adapters are merged).
     pub fn base_unmerged(&self) -> &dyn LinearLayer {
-        self.original.as_deref().unwrap_or(self.base.as_ref())
+        self.base.unmerged()
     }
 
     /// Seeds the dropout generator (dropout draws only in training mode).
@@ -97,8 +92,8 @@ impl SvdLinear {
 impl LinearLayer for SvdLinear {
     /// `base(x)`, plus the active adapter's branch unless it is merged (or has rank 0).
     fn forward(&self, x: &Tensor) -> rankfold_tensor::Result<Tensor> {
-        let y = self.base.forward(x)?;
-        let Some(name) = self.active.as_deref().filter(|n| !self.merged.iter().any(|m| m == n)) else {
+        let y = self.base.live().forward(x)?;
+        let Some(name) = self.active.as_deref().filter(|n| !self.base.is_merged(n)) else {
             return Ok(y);
         };
         let Some(ad) = self.adapters.get(name) else {
@@ -115,14 +110,15 @@ impl LinearLayer for SvdLinear {
         }
     }
     fn in_features(&self) -> usize {
-        self.base.in_features()
+        self.base.live().in_features()
     }
     fn out_features(&self) -> usize {
-        self.base.out_features()
+        self.base.live().out_features()
     }
     fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self
             .base
+            .live()
             .parameters()
             .into_iter()
             .map(|(n, t)| (format!("base_layer.{n}"), t))
@@ -136,10 +132,10 @@ impl LinearLayer for SvdLinear {
         v
     }
     fn dense_weight(&self) -> rankfold_tensor::Result<Tensor> {
-        self.base.dense_weight()
+        self.base.live().dense_weight()
     }
     fn bias(&self) -> Option<Tensor> {
-        self.base.bias()
+        self.base.live().bias()
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -154,11 +150,11 @@ impl AdapterLayer for SvdLinear {
         Method::AdaLora
     }
     fn base(&self) -> &dyn LinearLayer {
-        self.base.as_ref()
+        self.base.live()
     }
     /// The live base: W0 when nothing is merged, the merged layer otherwise (merge-and-unload).
     fn into_base(self: Box<Self>) -> Box<dyn LinearLayer> {
-        self.base
+        self.base.into_live()
     }
     fn adapter_names(&self) -> Vec<String> {
         self.order.clone()
@@ -184,25 +180,26 @@ impl AdapterLayer for SvdLinear {
     /// P·(Q⊙λ)·scale (PEFT `get_delta_weight`); NF4 bases are requantized ([`base_with_delta`]).
     fn merge(&mut self, name: &str) -> Result<()> {
         self.adapter(name)?;
-        if self.merged.iter().any(|n| n == name) {
+        if self.base.is_merged(name) {
             return Ok(());
         }
         let mut dw = self.adapter(name)?.delta_weight()?;
-        for n in &self.merged {
+        for n in self.base.merged() {
             dw = dw.add(&self.adapter(n)?.delta_weight()?)?;
         }
-        let merged = rankfold_tensor::no_grad(|| base_with_delta(self.base_unmerged(), &dw.detach(), None, 1.0))?;
-        install_merged_base(&mut self.base, &mut self.original, merged);
-        self.merged.push(name.to_string());
+        let merged = rankfold_tensor::no_grad(|| {
+            base_with_delta(self.base_unmerged(), &dw.detach(), None, 1.0)
+        })?;
+        self.base.install(name, merged);
         Ok(())
     }
     /// Restores the original base, bit for bit.
     fn unmerge(&mut self) -> Result<()> {
-        restore_base(&mut self.base, &mut self.original, &mut self.merged);
+        self.base.restore();
         Ok(())
     }
     fn merged(&self) -> Vec<String> {
-        self.merged.clone()
+        self.base.merged().to_vec()
     }
     fn merged_weight_delta(&self, name: &str) -> Result<(Tensor, Option<Tensor>)> {
         Ok((self.adapter(name)?.delta_weight()?, None))
@@ -216,13 +213,13 @@ impl AdapterLayer for SvdLinear {
     /// PEFT's `resize_modules_by_rank_pattern` does, keeping ranknum = init_r. k = 0 gives a layer that
     /// computes its base alone.
     fn load_peft_tensors(&mut self, name: &str, t: &HashMap<String, Tensor>) -> Result<()> {
-        if !self.merged.is_empty() {
+        if !self.base.merged().is_empty() {
             return Err(Error::module(
                 "AdaLoRA",
                 format!("cannot load adapter `{name}` while adapters are merged"),
             ));
         }
-        let (inf, out) = (self.base.in_features(), self.base.out_features());
+        let (inf, out) = (self.in_features(), self.out_features());
         let trainable = self.active.as_deref() == Some(name);
         let ad = self.adapter_mut(name)?;
         let k = ad.pattern.as_deref().map_or(ad.rank(), count);
@@ -245,7 +242,7 @@ impl AdapterLayer for SvdLinear {
     /// Drops adapter `name` (refused while it is merged); when it was active, none is active afterwards.
     fn remove_adapter(&mut self, name: &str) -> Result<()> {
         self.adapter(name)?;
-        if self.merged.iter().any(|n| n == name) {
+        if self.base.is_merged(name) {
             return Err(Error::module(
                 "AdaLoRA",
                 format!("adapter `{name}` is merged; unmerge it before removing it"),

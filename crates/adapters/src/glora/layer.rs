@@ -23,7 +23,7 @@ use rankfold_tensor::{DType, Device, Rng, Tensor};
 
 use super::path::{Dims, Path};
 use super::{LayerChoice, PathKind, Support};
-use crate::layer::{base_with_delta, AdapterLayer, Method};
+use crate::layer::{base_with_delta, AdapterLayer, MergedBase, Method};
 use crate::{Error, Result};
 
 /// The placeholder module name a layer puts in its errors; [`in_module`] replaces it with the module path
@@ -79,13 +79,10 @@ impl Adapter {
 /// A linear layer with GLoRA adapters. See the module docs for the math and the two forward strategies.
 #[derive(Debug)]
 pub struct GloraLayer {
-    /// The live base: W0 and b0, or the merged layer while adapters are merged.
-    base: Box<dyn LinearLayer>,
-    /// The original base while adapters are merged, so unmerging restores W0 and b0 bit for bit (PEFT divides
-    /// by `1 + ΣA` instead, which is inexact and fails where `1 + ΣA` is zero).
-    original: Option<Box<dyn LinearLayer>>,
-    /// The merged adapters, in merge order.
-    merged: Vec<String>,
+    /// The live base (W0 and b0, or the merged layer while adapters are merged) and the original kept aside, so
+    /// unmerging restores W0 and b0 bit for bit (PEFT divides by `1 + ΣA` instead, which is inexact and fails
+    /// where `1 + ΣA` is zero).
+    base: MergedBase,
     adapters: BTreeMap<String, Adapter>,
     /// Adapter names in the order they were added.
     order: Vec<String>,
@@ -100,9 +97,7 @@ impl GloraLayer {
     /// `base` with no adapter yet.
     pub(crate) fn empty(base: Box<dyn LinearLayer>) -> Self {
         GloraLayer {
-            base,
-            original: None,
-            merged: Vec::new(),
+            base: MergedBase::new(base),
             adapters: BTreeMap::new(),
             order: Vec::new(),
             active: None,
@@ -208,7 +203,7 @@ impl GloraLayer {
 
     /// The original base (W0, b0), also while adapters are merged.
     pub fn base_unmerged(&self) -> &dyn LinearLayer {
-        self.original.as_deref().unwrap_or(self.base.as_ref())
+        self.base.unmerged()
     }
 
     pub fn has_bias(&self) -> bool {
@@ -239,7 +234,7 @@ impl GloraLayer {
     /// Switches adapter `name` to the shapes of `choice` (the supernet's per-step sample); every shape must be
     /// one its paths hold. Bias paths stay off on a bias-free layer.
     pub fn set_choice(&mut self, name: &str, choice: LayerChoice) -> Result<()> {
-        if !self.merged.is_empty() {
+        if !self.base.merged().is_empty() {
             return Err(glora_error(
                 "cannot switch shapes while an adapter is merged",
             ));
@@ -409,13 +404,13 @@ impl GloraLayer {
         Ok((dw.contiguous()?, db))
     }
 
-    /// W0 + Σ ΔW and b0 + Σ Δb over the merged adapters, each delta taken against the original W0 as PEFT
+    /// W0 + Σ ΔW and b0 + Σ Δb over the adapters `names`, each delta taken against the original W0 as PEFT
     /// does ([`base_with_delta`]: dense bases exactly up to f32 rounding, NF4 bases requantized, which rounds
     /// the merged weight to the NF4 grid).
-    fn merged_base(&self) -> Result<Box<dyn LinearLayer>> {
+    fn merged_base(&self, names: &[String]) -> Result<Box<dyn LinearLayer>> {
         let mut dw: Option<Tensor> = None;
         let mut db: Option<Tensor> = None;
-        for n in &self.merged {
+        for n in names {
             let (w, b) = self.delta(n)?;
             dw = Some(match dw {
                 Some(acc) => acc.add(&w)?,
@@ -432,7 +427,7 @@ impl GloraLayer {
 
     /// The live base (the merged layer while adapters are merged).
     pub fn live_base(&self) -> &dyn LinearLayer {
-        self.base.as_ref()
+        self.base.live()
     }
 
     /// The trainable tensors of adapter `name`, named `glora_A.<name>.Xd`, …
@@ -451,7 +446,7 @@ impl GloraLayer {
 
     /// The original base with every adapter dropped (W0 even while adapters are merged).
     pub(crate) fn into_base_layer(self) -> Box<dyn LinearLayer> {
-        self.original.unwrap_or(self.base)
+        self.base.into_unmerged()
     }
 
     /// Whether the layer is in training mode (the supernet samples only then).
@@ -465,11 +460,11 @@ impl AdapterLayer for GloraLayer {
         Method::Glora
     }
     fn base(&self) -> &dyn LinearLayer {
-        self.base.as_ref()
+        self.base.live()
     }
     /// The live base: W0 when nothing is merged, the merged layer otherwise (merge-and-unload).
     fn into_base(self: Box<Self>) -> Box<dyn LinearLayer> {
-        self.base
+        self.base.into_live()
     }
     fn adapter_names(&self) -> Vec<String> {
         self.order.clone()
@@ -493,28 +488,22 @@ impl AdapterLayer for GloraLayer {
     /// original base is kept, so [`AdapterLayer::unmerge`] is exact even on NF4).
     fn merge(&mut self, name: &str) -> Result<()> {
         self.adapter(name)?;
-        if self.merged.iter().any(|n| n == name) {
+        if self.base.is_merged(name) {
             return Ok(());
         }
-        self.merged.push(name.to_string());
-        match self.merged_base() {
-            Ok(m) => {
-                crate::layer::install_merged_base(&mut self.base, &mut self.original, m);
-                Ok(())
-            }
-            Err(e) => {
-                self.merged.pop();
-                Err(e)
-            }
-        }
+        let mut names = self.base.merged().to_vec();
+        names.push(name.to_string());
+        let m = self.merged_base(&names)?;
+        self.base.install(name, m);
+        Ok(())
     }
     /// Restores the original base, bit for bit.
     fn unmerge(&mut self) -> Result<()> {
-        crate::layer::restore_base(&mut self.base, &mut self.original, &mut self.merged);
+        self.base.restore();
         Ok(())
     }
     fn merged(&self) -> Vec<String> {
-        self.merged.clone()
+        self.base.merged().to_vec()
     }
     fn merged_weight_delta(&self, name: &str) -> Result<(Tensor, Option<Tensor>)> {
         self.delta(name)
@@ -533,7 +522,7 @@ impl AdapterLayer for GloraLayer {
     }
     /// Loads the active shapes' tensors in place (ids kept); errors name the key relative to the layer.
     fn load_peft_tensors(&mut self, name: &str, t: &HashMap<String, Tensor>) -> Result<()> {
-        if !self.merged.is_empty() {
+        if !self.base.merged().is_empty() {
             return Err(glora_error(format!(
                 "cannot load adapter `{name}` while adapters are merged"
             )));
@@ -564,8 +553,8 @@ impl AdapterLayer for GloraLayer {
 impl LinearLayer for GloraLayer {
     fn forward(&self, x: &Tensor) -> rankfold_tensor::Result<Tensor> {
         let active = match &self.active {
-            Some(n) if self.merged.is_empty() => n,
-            _ => return self.base.forward(x),
+            Some(n) if self.base.merged().is_empty() => n,
+            _ => return self.base.live().forward(x),
         };
         let a =
             self.adapters
@@ -574,7 +563,7 @@ impl LinearLayer for GloraLayer {
                     op: "glora",
                     msg: format!("no adapter named `{active}`"),
                 })?;
-        let base = self.base.as_ref();
+        let base = self.base.live();
         let (rows, out_dims) =
             crate::layer::rows_of(x, base.in_features(), base.out_features(), "glora")
                 .map_err(to_tensor_error)?;
@@ -583,14 +572,15 @@ impl LinearLayer for GloraLayer {
             .reshape(out_dims)
     }
     fn in_features(&self) -> usize {
-        self.base.in_features()
+        self.base.live().in_features()
     }
     fn out_features(&self) -> usize {
-        self.base.out_features()
+        self.base.live().out_features()
     }
     fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self
             .base
+            .live()
             .parameters()
             .into_iter()
             .map(|(n, t)| (format!("base_layer.{n}"), t))
@@ -601,10 +591,10 @@ impl LinearLayer for GloraLayer {
         v
     }
     fn dense_weight(&self) -> rankfold_tensor::Result<Tensor> {
-        self.base.dense_weight()
+        self.base.live().dense_weight()
     }
     fn bias(&self) -> Option<Tensor> {
-        self.base.bias()
+        self.base.live().bias()
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
