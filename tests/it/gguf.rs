@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use rankfold_models::gguf::llama::{self, gguf_row_of_hf_row, LlamaHparams};
-use rankfold_models::gguf::{Array, GgmlType, GgufFile, Value};
+use rankfold_models::gguf::{Array, GgmlType, GgufFile, GgufTokenizer, Value};
 use rankfold_tensor::safetensors::MmapedSafetensors;
 use rankfold_tensor::{Device, Nf4Tensor};
 use serde_json::Value as Json;
@@ -174,6 +174,63 @@ fn llama_hparams_and_names() -> Result<()> {
     ensure!(hp.permuted_heads("blk.2.attn_q.weight") == Some(hp.n_head));
     ensure!(hp.permuted_heads("blk.2.attn_k.weight") == Some(hp.n_head_kv));
     ensure!(hp.permuted_heads("blk.2.attn_v.weight").is_none());
+    Ok(())
+}
+
+#[test]
+fn tokenizer_metadata() -> Result<()> {
+    let f = GgufFile::open(fixture("tiny_llama.gguf"))?;
+    let tok = GgufTokenizer::from_gguf(&f)?;
+    let j = &json("tiny_llama.json")?["tokenizer"];
+    let strs = |k: &str| -> Result<Vec<String>> { Ok(serde_json::from_value(j[k].clone())?) };
+    let id = |k: &str| j[k].as_u64().map(|v| v as u32);
+    ensure!(
+        Some(tok.model.as_str()) == j["model"].as_str() && tok.pre.as_deref() == j["pre"].as_str(),
+        "{tok:?}"
+    );
+    ensure!(
+        tok.tokens == strs("tokens")? && tok.merges == strs("merges")?,
+        "{tok:?}"
+    );
+    ensure!(
+        tok.token_types == Some(serde_json::from_value(j["token_types"].clone())?),
+        "{tok:?}"
+    );
+    ensure!(
+        tok.bos_id == id("bos_id") && tok.eos_id == id("eos_id"),
+        "{tok:?}"
+    );
+    ensure!(
+        tok.unk_id == id("unk_id") && tok.pad_id == id("pad_id"),
+        "{tok:?}"
+    );
+    ensure!(
+        tok.add_bos == j["add_bos"].as_bool()
+            && tok.chat_template.as_deref() == j["chat_template"].as_str()
+    );
+    ensure!(
+        tok.tokens.len() == LlamaHparams::from_gguf(&f)?.n_vocab,
+        "vocab"
+    );
+    // A special token id outside the vocabulary is an error naming the key.
+    let bad = B::head(0, 3)
+        .str("tokenizer.ggml.model")
+        .u32(8)
+        .str("gpt2")
+        .str("tokenizer.ggml.tokens")
+        .u32(9)
+        .u32(8)
+        .u64(1)
+        .str("a")
+        .str("tokenizer.ggml.eos_token_id")
+        .u32(4)
+        .u32(1)
+        .0;
+    let g = open_bytes(&bad)?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let e = GgufTokenizer::from_gguf(&g)
+        .err()
+        .context("eos id 1 of 1 token accepted")?;
+    ensure!(e.to_string().contains("tokenizer.ggml.eos_token_id"), "{e}");
     Ok(())
 }
 
@@ -606,6 +663,11 @@ fn smollm2_asset_loads_when_present() -> Result<()> {
             info.ggml_type
         );
     }
+    let tok = GgufTokenizer::from_gguf(&f)?;
+    ensure!(
+        tok.tokens.len() == hp.n_vocab && !tok.merges.is_empty() && tok.eos_id.is_some(),
+        "tokenizer"
+    );
     // With RANKFOLD_GGUF_REF set to `gguf_fixtures.py --real`'s output, compare bit for bit with gguf-py.
     if let Some(r) = std::env::var_os("RANKFOLD_GGUF_REF") {
         let refs = MmapedSafetensors::open(PathBuf::from(r))?;

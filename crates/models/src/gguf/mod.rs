@@ -1,6 +1,6 @@
 //! GGUF files (llama.cpp's model format, versions 2 and 3): the memory-mapped file, its metadata and tensor
 //! infos, and tensors read as f32 (`dequantize`, `read_rows`); `llama` maps a Llama GGUF to Hugging Face names,
-//! undoes the Q/K row permutation and loads straight to NF4.
+//! undoes the Q/K row permutation and loads straight to NF4; `GgufTokenizer` is the tokenizer metadata.
 //!
 //! Layout (little-endian): magic `GGUF`, u32 version, u64 tensor count, u64 metadata count; the metadata
 //! key/value pairs (u64-length UTF-8 key, u32 value type, value; arrays are u32 element type, u64 count,
@@ -11,6 +11,7 @@
 mod dequant;
 pub mod llama;
 mod reader;
+mod tokenizer;
 mod value;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::path::Path;
 use rankfold_tensor::{Device, Tensor};
 
 pub use dequant::GgmlType;
+pub use tokenizer::GgufTokenizer;
 pub use value::{Array, Value, ValueType};
 
 use crate::{Error, Result};
