@@ -9,7 +9,7 @@
 //! PEFT's bitsandbytes layers). Dense bases merge exactly up to f32 rounding.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rankfold_tensor::nn::{Linear, LinearLayer, Nf4Linear};
@@ -211,6 +211,70 @@ pub fn base_with_delta(
     Err(Error::Unsupported(format!(
         "merging into a base layer of type {base:?} is not supported"
     )))
+}
+
+/// A layer's named adapters: looked up by name, listed in the order they were added.
+#[derive(Debug)]
+pub struct AdapterMap<T> {
+    by_name: BTreeMap<String, T>,
+    order: Vec<String>,
+}
+
+impl<T> Default for AdapterMap<T> {
+    fn default() -> Self {
+        AdapterMap {
+            by_name: BTreeMap::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+impl<T> AdapterMap<T> {
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+    /// Adapter `name`, if the layer holds it.
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.by_name.get(name)
+    }
+    /// Adapter `name`, or [`Error::UnknownAdapter`].
+    pub fn find(&self, name: &str) -> Result<&T> {
+        self.by_name
+            .get(name)
+            .ok_or_else(|| Error::UnknownAdapter(name.into()))
+    }
+    /// Adapter `name` for changing, or [`Error::UnknownAdapter`].
+    pub fn find_mut(&mut self, name: &str) -> Result<&mut T> {
+        self.by_name
+            .get_mut(name)
+            .ok_or_else(|| Error::UnknownAdapter(name.into()))
+    }
+    /// Adds adapter `name` last, or refuses a name the layer already holds ([`Error::DuplicateAdapter`]).
+    pub fn insert(&mut self, name: &str, adapter: T) -> Result<()> {
+        if self.contains(name) {
+            return Err(Error::DuplicateAdapter(name.into()));
+        }
+        self.by_name.insert(name.to_string(), adapter);
+        self.order.push(name.to_string());
+        Ok(())
+    }
+    /// Drops adapter `name`, if held.
+    pub fn remove(&mut self, name: &str) -> Option<T> {
+        self.order.retain(|n| n != name);
+        self.by_name.remove(name)
+    }
+    /// The adapter names in the order they were added.
+    pub fn names(&self) -> &[String] {
+        &self.order
+    }
+    /// The adapters with their names, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &T)> {
+        self.order.iter().map(|n| (n, &self.by_name[n]))
+    }
+    /// The adapters with their names, for changing (in name order).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut T)> {
+        self.by_name.iter_mut()
+    }
 }
 
 /// The base of a layer that keeps its original aside while adapters are merged (AdaLoRA, GLoRA): merging

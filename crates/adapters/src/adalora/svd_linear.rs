@@ -2,7 +2,7 @@
 //! [`SvdAdapter`]s, one active; merging keeps the original base so unmerging is exact.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rankfold_tensor::nn::LinearLayer;
@@ -10,12 +10,12 @@ use rankfold_tensor::{Rng, Shape, Tensor};
 
 use super::layer::{count, SvdAdapter};
 use crate::layer::{
-    base_with_delta, check_no_extra, take_tensor, AdapterLayer, MergedBase, Method,
+    base_with_delta, check_no_extra, take_tensor, AdapterLayer, AdapterMap, MergedBase, Method,
 };
 use crate::{Error, Result};
 
 /// The adapters of one layer, by adapter name.
-type SvdAdapters = BTreeMap<String, SvdAdapter>;
+type SvdAdapters = AdapterMap<SvdAdapter>;
 
 /// A linear layer with AdaLoRA adapters over a base layer (dense or NF4): PEFT's `SVDLinear`. Parameters are
 /// named as PEFT names them inside the layer: `base_layer.weight`, `lora_A.<adapter>`, `lora_E.<adapter>`,
@@ -26,7 +26,6 @@ pub struct SvdLinear {
     /// restores W0 bit for bit (also on NF4).
     base: MergedBase,
     adapters: SvdAdapters,
-    order: Vec<String>,
     active: Option<String>,
     training: bool,
     rng: Mutex<Rng>,
@@ -37,8 +36,7 @@ impl SvdLinear {
     pub fn new(base: Box<dyn LinearLayer>) -> Self {
         SvdLinear {
             base: MergedBase::new(base),
-            adapters: SvdAdapters::new(),
-            order: Vec::new(),
+            adapters: SvdAdapters::default(),
             active: None,
             training: false,
             rng: Mutex::new(Rng::new(0x5eed_ada1)),
@@ -47,7 +45,7 @@ impl SvdLinear {
 
     /// Adds adapter `name` (frozen until activated); its shapes must fit the base.
     pub fn add_adapter(&mut self, name: &str, mut ad: SvdAdapter) -> Result<()> {
-        if self.adapters.contains_key(name) {
+        if self.adapters.contains(name) {
             return Err(Error::DuplicateAdapter(name.into()));
         }
         let (inf, out) = (self.in_features(), self.out_features());
@@ -62,20 +60,14 @@ impl SvdLinear {
             ));
         }
         ad.set_trainable(self.active.as_deref() == Some(name));
-        self.adapters.insert(name.to_string(), ad);
-        self.order.push(name.to_string());
-        Ok(())
+        self.adapters.insert(name, ad)
     }
 
     pub fn adapter(&self, name: &str) -> Result<&SvdAdapter> {
-        self.adapters
-            .get(name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))
+        self.adapters.find(name)
     }
     pub fn adapter_mut(&mut self, name: &str) -> Result<&mut SvdAdapter> {
-        self.adapters
-            .get_mut(name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))
+        self.adapters.find_mut(name)
     }
 
     /// The original base (W0 even while adapters are merged).
@@ -123,8 +115,7 @@ impl LinearLayer for SvdLinear {
             .into_iter()
             .map(|(n, t)| (format!("base_layer.{n}"), t))
             .collect();
-        for name in &self.order {
-            let ad = &self.adapters[name];
+        for (name, ad) in self.adapters.iter() {
             v.push((format!("lora_A.{name}"), ad.a.clone()));
             v.push((format!("lora_B.{name}"), ad.b.clone()));
             v.push((format!("lora_E.{name}"), ad.e.clone()));
@@ -157,7 +148,7 @@ impl AdapterLayer for SvdLinear {
         self.base.into_live()
     }
     fn adapter_names(&self) -> Vec<String> {
-        self.order.clone()
+        self.adapters.names().to_vec()
     }
     fn active(&self) -> Option<String> {
         self.active.clone()
@@ -249,7 +240,6 @@ impl AdapterLayer for SvdLinear {
             ));
         }
         self.adapters.remove(name);
-        self.order.retain(|n| n != name);
         if self.active.as_deref() == Some(name) {
             self.active = None;
         }

@@ -16,14 +16,14 @@
 //! step, a lower rank using the leading slice `Xd[:, :r]`, `Xu[:r, :]` of the same tensors. A plain adapter
 //! (from a config or fixed by the search) holds exactly the kind it uses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use rankfold_tensor::nn::{LinearLayer, Nf4Linear};
 use rankfold_tensor::{DType, Device, Rng, Tensor};
 
 use super::path::{Dims, Path};
 use super::{LayerChoice, PathKind, Support};
-use crate::layer::{base_with_delta, AdapterLayer, MergedBase, Method};
+use crate::layer::{base_with_delta, AdapterLayer, AdapterMap, MergedBase, Method};
 use crate::{Error, Result};
 
 /// The placeholder module name a layer puts in its errors; [`in_module`] replaces it with the module path
@@ -83,9 +83,7 @@ pub struct GloraLayer {
     /// unmerging restores W0 and b0 bit for bit (PEFT divides by `1 + ΣA` instead, which is inexact and fails
     /// where `1 + ΣA` is zero).
     base: MergedBase,
-    adapters: BTreeMap<String, Adapter>,
-    /// Adapter names in the order they were added.
-    order: Vec<String>,
+    adapters: AdapterMap<Adapter>,
     active: Option<String>,
     training: bool,
     /// Forces the factorized forward on a dense base (it is always used on an NF4 base); for tests and for
@@ -98,8 +96,7 @@ impl GloraLayer {
     pub(crate) fn empty(base: Box<dyn LinearLayer>) -> Self {
         GloraLayer {
             base: MergedBase::new(base),
-            adapters: BTreeMap::new(),
-            order: Vec::new(),
+            adapters: AdapterMap::default(),
             active: None,
             training: true,
             factorized: false,
@@ -144,7 +141,7 @@ impl GloraLayer {
         init_weights: bool,
         rng: &mut Rng,
     ) -> Result<()> {
-        if self.adapters.contains_key(name) {
+        if self.adapters.contains(name) {
             return Err(Error::DuplicateAdapter(name.to_string()));
         }
         if let Some((k, s)) = active.invalid_path() {
@@ -166,8 +163,7 @@ impl GloraLayer {
             paths.push(Path::new(k, &shapes, act, d, init_weights, rng)?);
         }
         let paths: [Path; 5] = paths.try_into().expect("five paths were pushed");
-        self.adapters.insert(name.to_string(), Adapter { paths });
-        self.order.push(name.to_string());
+        self.adapters.insert(name, Adapter { paths })?;
         let active = self.active.clone().or_else(|| Some(name.to_string()));
         self.activate(active);
         Ok(())
@@ -216,14 +212,10 @@ impl GloraLayer {
     }
 
     pub(crate) fn adapter(&self, name: &str) -> Result<&Adapter> {
-        self.adapters
-            .get(name)
-            .ok_or_else(|| Error::UnknownAdapter(name.to_string()))
+        self.adapters.find(name)
     }
     pub(crate) fn adapter_mut(&mut self, name: &str) -> Result<&mut Adapter> {
-        self.adapters
-            .get_mut(name)
-            .ok_or_else(|| Error::UnknownAdapter(name.to_string()))
+        self.adapters.find_mut(name)
     }
 
     /// The shapes adapter `name` uses now.
@@ -467,7 +459,7 @@ impl AdapterLayer for GloraLayer {
         self.base.into_live()
     }
     fn adapter_names(&self) -> Vec<String> {
-        self.order.clone()
+        self.adapters.names().to_vec()
     }
     fn active(&self) -> Option<String> {
         self.active.clone()
@@ -585,7 +577,7 @@ impl LinearLayer for GloraLayer {
             .into_iter()
             .map(|(n, t)| (format!("base_layer.{n}"), t))
             .collect();
-        for name in &self.order {
+        for name in self.adapters.names() {
             v.extend(self.adapter_parameters(name).unwrap_or_default());
         }
         v
