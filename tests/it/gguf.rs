@@ -492,6 +492,24 @@ fn hostile_headers_are_rejected_quickly_with_named_fields() -> Result<()> {
     let align = |a: u32| B::head(0, 1).str("general.alignment").u32(4).u32(a).0;
     expect_err("alignment 3", &align(3), &["general.alignment"])?;
     expect_err("alignment 0", &align(0), &["general.alignment"])?;
+    // A wrong-typed value is described briefly: a 100,000-element array does not end up in the message.
+    let arr = B::head(0, 1)
+        .str("general.alignment")
+        .u32(9)
+        .u32(0)
+        .u64(100_000)
+        .raw(&[7; 100_000])
+        .0;
+    expect_err(
+        "alignment array",
+        &arr,
+        &["general.alignment", "array of 100000 U8"],
+    )?;
+    let msg = open_bytes(&arr)?
+        .err()
+        .context("alignment array opened")?
+        .to_string();
+    ensure!(msg.len() < 300, "a {}-byte message", msg.len());
     expect_err(
         "duplicate key",
         &B::head(0, 2)

@@ -49,7 +49,10 @@ fn usize_key(f: &GgufFile, key: &str, default: Option<usize>) -> Result<usize> {
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| {
-                f.meta_err(key, format!("expected a non-negative integer, found {v:?}"))
+                f.meta_err(
+                    key,
+                    format!("expected a non-negative integer, found {}", v.describe()),
+                )
             }),
     }
 }
@@ -59,7 +62,7 @@ fn float_key(f: &GgufFile, key: &str, default: f64) -> Result<f64> {
         None => Ok(default),
         Some(v) => v
             .as_f64()
-            .ok_or_else(|| f.meta_err(key, format!("expected a number, found {v:?}"))),
+            .ok_or_else(|| f.meta_err(key, format!("expected a number, found {}", v.describe()))),
     }
 }
 
@@ -89,7 +92,7 @@ impl LlamaHparams {
             Some(v) => {
                 return Err(f.meta_err(
                     "tokenizer.ggml.tokens",
-                    format!("expected an array, found {v:?}"),
+                    format!("expected an array, found {}", v.describe()),
                 ))
             }
             None => match f.get("llama.vocab_size") {

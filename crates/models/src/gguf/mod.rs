@@ -162,7 +162,10 @@ impl GgufFile {
             Some(v) => {
                 return Err(hdr(
                     "metadata `general.alignment`",
-                    Bad::Invalid(format!("must be a u32 power of two, found {v:?}")),
+                    Bad::Invalid(format!(
+                        "must be a u32 power of two, found {}",
+                        v.describe()
+                    )),
                 ))
             }
         };

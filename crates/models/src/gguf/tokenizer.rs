@@ -68,7 +68,10 @@ impl GgufTokenizer {
             Some(v) => {
                 return Err(f.meta_err(
                     "tokenizer.ggml.token_type",
-                    format!("expected {n} i32 values (one per token), found {v:?}"),
+                    format!(
+                        "expected {n} i32 values (one per token), found {}",
+                        v.describe()
+                    ),
                 ))
             }
         };
@@ -79,7 +82,10 @@ impl GgufTokenizer {
                     Some(x) if (x as usize) < n => Ok(Some(x)),
                     _ => Err(f.meta_err(
                         key,
-                        format!("expected a token id below the vocabulary size {n}, found {v:?}"),
+                        format!(
+                            "expected a token id below the vocabulary size {n}, found {}",
+                            v.describe()
+                        ),
                     )),
                 },
             }
@@ -89,7 +95,7 @@ impl GgufTokenizer {
             Some(v) => Some(v.as_bool().ok_or_else(|| {
                 f.meta_err(
                     "tokenizer.ggml.add_bos_token",
-                    format!("expected a bool, found {v:?}"),
+                    format!("expected a bool, found {}", v.describe()),
                 )
             })?),
         };

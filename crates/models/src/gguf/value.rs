@@ -155,6 +155,18 @@ impl Value {
         }
     }
 
+    /// A short description for error messages: scalars in full, strings cut at 40 characters, arrays as their
+    /// element type and length (an array can hold millions of elements).
+    pub fn describe(&self) -> String {
+        match self {
+            Value::String(s) if s.chars().count() > 40 => {
+                format!("string {:?}…", s.chars().take(40).collect::<String>())
+            }
+            Value::Array(a) => format!("array of {} {:?}", a.len(), a.elem_type()),
+            v => format!("{v:?}"),
+        }
+    }
+
     /// Any integer value that is non-negative, as u64.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
