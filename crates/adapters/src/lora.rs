@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::{from_json, CommonConfig, TargetModules};
 use crate::layer::{
-    self, base_with_delta, rows_of, AdapterLayer, AdapterMethod, InjectResult, Method,
+    self, base_with_delta, rows_of, AdapterLayer, AdapterMap, AdapterMethod, InjectResult, Method,
 };
 use crate::{target, Error, Result};
 
@@ -213,7 +213,6 @@ impl LoraConfig {
     fn new_adapter(
         &self,
         path: &str,
-        name: &str,
         base: &dyn LinearLayer,
         rng: &mut Rng,
     ) -> Result<(LoraAdapter, Option<Tensor>)> {
@@ -252,7 +251,6 @@ impl LoraConfig {
         };
         let seed = rng.next_u64();
         let ad = LoraAdapter {
-            name: name.into(),
             r,
             scaling,
             dropout: self.lora_dropout,
@@ -275,10 +273,10 @@ impl LoraConfig {
             Ok(l) => l,
             Err(base) => Box::new(LoraLayer::new(base)),
         };
-        if lora.adapters.iter().any(|a| a.name == name) {
+        if lora.adapters.contains(name) {
             return Err((lora, Error::DuplicateAdapter(name.into())));
         }
-        let (ad, residual) = match self.new_adapter(path, name, lora.base.as_ref(), rng) {
+        let (ad, residual) = match self.new_adapter(path, lora.base.as_ref(), rng) {
             Ok(v) => v,
             Err(e) => return Err((lora.unwrap_if_empty(), e)),
         };
@@ -288,8 +286,10 @@ impl LoraConfig {
                 Err(e) => return Err((lora.unwrap_if_empty(), e)),
             }
         }
-        lora.adapters.push(ad);
-        Ok(lora)
+        match lora.adapters.insert(name, ad) {
+            Ok(()) => Ok(lora),
+            Err(e) => Err((lora, e)),
+        }
     }
 }
 
@@ -361,7 +361,6 @@ impl AdapterMethod for LoraConfig {
 /// One named LoRA adapter of a layer.
 #[derive(Debug)]
 struct LoraAdapter {
-    name: String,
     r: usize,
     scaling: f64,
     dropout: f64,
@@ -387,7 +386,7 @@ fn trainable(t: &Tensor, on: bool) -> Tensor {
 #[derive(Debug)]
 pub struct LoraLayer {
     base: Box<dyn LinearLayer>,
-    adapters: Vec<LoraAdapter>,
+    adapters: AdapterMap<LoraAdapter>,
     active: Option<String>,
     merged: Vec<String>,
     training: bool,
@@ -399,7 +398,7 @@ impl LoraLayer {
     fn new(base: Box<dyn LinearLayer>) -> Self {
         LoraLayer {
             base,
-            adapters: Vec::new(),
+            adapters: AdapterMap::default(),
             active: None,
             merged: Vec::new(),
             training: false,
@@ -408,23 +407,17 @@ impl LoraLayer {
     }
     /// The layer handed back from a failed injection: the bare base when it held no adapter yet.
     fn unwrap_if_empty(self: Box<Self>) -> Box<dyn LinearLayer> {
-        if self.adapters.is_empty() {
+        if self.adapters.names().is_empty() {
             self.base
         } else {
             self
         }
     }
     fn adapter(&self, name: &str) -> Result<&LoraAdapter> {
-        self.adapters
-            .iter()
-            .find(|a| a.name == name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))
+        self.adapters.find(name)
     }
     fn adapter_mut(&mut self, name: &str) -> Result<&mut LoraAdapter> {
-        self.adapters
-            .iter_mut()
-            .find(|a| a.name == name)
-            .ok_or_else(|| Error::UnknownAdapter(name.into()))
+        self.adapters.find_mut(name)
     }
     /// A (`[r, in]`) and B (`[out, r]`) of adapter `name`.
     pub fn lora_tensors(&self, name: &str) -> Result<(Tensor, Tensor)> {
@@ -468,7 +461,7 @@ impl LinearLayer for LoraLayer {
         else {
             return Ok(y);
         };
-        let Some(ad) = self.adapters.iter().find(|a| a.name == name) else {
+        let Some(ad) = self.adapters.get(name) else {
             return Ok(y);
         };
         let d = self.branch(x, ad)?;
@@ -487,9 +480,9 @@ impl LinearLayer for LoraLayer {
             .into_iter()
             .map(|(n, t)| (format!("base_layer.{n}"), t))
             .collect();
-        for a in &self.adapters {
-            v.push((format!("lora_A.{}.weight", a.name), a.a.clone()));
-            v.push((format!("lora_B.{}.weight", a.name), a.b.clone()));
+        for (name, a) in self.adapters.iter() {
+            v.push((format!("lora_A.{name}.weight"), a.a.clone()));
+            v.push((format!("lora_B.{name}.weight"), a.b.clone()));
         }
         v
     }
@@ -512,7 +505,7 @@ impl AdapterLayer for LoraLayer {
         let fa = self
             .active
             .as_deref()
-            .and_then(|n| self.adapters.iter().find(|a| a.name == n))
+            .and_then(|n| self.adapters.get(n))
             .is_some_and(|a| a.freeze_a);
         if fa {
             Method::LoraFa
@@ -527,7 +520,7 @@ impl AdapterLayer for LoraLayer {
         self.base
     }
     fn adapter_names(&self) -> Vec<String> {
-        self.adapters.iter().map(|a| a.name.clone()).collect()
+        self.adapters.names().to_vec()
     }
     fn active(&self) -> Option<String> {
         self.active.clone()
@@ -536,8 +529,8 @@ impl AdapterLayer for LoraLayer {
         if let Some(n) = name {
             self.adapter(n)?;
         }
-        for a in &mut self.adapters {
-            let on = Some(a.name.as_str()) == name;
+        for (n, a) in self.adapters.iter_mut() {
+            let on = Some(n.as_str()) == name;
             a.a = trainable(&a.a, on && !a.freeze_a);
             a.b = trainable(&a.b, on);
         }
@@ -602,7 +595,7 @@ impl AdapterLayer for LoraLayer {
             )));
         }
         self.adapter(name)?;
-        self.adapters.retain(|a| a.name != name);
+        self.adapters.remove(name);
         if self.active.as_deref() == Some(name) {
             self.active = None;
         }
