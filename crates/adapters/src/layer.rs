@@ -152,13 +152,7 @@ pub fn downcast_adapter_mut<T: AdapterLayer>(
 pub fn into_adapter<T: AdapterLayer>(
     layer: Box<dyn LinearLayer>,
 ) -> std::result::Result<Box<dyn AdapterLayer>, Box<dyn LinearLayer>> {
-    if !layer.as_any().is::<T>() {
-        return Err(layer);
-    }
-    let any: Box<dyn Any> = layer;
-    Ok(any
-        .downcast::<T>()
-        .expect("the type was checked just above"))
+    downcast_box::<T>(layer).map(|l| l as Box<dyn AdapterLayer>)
 }
 
 /// `layer` boxed as a `T`, or handed back (for a method's `inject`, to extend its own layer).
