@@ -36,3 +36,5 @@ mod adapters_adalora;
 mod adapters_lora;
 // GGUF reader: gguf-py fixtures bit for bit (every type), Q/K permutation, Llama names, NF4 on load, hostile headers.
 mod gguf;
+// Llama decoder: tiny HF models and PEFT LoRA/rsLoRA vs PyTorch logits, KV cache, loader errors, SmolLM2 GGUF.
+mod llama;

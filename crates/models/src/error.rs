@@ -27,6 +27,18 @@ pub enum Error {
         key: String,
         msg: String,
     },
+    #[error("model config {path}: field `{field}`: {msg}")]
+    Config {
+        path: String,
+        field: String,
+        msg: String,
+    },
+    #[error("model weights {path}: tensor `{tensor}`: {msg}")]
+    Weights {
+        path: String,
+        tensor: String,
+        msg: String,
+    },
     #[error(transparent)]
     Tensor(#[from] rankfold_tensor::Error),
 }

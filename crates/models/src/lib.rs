@@ -3,5 +3,6 @@
 
 mod error;
 pub mod gguf;
+pub mod llama;
 
 pub use error::{Error, Result};

@@ -1,0 +1,191 @@
+//! The Llama decoder against PyTorch: tiny random Hugging Face models (tied and untied LM heads, grouped-query
+//! attention) and PEFT LoRA / rsLoRA adapters written by `tests/fixtures/llama_fixtures.py`, the KV cache
+//! against the full forward, loader errors, and the real SmolLM2 GGUF when `cargo xtask assets` fetched it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use rankfold_adapters::PeftModel;
+use rankfold_models::gguf::{GgufFile, GgufTokenizer};
+use rankfold_models::llama::{KvCache, Llama};
+use rankfold_tensor::{safetensors, DType, Device, Tensor};
+
+fn case_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/llama")
+        .join(case)
+}
+
+/// The fixture's token ids [2, 7] as U32, and a named f32 tensor from an io.safetensors.
+fn io(dir: &Path, key: &str) -> Result<(Tensor, Vec<f32>)> {
+    let st = safetensors::MmapedSafetensors::open(case_dir("untied").join("io.safetensors"))?;
+    let ids: Vec<i64> = st.load("tokens", Device::Cpu)?.to_vec()?;
+    let ids: Vec<u32> = ids
+        .iter()
+        .map(|&i| u32::try_from(i))
+        .collect::<std::result::Result<_, _>>()?;
+    let tokens = Tensor::from_vec(ids, (2, 7), Device::Cpu)?;
+    let st = safetensors::MmapedSafetensors::open(dir.join("io.safetensors"))?;
+    Ok((tokens, st.load(key, Device::Cpu)?.to_vec_f32()?))
+}
+
+fn assert_close(what: &str, got: &Tensor, want: &[f32]) -> Result<()> {
+    ensure!(got.dims() == [2, 7, 97], "{what}: shape {:?}", got.dims());
+    let got = got.to_vec_f32()?;
+    let mut worst = 0f32;
+    for (g, w) in got.iter().zip(want) {
+        worst = worst.max((g - w).abs() / w.abs().max(1.0));
+    }
+    ensure!(worst <= 1e-4, "{what}: worst relative difference {worst}");
+    Ok(())
+}
+
+#[test]
+fn tiny_llama_matches_pytorch_tied_and_untied() -> Result<()> {
+    for case in ["tied", "untied"] {
+        let dir = case_dir(case);
+        let model = Llama::from_hf_dir(&dir, DType::F32, Device::Cpu)?;
+        ensure!(
+            model.config.tie_word_embeddings == (case == "tied")
+                && model.config.num_key_value_heads == 2
+        );
+        let (tokens, want) = io(&dir, "logits")?;
+        assert_close(case, &model.forward(&tokens)?, &want)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn peft_lora_and_rslora_on_the_tiny_llama_match_pytorch() -> Result<()> {
+    for method in ["lora", "rslora"] {
+        let model = Llama::from_hf_dir(case_dir("untied"), DType::F32, Device::Cpu)?;
+        let mut peft = PeftModel::new(model, 0);
+        let dir = case_dir("untied").join(method);
+        let paths = peft.load(&dir, "default")?;
+        ensure!(
+            paths.len() == 14,
+            "{method}: adapted {} layers: {paths:?}",
+            paths.len()
+        );
+        let (tokens, want) = io(&dir, "logits")?;
+        assert_close(method, &peft.model().forward(&tokens)?, &want)?;
+        let merged = peft.merge_and_unload()?;
+        let (_, want) = io(&dir, "merged_logits")?;
+        assert_close(
+            &format!("{method} merged"),
+            &merged.forward(&tokens)?,
+            &want,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn kv_cache_steps_reproduce_the_full_forward() -> Result<()> {
+    let model = Llama::from_hf_dir(case_dir("untied"), DType::F32, Device::Cpu)?;
+    let (tokens, _) = io(&case_dir("untied"), "logits")?;
+    let full = model.forward(&tokens)?.to_vec_f32()?;
+    // A prefix of 3, then 1, then 3 positions.
+    let mut cache = KvCache::new();
+    let mut got = vec![Vec::new(), Vec::new()];
+    for (start, len) in [(0, 3), (3, 1), (4, 3)] {
+        let y = model
+            .forward_cached(&tokens.narrow(1, start, len)?.contiguous()?, &mut cache)?
+            .to_vec_f32()?;
+        for (b, row) in got.iter_mut().enumerate() {
+            row.extend_from_slice(&y[b * len * 97..(b + 1) * len * 97]);
+        }
+    }
+    ensure!(cache.len() == 7);
+    let got: Vec<f32> = got.concat();
+    let worst = got
+        .iter()
+        .zip(&full)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    ensure!(
+        worst <= 1e-4,
+        "cached logits differ from the full forward by {worst}"
+    );
+    Ok(())
+}
+
+#[test]
+fn missing_tensor_errors_name_the_folder_and_tensor() -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("rankfold-llama-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::copy(
+        case_dir("untied").join("config.json"),
+        tmp.join("config.json"),
+    )?;
+    let st = safetensors::MmapedSafetensors::open(case_dir("untied").join("model.safetensors"))?;
+    let all = st.load_all(Device::Cpu)?;
+    let kept: Vec<(&str, &Tensor)> = all
+        .iter()
+        .filter(|(k, _)| k.as_str() != "model.layers.1.mlp.up_proj.weight")
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    safetensors::save(tmp.join("model.safetensors"), &kept, None)?;
+    let err = Llama::from_hf_dir(&tmp, DType::F32, Device::Cpu)
+        .expect_err("a tensor is missing")
+        .to_string();
+    let _ = std::fs::remove_dir_all(&tmp);
+    ensure!(
+        err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("rankfold-llama-missing"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// The SmolLM2-135M-Instruct asset (`cargo xtask assets`), when it has been fetched.
+fn smollm2_asset() -> Option<PathBuf> {
+    let root = std::env::var_os("RANKFOLD_ASSETS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rankfold/assets"))
+        })?;
+    let p = root.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn smollm2_gguf_continues_a_prompt_sensibly() -> Result<()> {
+    let Some(path) = smollm2_asset() else {
+        eprintln!("skipped: the SmolLM2 asset is not fetched (cargo xtask assets)");
+        return Ok(());
+    };
+    let tok = GgufTokenizer::from_gguf(&GgufFile::open(&path)?)?;
+    let id = |s: &str| -> Result<u32> {
+        let i = tok
+            .tokens
+            .iter()
+            .position(|t| t == s)
+            .with_context(|| format!("token {s:?} not in the vocabulary"))?;
+        Ok(u32::try_from(i)?)
+    };
+    // "The capital of France is" in GPT-2 byte-level BPE pieces (Ġ marks a leading space).
+    let prompt: Vec<u32> = ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"]
+        .iter()
+        .map(|s| id(s))
+        .collect::<Result<_>>()?;
+    let model = Llama::from_gguf(&path)?;
+    let mut cache = KvCache::new();
+    let mut next = Tensor::from_vec(prompt.clone(), (1, prompt.len()), Device::Cpu)?;
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let logits = model.forward_cached(&next, &mut cache)?;
+        let t = logits.dims()[1];
+        let last = logits.narrow(1, t - 1, 1)?.contiguous()?;
+        let v = last.to_vec_f32()?;
+        ensure!(v.iter().all(|x| x.is_finite()), "non-finite logits");
+        let best = last.argmax(-1, false)?.flatten_all()?.to_vec::<u32>()?[0];
+        out.push(tok.tokens[best as usize].clone());
+        next = Tensor::from_vec(vec![best], (1, 1), Device::Cpu)?;
+    }
+    eprintln!("SmolLM2 continues \"The capital of France is\" with {out:?}");
+    ensure!(
+        out.iter().any(|s| s.contains("Paris")),
+        "expected Paris in the continuation, got {out:?}"
+    );
+    Ok(())
+}
