@@ -38,3 +38,5 @@ mod adapters_lora;
 mod gguf;
 // Llama decoder: tiny HF models and PEFT LoRA/rsLoRA vs PyTorch logits, KV cache, loader errors, SmolLM2 GGUF.
 mod llama;
+// rankfold-train data: JSONL readers and errors, ChatML labels, packing, padding, seeded order, IMDB splits.
+mod data;

@@ -1,0 +1,58 @@
+//! The one error type of rankfold-train: every data error names the file (or source) and, where there is one, the
+//! line or row.
+
+use std::path::PathBuf;
+
+/// Errors of rankfold-train.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A data file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A line of a JSONL file (1-based `line`) is not valid JSON or not a JSON object.
+    #[error("{source_name}:{line}: invalid JSON: {message}")]
+    Json {
+        /// The file name (or the name given to in-memory text).
+        source_name: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A record lacks a field its format needs.
+    #[error("{source_name}:{line}: missing field `{field}`")]
+    MissingField {
+        /// The file name (or the name given to in-memory text).
+        source_name: String,
+        /// 1-based line number (for IMDB: the 1-based row of the array).
+        line: usize,
+        /// The field.
+        field: String,
+    },
+    /// A field has the wrong type or an invalid value.
+    #[error("{source_name}:{line}: field `{field}` must be {expected}")]
+    BadField {
+        /// The file name (or the name given to in-memory text).
+        source_name: String,
+        /// 1-based line number (for IMDB: the 1-based row of the array).
+        line: usize,
+        /// The field.
+        field: String,
+        /// What it must be.
+        expected: String,
+    },
+    /// Settings that cannot work (batch size 0, split sizes larger than the data set, …).
+    #[error("invalid data settings: {0}")]
+    Config(String),
+    /// Building tensors from a batch failed.
+    #[error(transparent)]
+    Tensor(#[from] rankfold_tensor::Error),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
