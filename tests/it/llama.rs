@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use rankfold_adapters::PeftModel;
 use rankfold_models::gguf::{GgufFile, GgufTokenizer};
-use rankfold_models::llama::{KvCache, Llama};
+use rankfold_models::llama::{GenerateOptions, KvCache, Llama};
 use rankfold_tensor::{safetensors, DType, Device, Tensor};
 
 fn case_dir(case: &str) -> PathBuf {
@@ -137,6 +137,90 @@ fn missing_tensor_errors_name_the_folder_and_tensor() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn greedy_generation_matches_full_forward_argmax_and_sampling_is_seeded() -> Result<()> {
+    let model = Llama::from_hf_dir(case_dir("tied"), DType::F32, Device::Cpu)?;
+    let prompt = [5u32, 61, 17, 90, 2];
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        ..GenerateOptions::default()
+    };
+    let got = model.generate(&prompt, &opts)?;
+    // The reference re-runs the whole sequence without a cache for every step.
+    let mut seq = prompt.to_vec();
+    for _ in 0..6 {
+        let logits = model.forward_ids(&seq, 1, seq.len())?;
+        let last = logits
+            .narrow(1, seq.len() - 1, 1)?
+            .flatten_all()?
+            .to_vec_f32()?;
+        let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        seq.push(u32::try_from(best)?);
+    }
+    ensure!(
+        got == seq[prompt.len()..],
+        "greedy {got:?} vs reference {:?}",
+        &seq[prompt.len()..]
+    );
+    let stop = GenerateOptions {
+        stop_tokens: vec![got[2]],
+        ..opts.clone()
+    };
+    let first_stop = got
+        .iter()
+        .position(|&t| t == got[2])
+        .context("stop token")?;
+    ensure!(
+        model.generate(&prompt, &stop)? == got[..=first_stop],
+        "generation did not stop at the stop token"
+    );
+    let sampled = GenerateOptions {
+        temperature: 1.3,
+        top_p: 0.9,
+        seed: 9,
+        max_new_tokens: 8,
+        ..opts
+    };
+    let a = model.generate(&prompt, &sampled)?;
+    ensure!(
+        a.len() == 8 && a == model.generate(&prompt, &sampled)?,
+        "sampling with one seed is not repeatable"
+    );
+    Ok(())
+}
+
+#[test]
+fn sharded_index_loads_the_same_model() -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("rankfold-llama-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::copy(
+        case_dir("untied").join("config.json"),
+        tmp.join("config.json"),
+    )?;
+    let st = safetensors::MmapedSafetensors::open(case_dir("untied").join("model.safetensors"))?;
+    let all = st.load_all(Device::Cpu)?;
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    for (i, chunk) in names.chunks(names.len().div_ceil(3)).enumerate() {
+        let file = format!("model-{:05}-of-00003.safetensors", i + 1);
+        let part: Vec<(&str, &Tensor)> = chunk.iter().map(|k| (k.as_str(), &all[*k])).collect();
+        safetensors::save(tmp.join(&file), &part, None)?;
+        for k in chunk {
+            map.insert((*k).clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        tmp.join("model.safetensors.index.json"),
+        serde_json::to_string(&index)?,
+    )?;
+    let model = Llama::from_hf_dir(&tmp, DType::F32, Device::Cpu);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (tokens, want) = io(&case_dir("untied"), "logits")?;
+    assert_close("sharded", &model?.forward(&tokens)?, &want)
+}
+
 /// The SmolLM2-135M-Instruct asset (`cargo xtask assets`), when it has been fetched.
 fn smollm2_asset() -> Option<PathBuf> {
     let root = std::env::var_os("RANKFOLD_ASSETS")
@@ -168,9 +252,26 @@ fn smollm2_gguf_continues_a_prompt_sensibly() -> Result<()> {
         .iter()
         .map(|s| id(s))
         .collect::<Result<_>>()?;
-    let model = Llama::from_gguf(&path)?;
+    for nf4 in [false, true] {
+        let model = if nf4 {
+            Llama::from_gguf_nf4(&path, 64, true)?
+        } else {
+            Llama::from_gguf(&path)?
+        };
+        let out = greedy_pieces(&model, &tok, &prompt)?;
+        eprintln!("SmolLM2 (NF4: {nf4}) continues \"The capital of France is\" with {out:?}");
+        ensure!(
+            out.iter().any(|s| s.contains("Paris")),
+            "NF4 {nf4}: expected Paris in the continuation, got {out:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Three greedy tokens after `prompt`, as vocabulary pieces, checking every logit is finite.
+fn greedy_pieces(model: &Llama, tok: &GgufTokenizer, prompt: &[u32]) -> Result<Vec<String>> {
     let mut cache = KvCache::new();
-    let mut next = Tensor::from_vec(prompt.clone(), (1, prompt.len()), Device::Cpu)?;
+    let mut next = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), Device::Cpu)?;
     let mut out = Vec::new();
     for _ in 0..3 {
         let logits = model.forward_cached(&next, &mut cache)?;
@@ -182,10 +283,5 @@ fn smollm2_gguf_continues_a_prompt_sensibly() -> Result<()> {
         out.push(tok.tokens[best as usize].clone());
         next = Tensor::from_vec(vec![best], (1, 1), Device::Cpu)?;
     }
-    eprintln!("SmolLM2 continues \"The capital of France is\" with {out:?}");
-    ensure!(
-        out.iter().any(|s| s.contains("Paris")),
-        "expected Paris in the continuation, got {out:?}"
-    );
-    Ok(())
+    Ok(out)
 }
