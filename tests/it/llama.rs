@@ -1,6 +1,7 @@
 //! The Llama decoder against PyTorch: tiny random Hugging Face models (tied and untied LM heads, grouped-query
-//! attention) and PEFT LoRA / rsLoRA adapters written by `tests/fixtures/llama_fixtures.py`, the KV cache
-//! against the full forward, loader errors, and the real SmolLM2 GGUF when `cargo xtask assets` fetched it.
+//! attention) and PEFT LoRA / rsLoRA / AdaLoRA / GLoRA adapters written by `tests/fixtures/llama_fixtures.py`,
+//! the KV cache and generation against the full forward, sharded loading, loader errors, and the real SmolLM2
+//! GGUF (f32 and NF4) when `cargo xtask assets` fetched it.
 
 use std::path::{Path, PathBuf};
 
@@ -56,8 +57,8 @@ fn tiny_llama_matches_pytorch_tied_and_untied() -> Result<()> {
 }
 
 #[test]
-fn peft_lora_and_rslora_on_the_tiny_llama_match_pytorch() -> Result<()> {
-    for method in ["lora", "rslora"] {
+fn peft_lora_rslora_adalora_glora_on_the_tiny_llama_match_pytorch() -> Result<()> {
+    for method in ["lora", "rslora", "adalora", "glora"] {
         let model = Llama::from_hf_dir(case_dir("untied"), DType::F32, Device::Cpu)?;
         let mut peft = PeftModel::new(model, 0);
         let dir = case_dir("untied").join(method);

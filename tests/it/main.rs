@@ -36,7 +36,7 @@ mod adapters_adalora;
 mod adapters_lora;
 // GGUF reader: gguf-py fixtures bit for bit (every type), Q/K permutation, Llama names, NF4 on load, hostile headers.
 mod gguf;
-// Llama decoder: tiny HF models and PEFT LoRA/rsLoRA vs PyTorch logits, KV cache, loader errors, SmolLM2 GGUF.
+// Llama decoder: tiny HF models and PEFT LoRA/rsLoRA/AdaLoRA/GLoRA vs PyTorch logits, KV cache, generation, SmolLM2.
 mod llama;
 // rankfold-train data: JSONL readers and errors, ChatML labels, packing, padding, seeded order, IMDB splits.
 mod data;
