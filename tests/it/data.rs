@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use rankfold_tensor::{DType, Device, Rng};
 use rankfold_train::data::{
     batch::{collate, collate_class, epoch_order, pack, Loader, PadSide, Padding},
-    chatml_example, chatml_text,
+    chatml_example, chatml_text, class_example,
     imdb::{self, SplitSizes},
     jsonl, lm_example, prompt_completion_example, ClassExample, Example, LabeledText, Message,
     PromptCompletion, PromptFormat, Tokenize, IGNORE,
@@ -652,5 +652,42 @@ fn imdb_real_file_when_cached() {
         s.test,
         imdb::load(&path, SplitSizes::default()).unwrap().test,
         "the split is fixed"
+    );
+}
+
+#[test]
+fn class_examples_and_closure_tokenizers() {
+    // A closure is a tokenizer: here, byte values.
+    let bytes = |t: &str| t.bytes().map(u32::from).collect::<Vec<u32>>();
+    for record in jsonl::read_labeled(fixture("labeled.jsonl")).unwrap() {
+        let full = class_example(&bytes, &record, None);
+        assert_eq!(
+            full.input_ids,
+            record.text.bytes().map(u32::from).collect::<Vec<_>>()
+        );
+        assert_eq!(full.label, record.label);
+        let cut = class_example(&bytes, &record, Some(4));
+        assert_eq!(cut.input_ids, full.input_ids[..4]);
+    }
+}
+
+#[test]
+fn inconsistent_examples_are_rejected() {
+    let mut rng = Rng::new(23);
+    let good = random_example(&mut rng, 9);
+    let mut bad = random_example(&mut rng, 9);
+    bad.labels.push(IGNORE);
+    let padding = Padding {
+        pad_id: 0,
+        side: PadSide::Right,
+        max_len: None,
+    };
+    assert_mentions(
+        collate(&[&good, &bad], &padding).unwrap_err(),
+        &["example 1", "labels"],
+    );
+    assert_mentions(
+        pack(&[good, bad], 4, false).unwrap_err(),
+        &["example 1", "segment ids"],
     );
 }

@@ -17,6 +17,7 @@ pub fn pack(examples: &[Example], seq_len: usize, drop_last: bool) -> Result<Vec
     if seq_len == 0 {
         return Err(Error::Config("packing needs seq_len > 0".into()));
     }
+    check_examples(examples.iter())?;
     let mut out = Vec::new();
     let mut cur = Example::default();
     let mut segment = 0u32;
@@ -140,8 +141,25 @@ fn offset(side: PadSide, seq_len: usize, len: usize) -> usize {
     }
 }
 
+/// Checks every example's labels and segment ids are as long as its token ids (the fields are public, so a
+/// caller can build inconsistent ones).
+fn check_examples<'a>(examples: impl Iterator<Item = &'a Example>) -> Result<()> {
+    for (i, ex) in examples.enumerate() {
+        if ex.labels.len() != ex.len() || ex.segment_ids.len() != ex.len() {
+            return Err(Error::Config(format!(
+                "example {i} has {} token ids but {} labels and {} segment ids",
+                ex.len(),
+                ex.labels.len(),
+                ex.segment_ids.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Pads `examples` into one batch.
 pub fn collate(examples: &[&Example], padding: &Padding) -> Result<Batch> {
+    check_examples(examples.iter().copied())?;
     let (batch, seq_len) = row_len(examples.iter().map(|e| e.len()), padding)?;
     let cells = batch * seq_len;
     let mut b = Batch {

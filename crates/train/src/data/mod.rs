@@ -12,6 +12,6 @@ pub use batch::{
 };
 pub use jsonl::{LabeledText, Message, PromptCompletion};
 pub use sft::{
-    chatml_example, chatml_text, lm_example, prompt_completion_example, ClassExample, Example,
-    PromptFormat, Tokenize, IGNORE,
+    chatml_example, chatml_text, class_example, lm_example, prompt_completion_example,
+    ClassExample, Example, PromptFormat, Tokenize, IGNORE,
 };

@@ -9,7 +9,7 @@
 //! string only where a BPE merge would cross a piece boundary; the special tokens and the newline after the role
 //! are where the pieces meet, which tokenizers keep apart anyway.
 
-use super::jsonl::{Message, PromptCompletion};
+use super::jsonl::{LabeledText, Message, PromptCompletion};
 
 /// The label of positions that take no loss (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -18,6 +18,13 @@ pub const IGNORE: i64 = -100;
 pub trait Tokenize {
     /// The token ids of `text`, without any special tokens added.
     fn encode(&self, text: &str) -> Vec<u32>;
+}
+
+/// Any function from text to ids is a tokenizer.
+impl<F: Fn(&str) -> Vec<u32>> Tokenize for F {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self(text)
+    }
 }
 
 /// One training sequence: token ids, labels, and which document each position belongs to (`segment_ids`: all 0
@@ -165,4 +172,20 @@ pub struct ClassExample {
     pub input_ids: Vec<u32>,
     /// The class index.
     pub label: usize,
+}
+
+/// A classification example from a labelled text: its tokens, cut to the first `max_len` if given.
+pub fn class_example(
+    tok: &dyn Tokenize,
+    record: &LabeledText,
+    max_len: Option<usize>,
+) -> ClassExample {
+    let mut input_ids = tok.encode(&record.text);
+    if let Some(m) = max_len {
+        input_ids.truncate(m);
+    }
+    ClassExample {
+        input_ids,
+        label: record.label,
+    }
 }
