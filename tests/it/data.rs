@@ -691,3 +691,39 @@ fn inconsistent_examples_are_rejected() {
         &["example 1", "segment ids"],
     );
 }
+
+#[test]
+fn imdb_sentiment_chat() {
+    let mut rng = Rng::new(29);
+    for _ in 0..20 {
+        let text = random_text(&mut rng, 40);
+        let label = rng.below(2) as usize;
+        let max_chars = rng.below(30) as usize;
+        let chat = imdb::sentiment_chat(
+            &LabeledText {
+                text: text.clone(),
+                label,
+            },
+            max_chars,
+        )
+        .unwrap();
+        let roles: Vec<&str> = chat.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant"]);
+        assert_eq!(chat[2].content, ["negative", "positive"][label]);
+        let cut: String = text.chars().take(max_chars).collect();
+        assert_eq!(
+            chat[1].content,
+            format!("Review: {cut}\nIs this review positive or negative?")
+        );
+        let ex = chatml_example(&CharTok, &chat);
+        check_chatml(&ex, &chat);
+    }
+    let bad = LabeledText {
+        text: "x".into(),
+        label: 2,
+    };
+    assert_mentions(
+        imdb::sentiment_chat(&bad, 10).unwrap_err(),
+        &["0 or 1", "2"],
+    );
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use rankfold_tensor::Rng;
 use serde_json::Value;
 
-use super::jsonl::LabeledText;
+use super::jsonl::{LabeledText, Message};
 use crate::{Error, Result};
 
 /// The seed of the shuffle before splitting, fixed so every run sees the same split.
@@ -157,4 +157,38 @@ pub fn load(path: impl AsRef<Path>, sizes: SplitSizes) -> Result<Splits> {
         sizes,
         IMDB_SEED,
     )
+}
+
+/// The answer words of the sentiment chat task, by label (0 negative, 1 positive).
+pub const SENTIMENT_WORDS: [&str; 2] = ["negative", "positive"];
+
+/// The system turn of the sentiment chat task.
+pub const SENTIMENT_SYSTEM: &str =
+    "You label movie reviews. Answer with one word: positive or negative.";
+
+/// A review as a chat for instruct models: the system turn [`SENTIMENT_SYSTEM`], the review (cut to its first
+/// `max_chars` characters, on a character boundary) as the user turn, and the label's word from
+/// [`SENTIMENT_WORDS`] as the assistant turn. Labels other than 0 and 1 are an error.
+pub fn sentiment_chat(review: &LabeledText, max_chars: usize) -> Result<Vec<Message>> {
+    let answer = SENTIMENT_WORDS.get(review.label).ok_or_else(|| {
+        Error::Config(format!(
+            "sentiment label must be 0 or 1, got {}",
+            review.label
+        ))
+    })?;
+    let text: String = review.text.chars().take(max_chars).collect();
+    Ok(vec![
+        Message {
+            role: "system".into(),
+            content: SENTIMENT_SYSTEM.into(),
+        },
+        Message {
+            role: "user".into(),
+            content: format!("Review: {text}\nIs this review positive or negative?"),
+        },
+        Message {
+            role: "assistant".into(),
+            content: (*answer).into(),
+        },
+    ])
 }
