@@ -9,6 +9,7 @@ use anyhow::{ensure, Context, Result};
 use rankfold_adapters::PeftModel;
 use rankfold_models::gguf::{GgufFile, GgufTokenizer};
 use rankfold_models::llama::{GenerateOptions, KvCache, Llama};
+use rankfold_tensor::nn::{Linear, LinearModel, LinearSlot, Nf4Linear};
 use rankfold_tensor::{safetensors, DType, Device, Tensor};
 
 fn case_dir(case: &str) -> PathBuf {
@@ -285,4 +286,176 @@ fn greedy_pieces(model: &Llama, tok: &GgufTokenizer, prompt: &[u32]) -> Result<V
         next = Tensor::from_vec(vec![best], (1, 1), Device::Cpu)?;
     }
     Ok(out)
+}
+
+/// GGUF bytes (version 3, f32 tensors, default alignment 32) written by hand for the loader test below.
+fn gguf_bytes(kv: &[(&str, u32, Vec<u8>)], tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((kv.len() as u64).to_le_bytes());
+    for (key, ty, value) in kv {
+        string(&mut out, key);
+        out.extend(ty.to_le_bytes());
+        out.extend(value);
+    }
+    let mut offset = 0u64;
+    for (name, shape, data) in tensors {
+        string(&mut out, name);
+        out.extend((shape.len() as u32).to_le_bytes());
+        // GGUF lists dimensions innermost first.
+        for d in shape.iter().rev() {
+            out.extend((*d as u64).to_le_bytes());
+        }
+        out.extend(0u32.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset += (data.len() as u64 * 4).div_ceil(32) * 32;
+    }
+    out.resize(out.len().div_ceil(32) * 32, 0);
+    for (_, _, data) in tensors {
+        out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+        out.resize(out.len().div_ceil(32) * 32, 0);
+    }
+    out
+}
+
+#[test]
+fn tied_llama_written_as_gguf_reproduces_pytorch() -> Result<()> {
+    let dir = case_dir("tied");
+    let st = safetensors::MmapedSafetensors::open(dir.join("model.safetensors"))?;
+    let (nh, nkv, d) = (4usize, 2usize, 16usize);
+    // llama.cpp's converter stores, within each head, rows [first half; second half] interleaved as pairs.
+    let permute = |w: &[f32], rows: usize, cols: usize, heads: usize| -> Vec<f32> {
+        let mut out = vec![0f32; w.len()];
+        for h in 0..heads {
+            for half in 0..2 {
+                for i in 0..d / 2 {
+                    let src = h * d + half * d / 2 + i;
+                    let dst = h * d + 2 * i + half;
+                    out[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_eq!(rows, heads * d);
+        out
+    };
+    let mut tensors = Vec::new();
+    let mut add = |gguf: String, hf: String, heads: Option<usize>| -> Result<()> {
+        let t = st.load(&hf, Device::Cpu)?;
+        let shape = t.dims().to_vec();
+        let mut data = t.to_vec_f32()?;
+        if let Some(n) = heads {
+            data = permute(&data, shape[0], shape[1], n);
+        }
+        tensors.push((gguf, shape, data));
+        Ok(())
+    };
+    add(
+        "token_embd.weight".into(),
+        "model.embed_tokens.weight".into(),
+        None,
+    )?;
+    add(
+        "output_norm.weight".into(),
+        "model.norm.weight".into(),
+        None,
+    )?;
+    for l in 0..2 {
+        let (g, h) = (format!("blk.{l}"), format!("model.layers.{l}"));
+        add(
+            format!("{g}.attn_norm.weight"),
+            format!("{h}.input_layernorm.weight"),
+            None,
+        )?;
+        add(
+            format!("{g}.attn_q.weight"),
+            format!("{h}.self_attn.q_proj.weight"),
+            Some(nh),
+        )?;
+        add(
+            format!("{g}.attn_k.weight"),
+            format!("{h}.self_attn.k_proj.weight"),
+            Some(nkv),
+        )?;
+        add(
+            format!("{g}.attn_v.weight"),
+            format!("{h}.self_attn.v_proj.weight"),
+            None,
+        )?;
+        add(
+            format!("{g}.attn_output.weight"),
+            format!("{h}.self_attn.o_proj.weight"),
+            None,
+        )?;
+        add(
+            format!("{g}.ffn_norm.weight"),
+            format!("{h}.post_attention_layernorm.weight"),
+            None,
+        )?;
+        add(
+            format!("{g}.ffn_gate.weight"),
+            format!("{h}.mlp.gate_proj.weight"),
+            None,
+        )?;
+        add(
+            format!("{g}.ffn_up.weight"),
+            format!("{h}.mlp.up_proj.weight"),
+            None,
+        )?;
+        add(
+            format!("{g}.ffn_down.weight"),
+            format!("{h}.mlp.down_proj.weight"),
+            None,
+        )?;
+    }
+    let u32v = |v: u32| v.to_le_bytes().to_vec();
+    let f32v = |v: f32| v.to_le_bytes().to_vec();
+    let mut arch = (5u64).to_le_bytes().to_vec();
+    arch.extend(b"llama");
+    let kv = vec![
+        ("general.architecture", 8, arch),
+        ("llama.block_count", 4, u32v(2)),
+        ("llama.embedding_length", 4, u32v(64)),
+        ("llama.feed_forward_length", 4, u32v(96)),
+        ("llama.attention.head_count", 4, u32v(4)),
+        ("llama.attention.head_count_kv", 4, u32v(2)),
+        ("llama.context_length", 4, u32v(64)),
+        ("llama.vocab_size", 4, u32v(97)),
+        ("llama.rope.freq_base", 6, f32v(500.0)),
+        ("llama.attention.layer_norm_rms_epsilon", 6, f32v(1e-5)),
+    ];
+    let path =
+        std::env::temp_dir().join(format!("rankfold-llama-tied-{}.gguf", std::process::id()));
+    std::fs::write(&path, gguf_bytes(&kv, &tensors))?;
+    let model = Llama::from_gguf(&path);
+    let nf4 = Llama::from_gguf_nf4(&path, 64, true);
+    let _ = std::fs::remove_file(&path);
+    let mut model = model?;
+    ensure!(
+        model.config.tie_word_embeddings && model.lm_head.is_none(),
+        "the GGUF has no output.weight"
+    );
+    let (tokens, want) = io(&dir, "logits")?;
+    assert_close("tied GGUF", &model.forward(&tokens)?, &want)?;
+    // NF4 on load equals quantizing the f32 model's projections afterwards.
+    for (name, slot) in model.linear_slots() {
+        let lin = slot
+            .downcast_ref::<Linear>()
+            .with_context(|| format!("{name} is not a dense Linear"))?;
+        *slot = LinearSlot::new(Nf4Linear::quantize(lin, 64, true)?);
+    }
+    let (a, b) = (
+        nf4?.forward(&tokens)?.to_vec_f32()?,
+        model.forward(&tokens)?.to_vec_f32()?,
+    );
+    ensure!(
+        a == b,
+        "NF4-on-load logits differ from quantizing after loading"
+    );
+    Ok(())
 }
