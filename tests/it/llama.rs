@@ -459,3 +459,18 @@ fn tied_llama_written_as_gguf_reproduces_pytorch() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn bf16_weights_track_the_f32_logits() -> Result<()> {
+    let dir = case_dir("untied");
+    let model = Llama::from_hf_dir(&dir, DType::BF16, Device::Cpu)?;
+    let (tokens, want) = io(&dir, "logits")?;
+    let got = model.forward(&tokens)?;
+    ensure!(got.dtype() == DType::BF16, "logits dtype {:?}", got.dtype());
+    let got = got.to_vec_f32()?;
+    // bf16 keeps 8 significant bits: compare against the logits' overall scale.
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    ensure!(worst <= 0.05 * scale, "bf16 logits differ by {worst} (scale {scale})");
+    Ok(())
+}
