@@ -10,7 +10,7 @@ use rankfold_adapters::PeftModel;
 use rankfold_models::gguf::{GgufFile, GgufTokenizer};
 use rankfold_models::llama::{GenerateOptions, KvCache, Llama};
 use rankfold_tensor::nn::{Linear, LinearModel, LinearSlot, Nf4Linear};
-use rankfold_tensor::{safetensors, DType, Device, Tensor};
+use rankfold_tensor::{safetensors, CrossEntropyOpts, DType, Device, Rng, Tensor};
 
 fn case_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -470,7 +470,74 @@ fn bf16_weights_track_the_f32_logits() -> Result<()> {
     let got = got.to_vec_f32()?;
     // bf16 keeps 8 significant bits: compare against the logits' overall scale.
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    ensure!(worst <= 0.05 * scale, "bf16 logits differ by {worst} (scale {scale})");
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    ensure!(
+        worst <= 0.05 * scale,
+        "bf16 logits differ by {worst} (scale {scale})"
+    );
+    Ok(())
+}
+
+#[test]
+fn lora_gradients_through_the_decoder_match_finite_differences() -> Result<()> {
+    let model = Llama::from_hf_dir(case_dir("untied"), DType::F32, Device::Cpu)?;
+    let mut peft = PeftModel::new(model, 0);
+    peft.load(case_dir("untied").join("lora"), "default")?;
+    let (tokens, _) = io(&case_dir("untied"), "logits")?;
+    let ids: Vec<u32> = tokens.flatten_all()?.to_vec()?;
+    // Next-token targets: each row's ids shifted left by one, the last position predicting id 0.
+    let targets: Vec<u32> = (0..14)
+        .map(|i| if i % 7 == 6 { 0 } else { ids[i + 1] })
+        .collect();
+    let targets = Tensor::from_vec(targets, (2, 7), Device::Cpu)?;
+    let loss = |p: &PeftModel<Llama>| -> Result<Tensor> {
+        Ok(p.model()
+            .forward(&tokens)?
+            .cross_entropy(&targets, CrossEntropyOpts::default())?)
+    };
+    let params = peft.parameters();
+    ensure!(params.len() == 28, "{} trainable tensors", params.len());
+    let grads = loss(&peft)?.backward()?;
+    let mut rng = Rng::new(3);
+    let mut largest = 0f32;
+    for (name, p) in params.iter().filter(|(n, _)| {
+        n.contains("layers.0.self_attn.k_proj") || n.contains("layers.1.mlp.down_proj")
+    }) {
+        let g = grads
+            .get(p)
+            .with_context(|| format!("no gradient for {name}"))?
+            .to_vec_f32()?;
+        let base = p.to_vec_f32()?;
+        for _ in 0..3 {
+            let i = rng.below(base.len() as u64) as usize;
+            let eps = 1e-2f32;
+            let at = |delta: f32| -> Result<f32> {
+                let mut v = base.clone();
+                v[i] += delta;
+                p.assign(&Tensor::from_vec(v, p.shape().clone(), Device::Cpu)?)?;
+                Ok(rankfold_tensor::no_grad(|| loss(&peft))?.to_scalar()? as f32)
+            };
+            let fd = (at(eps)? - at(-eps)?) / (2.0 * eps);
+            largest = largest.max(fd.abs());
+            p.assign(&Tensor::from_vec(
+                base.clone(),
+                p.shape().clone(),
+                Device::Cpu,
+            )?)?;
+            ensure!(
+                (fd - g[i]).abs() <= 2e-3 + 2e-2 * g[i].abs(),
+                "{name}[{i}]: autograd {} vs finite difference {fd}",
+                g[i]
+            );
+        }
+    }
+    ensure!(
+        largest > 1e-2,
+        "every sampled gradient is tiny ({largest}): the check proves nothing"
+    );
     Ok(())
 }
