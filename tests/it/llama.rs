@@ -1,7 +1,7 @@
 //! The Llama decoder against PyTorch: tiny random Hugging Face models (tied and untied LM heads, grouped-query
 //! attention) and PEFT LoRA / rsLoRA / AdaLoRA / GLoRA adapters written by `tests/fixtures/llama_fixtures.py`,
 //! the KV cache and generation against the full forward, sharded loading, loader errors, and the real SmolLM2
-//! GGUF (f32 and NF4) when `cargo xtask assets` fetched it.
+//! GGUF (f32 and NF4) when `cargo xtask assets` fetched it; also bf16 loading and LoRA gradients through the model.
 
 use std::path::{Path, PathBuf};
 
@@ -539,5 +539,43 @@ fn lora_gradients_through_the_decoder_match_finite_differences() -> Result<()> {
         largest > 1e-2,
         "every sampled gradient is tiny ({largest}): the check proves nothing"
     );
+    Ok(())
+}
+
+#[test]
+fn attention_mask_with_left_and_right_padding_matches_pytorch() -> Result<()> {
+    let dir = case_dir("untied");
+    let model = Llama::from_hf_dir(&dir, DType::F32, Device::Cpu)?;
+    let (tokens, want) = io(&dir, "masked_logits")?;
+    let st = safetensors::MmapedSafetensors::open(dir.join("io.safetensors"))?;
+    let mask = st.load("mask", Device::Cpu)?;
+    let keep: Vec<i64> = mask.to_vec()?;
+    let got = model.forward_masked(&tokens, &mask)?.to_vec_f32()?;
+    let mut worst = 0f32;
+    let mut compared = 0;
+    for (pos, &m) in keep.iter().enumerate() {
+        if m == 1 {
+            for v in 0..97 {
+                let (g, w) = (got[pos * 97 + v], want[pos * 97 + v]);
+                worst = worst.max((g - w).abs() / w.abs().max(1.0));
+            }
+            compared += 1;
+        }
+    }
+    ensure!(
+        compared == 11 && worst <= 1e-4,
+        "{compared} positions, worst relative difference {worst}"
+    );
+    ensure!(
+        got.iter().all(|v| v.is_finite()),
+        "padding positions produced non-finite logits"
+    );
+    // An all-ones mask is the plain forward.
+    let ones = Tensor::from_vec(vec![1u8; 14], (2, 7), Device::Cpu)?;
+    let (a, b) = (
+        model.forward_masked(&tokens, &ones)?.to_vec_f32()?,
+        model.forward(&tokens)?.to_vec_f32()?,
+    );
+    ensure!(a == b, "an all-ones attention mask changed the logits");
     Ok(())
 }

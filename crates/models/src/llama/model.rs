@@ -97,6 +97,7 @@ impl LlamaAttention {
         cos: &Tensor,
         sin: &Tensor,
         past: Option<&mut Option<(Tensor, Tensor)>>,
+        key_blocked: Option<&[bool]>,
     ) -> Result<Tensor> {
         let (b, t) = (x.dims()[0], x.dims()[1]);
         let (nh, nkv, d) = (
@@ -140,12 +141,24 @@ impl LlamaAttention {
             .to_dtype(DType::F32)?
             .mul_scalar(1.0 / (d as f64).sqrt())?;
         // Query i (at position offset + i) may not see key j > offset + i.
-        let blocked: Vec<u8> = (0..t * tk)
-            .map(|n| ((n % tk) > offset + n / tk) as u8)
-            .collect();
-        let blocked = Tensor::from_vec(blocked, (t, tk), x.device())?;
+        let causal = |n: usize| (n % tk) > offset + n / tk;
+        let blocked = match key_blocked {
+            None => {
+                let v: Vec<u8> = (0..t * tk).map(|n| causal(n) as u8).collect();
+                Tensor::from_vec(v, (t, tk), x.device())?
+            }
+            // Padding keys (`key_blocked` is [b, tk]) are blocked too, giving a [b, 1, t, tk] mask.
+            Some(kb) => {
+                let v: Vec<u8> = (0..b * t * tk)
+                    .map(|n| (causal(n % (t * tk)) || kb[n / (t * tk) * tk + n % tk]) as u8)
+                    .collect();
+                Tensor::from_vec(v, (b, 1, t, tk), x.device())?
+            }
+        };
+        // The lowest finite f32 rather than −∞ (as transformers does): a query that sees no key at all (a left
+        // padding position) gets a uniform average instead of NaNs that would leak into later layers.
         let probs = scores
-            .masked_fill(&blocked, f64::NEG_INFINITY)?
+            .masked_fill(&blocked, f32::MIN as f64)?
             .softmax(-1)?
             .to_dtype(dtype)?;
         let out = probs
@@ -171,12 +184,33 @@ impl LlamaMlp {
 impl Llama {
     /// Logits [b, t, vocab] for integer token ids [b, t].
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        self.run(tokens, None)
+        self.run(tokens, None, None)
+    }
+
+    /// Logits [b, t, vocab] for token ids [b, t] with a Hugging Face `attention_mask` [b, t] (integer, 1 for real
+    /// tokens, 0 for padding on either side): padding keys are never attended to. Positions stay 0..t as in
+    /// transformers when no position ids are given; logits at padding positions are meaningless.
+    pub fn forward_masked(&self, tokens: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        if attention_mask.dims() != tokens.dims() {
+            return Err(rankfold_tensor::Error::ShapeMismatch {
+                op: "llama forward_masked",
+                lhs: tokens.shape().clone(),
+                rhs: attention_mask.shape().clone(),
+            }
+            .into());
+        }
+        let blocked: Vec<bool> = attention_mask
+            .to_dtype(DType::F32)?
+            .to_vec_f32()?
+            .iter()
+            .map(|&m| m == 0.0)
+            .collect();
+        self.run(tokens, None, Some(&blocked))
     }
 
     /// Logits [b, t, vocab] for token ids [b, t] that follow the positions in `cache`, which grows by `t`.
     pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        self.run(tokens, Some(cache))
+        self.run(tokens, Some(cache), None)
     }
 
     /// Logits [b, t, vocab] for token ids given as a flat row-major `[b, t]` slice.
@@ -185,7 +219,12 @@ impl Llama {
         self.forward(&tokens)
     }
 
-    fn run(&self, tokens: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn run(
+        &self,
+        tokens: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        key_blocked: Option<&[bool]>,
+    ) -> Result<Tensor> {
         if tokens.rank() != 2 {
             return Err(rankfold_tensor::Error::InvalidShape {
                 op: "llama forward",
@@ -220,6 +259,7 @@ impl Llama {
                 &cos,
                 &sin,
                 past,
+                key_blocked,
             )?;
             x = x.add(&h)?;
             let h = block
