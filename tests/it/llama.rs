@@ -89,7 +89,7 @@ fn kv_cache_steps_reproduce_the_full_forward() -> Result<()> {
     let full = model.forward(&tokens)?.to_vec_f32()?;
     // A prefix of 3, then 1, then 3 positions.
     let mut cache = KvCache::new();
-    let mut got = vec![Vec::new(), Vec::new()];
+    let mut got = [Vec::new(), Vec::new()];
     for (start, len) in [(0, 3), (3, 1), (4, 3)] {
         let y = model
             .forward_cached(&tokens.narrow(1, start, len)?.contiguous()?, &mut cache)?
