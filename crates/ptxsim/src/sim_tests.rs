@@ -519,3 +519,68 @@ fn warp_sync_orders_many_readers_before_a_write() {
         Some(SimError::SharedRace { .. })
     ));
 }
+
+/// `if (lane == 0) s = 1; __syncwarp(mask); if (lane == reader) v = s;` in one warp of 32.
+fn warp_sync_mask_kernel(mask: &str, reader: u32) -> String {
+    format!(
+        ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 4 .b8 sm[4];\n\
+         .visible .entry m()\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<10>;\n\
+         mov.u32 %r1, %tid.x;\nmov.u32 %r3, sm;\nmov.u32 %r6, 1;\n\
+         setp.eq.u32 %p1, %r1, 0;\n@%p1 st.shared.u32 [%r3], %r6;\nbar.warp.sync {mask};\n\
+         setp.eq.u32 %p2, %r1, {reader};\n@%p2 ld.shared.u32 %r5, [%r3];\nret;\n}}\n"
+    )
+}
+
+#[test]
+fn warp_sync_orders_only_the_lanes_of_its_mask() {
+    let sim = SimRuntime::new();
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(32),
+        shared_bytes: 0,
+    };
+    for (mask, reader) in [("-1", 16), ("0xffff", 15), ("0x10001", 16)] {
+        sim.launch_ptx("ok", &warp_sync_mask_kernel(mask, reader), "m", cfg, &[])
+            .unwrap_or_else(|e| panic!("mask {mask}, reader {reader}: {e}"));
+    }
+    for (mask, reader) in [("0xffff", 16), ("0xfffffffe", 16), ("0", 1)] {
+        let e = sim
+            .launch_ptx("bad", &warp_sync_mask_kernel(mask, reader), "m", cfg, &[])
+            .expect_err("the reader is outside the mask");
+        let e = SimError::try_from_kernel(e);
+        assert!(
+            matches!(e, Some(SimError::SharedRace { .. })),
+            "mask {mask}, reader {reader}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn partial_warp_syncs_order_transitively() {
+    // Lane 0 writes; lanes 0 and 1 sync; lanes 1 and 16 sync; lane 16 reads (ordered through lane 1).
+    let kernel = |second: &str| {
+        format!(
+            ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 4 .b8 sm[4];\n\
+             .visible .entry m()\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<10>;\n\
+             mov.u32 %r1, %tid.x;\nmov.u32 %r3, sm;\nmov.u32 %r6, 1;\n\
+             setp.eq.u32 %p1, %r1, 0;\n@%p1 st.shared.u32 [%r3], %r6;\nbar.warp.sync 3;\n\
+             bar.warp.sync {second};\n\
+             setp.eq.u32 %p2, %r1, 16;\n@%p2 ld.shared.u32 %r5, [%r3];\nret;\n}}\n"
+        )
+    };
+    let sim = SimRuntime::new();
+    let cfg = LaunchConfig {
+        grid: Dim3::x(1),
+        block: Dim3::x(32),
+        shared_bytes: 0,
+    };
+    sim.launch_ptx("ok", &kernel("0x10002"), "m", cfg, &[])
+        .expect("ordered through lane 1");
+    let e = sim
+        .launch_ptx("bad", &kernel("0x10004"), "m", cfg, &[])
+        .expect_err("lane 2 never synced with lane 0");
+    assert!(matches!(
+        SimError::try_from_kernel(e),
+        Some(SimError::SharedRace { .. })
+    ));
+}

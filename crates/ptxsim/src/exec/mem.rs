@@ -494,12 +494,22 @@ impl Warp {
         let (e, t, we) = (blk.epoch, self.lin[l], self.wepoch);
         let start = blk.start_epoch;
         let conflict = |ot: u32, owe: u32, oe: u32| {
-            oe == e && ot != t && (ot == MULTI || ot / 32 != t / 32 || owe == we)
+            oe == e
+                && ot != t
+                && (ot == MULTI
+                    || ot / 32 != t / 32
+                    || !self.warp_ordered((ot % 32) as usize, l, owe))
         };
-        // Readers: several readers of one warp are ordered before this access by a later `bar.warp.sync`.
+        // Readers of this warp other than this lane, none ordered before this access by a `bar.warp.sync`
+        // (`r_wepoch` is the latest reader's stamp, which bounds the others').
+        let unordered_readers = |m: &super::Meta| {
+            super::lanes(m.r_lanes & !(1 << l))
+                .filter(|&o| !self.warp_ordered(o, l, m.r_wepoch))
+                .fold(0u32, |acc, o| acc | 1 << o)
+        };
         let reader_conflict = |m: &super::Meta| {
             if m.r_tid == MULTI {
-                m.r_epoch == e && (m.r_warp != t / 32 || m.r_wepoch == we)
+                m.r_epoch == e && (m.r_warp != t / 32 || unordered_readers(m) != 0)
             } else {
                 conflict(m.r_tid, m.r_wepoch, m.r_epoch)
             }
@@ -601,16 +611,17 @@ impl Warp {
                     m.r_epoch = e;
                     m.r_tid = t;
                     m.r_warp = t / 32;
+                    m.r_lanes = 1 << l;
                     m.r_wepoch = we;
                 } else if m.r_tid != t {
-                    if m.r_tid != MULTI && m.r_tid / 32 == t / 32 && m.r_wepoch != we {
-                        // The earlier reader of this warp is ordered before by a warp sync: keep the latest.
-                        m.r_tid = t;
+                    if m.r_warp == t / 32 {
+                        // Readers of this warp ordered before this one by a warp sync are dropped.
+                        let keep = unordered_readers(m);
+                        m.r_lanes = keep | 1 << l;
+                        m.r_tid = if keep == 0 { t } else { MULTI };
                     } else {
                         m.r_tid = MULTI;
-                        if m.r_warp != t / 32 {
-                            m.r_warp = MULTI;
-                        }
+                        m.r_warp = MULTI;
                     }
                     m.r_wepoch = we;
                 }

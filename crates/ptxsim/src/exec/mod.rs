@@ -37,6 +37,8 @@ pub(crate) struct Meta {
     r_wepoch: u32,
     /// The warp of the readers when they are several (`MULTI` when they span warps).
     r_warp: u32,
+    /// The lanes of the readers in `r_epoch` while they all belong to warp `r_warp`.
+    r_lanes: u32,
     /// The thread (index + 1; 0 = none) whose cp.async wrote the byte, its group, and the block (start epoch).
     async_tid: u32,
     async_group: u32,
@@ -91,8 +93,13 @@ pub(crate) struct Warp {
     /// Linear thread index in the block.
     pub lin: [u32; 32],
     pub index: u32,
-    /// Incremented by `bar.warp.sync`: lanes of this warp synchronized since.
+    /// Incremented by every `bar.warp.sync`: shared accesses are stamped with it.
     pub wepoch: u32,
+    /// Per lane `t`, per lane `o`: the `wepoch` a warp sync reached that orders every access of `o` stamped
+    /// below it before the later accesses of `t` (a vector clock, joined by syncs over part of the warp).
+    pub seen: Box<[[u32; 32]; 32]>,
+    /// The `wepoch` reached by the latest `bar.warp.sync` that every thread of the warp took part in.
+    pub full: u32,
     pub geo: Geo,
 }
 
@@ -157,6 +164,8 @@ pub(crate) fn run_grid(
             lin: [0; 32],
             index: w,
             wepoch: 0,
+            seen: Box::new([[0; 32]; 32]),
+            full: 0,
             geo,
         })
         .collect();
@@ -536,6 +545,40 @@ impl Warp {
         }
     }
 
+    /// `bar.warp.sync membermask`: orders the earlier shared accesses of the lanes that take part (those of
+    /// the mask running it now) before their later ones; lanes outside the mask stay unordered.
+    fn warp_sync(&mut self, inst: &Inst, exec: u32) {
+        let member = match (inst.args.first(), lanes(exec).next()) {
+            (Some(m), Some(l)) => self.get(m, l) as u32,
+            _ => u32::MAX,
+        };
+        let part = exec & member;
+        self.wepoch += 1;
+        let s = self.wepoch;
+        if part & self.valid == self.valid {
+            self.full = s;
+            return;
+        }
+        let mut join = [self.full; 32];
+        for a in lanes(part) {
+            for (j, v) in join.iter_mut().zip(self.seen[a].iter()) {
+                *j = (*j).max(*v);
+            }
+        }
+        for a in lanes(part) {
+            join[a] = s;
+        }
+        for a in lanes(part) {
+            self.seen[a] = join;
+        }
+    }
+
+    /// Whether an access of lane `o` stamped `stamp` is ordered by warp syncs before lane `t`'s accesses now.
+    #[inline]
+    pub(crate) fn warp_ordered(&self, o: usize, t: usize, stamp: u32) -> bool {
+        self.full.max(self.seen[t][o]) > stamp
+    }
+
     fn exec_op(
         &mut self,
         inst: &Inst,
@@ -551,7 +594,7 @@ impl Warp {
             | Op::Ldmatrix { .. } => self.mem_op(inst, exec, ctx, blk),
             Op::Bar | Op::Bra | Op::Call { .. } | Op::Ret | Op::Exit | Op::Trap => Ok(()),
             Op::BarWarp => {
-                self.wepoch += 1;
+                self.warp_sync(inst, exec);
                 Ok(())
             }
             Op::Shfl { .. }
