@@ -538,7 +538,8 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
             if m.has("warp") {
                 (Op::BarWarp, Class::Sync)
             } else if m.has("sync") || parts.len() == 1 || m.has("aligned") {
-                (Op::Bar, Class::Sync)
+                let aligned = base == "bar" || m.has("aligned");
+                (Op::Bar { aligned }, Class::Sync)
             } else {
                 return Err(bad(format!("unsupported barrier `{}`", parts.join("."))));
             }
@@ -631,7 +632,13 @@ pub(crate) fn decode(parts: &[&str], args: &[Opnd], line: u32) -> Result<(Op, Cl
 /// The fewest operands each operation reads or writes (the executor indexes them without further checks).
 fn min_operands(op: &Op) -> usize {
     match op {
-        Op::Ret | Op::Exit | Op::Bar | Op::BarWarp | Op::Trap | Op::Nop | Op::Call { .. } => 0,
+        Op::Ret
+        | Op::Exit
+        | Op::Bar { .. }
+        | Op::BarWarp
+        | Op::Trap
+        | Op::Nop
+        | Op::Call { .. } => 0,
         Op::CpAsyncCommit | Op::CpAsyncWait { .. } => 0,
         Op::Bra | Op::Activemask => 1,
         Op::IntUn { .. } | Op::FUn { .. } | Op::Mov { .. } | Op::Cvt { .. } | Op::Cvta { .. } => 2,

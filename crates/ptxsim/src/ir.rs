@@ -403,7 +403,11 @@ pub(crate) enum Op {
     },
     Ret,
     Exit,
-    Bar,
+    /// `bar.sync` / `barrier.sync`; `aligned` (every `bar`, and `barrier` with `.aligned`) requires all threads
+    /// of the block to reach the same instruction.
+    Bar {
+        aligned: bool,
+    },
     BarWarp,
     Shfl {
         mode: ShflMode,

@@ -584,3 +584,94 @@ fn partial_warp_syncs_order_transitively() {
         Some(SimError::SharedRace { .. })
     ));
 }
+
+/// Threads with `%tid.x < 32` run `first`, the others `second`, then every thread stores its id to shared memory,
+/// passes `bar.sync 0` and reads its neighbour's slot; block of 64, kernel `b`.
+fn split_barrier_kernel(first: &str, second: &str) -> String {
+    format!(
+        ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 4 .b8 sm[256];\n\
+         .visible .entry b()\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<10>;\n\
+         mov.u32 %r1, %tid.x;\nshl.b32 %r2, %r1, 2;\nmov.u32 %r3, sm;\nadd.u32 %r4, %r3, %r2;\n\
+         st.shared.u32 [%r4], %r1;\nsetp.lt.u32 %p1, %r1, 32;\n@!%p1 bra $L_else;\n\
+         {first}\nbra.uni $L_join;\n$L_else:\n{second}\n$L_join:\n\
+         xor.b32 %r5, %r2, 128;\nadd.u32 %r6, %r3, %r5;\nld.shared.u32 %r7, [%r6];\nbar.sync 0;\n\
+         st.shared.u32 [%r4], %r7;\nret;\n}}\n"
+    )
+}
+
+/// The 1-based line of the first line of `ptx` containing `needle`.
+fn line_of(ptx: &str, needle: &str) -> u32 {
+    ptx.lines()
+        .position(|l| l.contains(needle))
+        .expect("marker line") as u32
+        + 1
+}
+
+#[test]
+fn barrier_ids_are_distinct_and_divergent_aligned_barriers_are_errors() {
+    let sim = SimRuntime::new();
+    let cfg = LaunchConfig {
+        grid: Dim3::x(2),
+        block: Dim3::x(64),
+        shared_bytes: 0,
+    };
+    // One barrier instruction with an id other than 0 orders the stores before the loads, and so does
+    // `barrier.sync` without `.aligned` reached at two instructions.
+    for (a, b, join) in [
+        ("", "", "bar.sync 1, 64;"),
+        ("barrier.sync 2;", "barrier.sync 2;", ""),
+    ] {
+        let ptx = split_barrier_kernel(a, b).replace("$L_join:\n", &format!("$L_join:\n{join}\n"));
+        sim.launch_ptx("ok", &ptx, "b", cfg, &[])
+            .unwrap_or_else(|e| panic!("{a:?} / {b:?} / {join:?}: {e}"));
+    }
+    // Without the barrier the load is not ordered after the other warp's store (warps run one at a time here,
+    // so it reads a byte not yet written).
+    let e = sim
+        .launch_ptx("race", &split_barrier_kernel("", ""), "b", cfg, &[])
+        .expect_err("no barrier");
+    assert!(matches!(
+        SimError::try_from_kernel(e),
+        Some(SimError::SharedRace { .. } | SimError::UninitShared { .. })
+    ));
+    // Warps waiting on barrier 1 are not released by the others arriving at barrier 0, and vice versa.
+    let ptx = split_barrier_kernel("bar.sync 1;", "bar.sync 0; // second");
+    let e = sim
+        .launch_ptx("ids", &ptx, "b", cfg, &[])
+        .expect_err("different ids");
+    match SimError::try_from_kernel(e) {
+        Some(SimError::Exec { site, msg }) => {
+            assert!(
+                msg.contains("deadlock") && msg.contains("barrier 1"),
+                "{msg}"
+            );
+            assert_eq!((site.kernel.as_str(), site.block), ("b", [0, 0, 0]));
+            assert_eq!(site.ptx_line, line_of(&ptx, "// second"), "{msg}");
+            assert_eq!(site.thread, [32, 0, 0]);
+        }
+        other => panic!("expected a deadlock error, got {other:?}"),
+    }
+    // `__syncthreads()` in both arms of an if/else is undefined: named with both lines.
+    for (a, b) in [
+        ("bar.sync 0; // first", "bar.sync 0; // second"),
+        (
+            "barrier.sync.aligned 0; // first",
+            "barrier.sync 0; // second",
+        ),
+    ] {
+        let ptx = split_barrier_kernel(a, b);
+        let e = sim
+            .launch_ptx("div", &ptx, "b", cfg, &[])
+            .expect_err("divergent");
+        match SimError::try_from_kernel(e) {
+            Some(SimError::Exec { site, msg }) => {
+                assert!(msg.contains("divergent aligned barrier 0"), "{msg}");
+                let first = line_of(&ptx, "// first");
+                assert!(msg.contains(&format!("line {first})")), "{msg}");
+                assert_eq!(site.ptx_line, line_of(&ptx, "// second"), "{msg}");
+                assert_eq!((site.kernel.as_str(), site.thread), ("b", [32, 0, 0]));
+            }
+            other => panic!("expected a divergent-barrier error, got {other:?}"),
+        }
+    }
+}

@@ -85,6 +85,8 @@ pub(crate) struct Warp {
     pub valid: u32,
     pub exited: u32,
     pub waiting: u32,
+    /// The barrier id each waiting lane waits on.
+    pub bar_id: [u8; 32],
     /// The carry flag (`.cc`) of each lane.
     pub carry: u32,
     /// Per-lane call stacks of (return PC, call record).
@@ -158,6 +160,7 @@ pub(crate) fn run_grid(
             valid: 0,
             exited: 0,
             waiting: 0,
+            bar_id: [0; 32],
             carry: 0,
             stacks: vec![Vec::new(); 32],
             tid: [[0; 3]; 32],
@@ -229,6 +232,7 @@ fn run_block(ctx: &mut Ctx<'_>, warps: &mut [Warp], blk: &mut Block) -> Result<(
             return Ok(());
         }
         // Every live thread now waits at a barrier: release them into the next barrier interval.
+        check_barrier(ctx, warps)?;
         ctx.counters.barriers += 1;
         blk.epoch += 1;
         for w in warps.iter_mut() {
@@ -238,6 +242,43 @@ fn run_block(ctx: &mut Ctx<'_>, warps: &mut [Warp], blk: &mut Block) -> Result<(
             w.waiting = 0;
         }
     }
+}
+
+/// Checks that every waiting thread of the block waits on one barrier id (each barrier needs the whole block
+/// here, so threads split over several ids never get released) and, for an aligned barrier (`bar.sync`,
+/// `__syncthreads()`), at one instruction (the ISA leaves divergent aligned barriers undefined).
+fn check_barrier(ctx: &Ctx<'_>, warps: &[Warp]) -> Result<()> {
+    let code = &ctx.prog.code;
+    let mut first: Option<(&Warp, usize)> = None;
+    for w in warps {
+        for l in lanes(w.waiting) {
+            let Some((fw, fl)) = first else {
+                first = Some((w, l));
+                continue;
+            };
+            let (fid, id) = (fw.bar_id[fl], w.bar_id[l]);
+            let (fpc, pc) = (fw.pc[fl] as usize, w.pc[l] as usize);
+            let aligned = |pc: usize| matches!(code[pc].op, Op::Bar { aligned: true });
+            let msg = if fid != id {
+                format!(
+                    "deadlock: this thread waits on barrier {id} while thread {:?} waits on barrier {fid} \
+                     (PTX line {}); a barrier here needs every thread of the block",
+                    fw.tid[fl], code[fpc].line
+                )
+            } else if fpc != pc && (aligned(fpc) || aligned(pc)) {
+                format!(
+                    "divergent aligned barrier {id}: thread {:?} waits at a different barrier instruction \
+                     (PTX line {}); `bar.sync` (`__syncthreads()`) must be reached at one instruction by the \
+                     whole block",
+                    fw.tid[fl], code[fpc].line
+                )
+            } else {
+                continue;
+            };
+            return Err(w.exec_err(ctx, &code[pc], 1 << l, &msg));
+        }
+    }
+    Ok(())
 }
 
 impl Warp {
@@ -420,7 +461,7 @@ impl Warp {
                 self.advance_rest(mask & !exec, pc);
                 Ok(Flow::Moved)
             }
-            Op::Bar => {
+            Op::Bar { .. } => {
                 // `bar.sync id, count`: only a count covering the whole block is supported (the barrier here
                 // is always block-wide).
                 if let (Some(c), Some(l)) = (inst.args.get(1), lanes(exec).next()) {
@@ -430,10 +471,16 @@ impl Warp {
                         return Err(self.exec_err(ctx, inst, exec, &msg));
                     }
                 }
-                self.waiting |= exec;
                 for l in lanes(exec) {
+                    let id = inst.args.first().map_or(0, |a| self.get(a, l));
+                    if id > 15 {
+                        let msg = format!("barrier id {id} is out of range (0 to 15)");
+                        return Err(self.exec_err(ctx, inst, 1 << l, &msg));
+                    }
+                    self.bar_id[l] = id as u8;
                     self.pc[l] = pc;
                 }
+                self.waiting |= exec;
                 self.advance_rest(mask & !exec, pc);
                 Ok(Flow::Moved)
             }
@@ -592,7 +639,7 @@ impl Warp {
             | Op::Atom { .. }
             | Op::CpAsync { .. }
             | Op::Ldmatrix { .. } => self.mem_op(inst, exec, ctx, blk),
-            Op::Bar | Op::Bra | Op::Call { .. } | Op::Ret | Op::Exit | Op::Trap => Ok(()),
+            Op::Bar { .. } | Op::Bra | Op::Call { .. } | Op::Ret | Op::Exit | Op::Trap => Ok(()),
             Op::BarWarp => {
                 self.warp_sync(inst, exec);
                 Ok(())
