@@ -40,3 +40,5 @@ mod gguf;
 mod llama;
 // rankfold-train data: JSONL readers and errors, ChatML labels, packing, padding, seeded order, IMDB splits.
 mod data;
+// Trainer core: resume bit for bit, accumulation vs whole batches, schedule in metrics, atomic checkpoints.
+mod trainer;

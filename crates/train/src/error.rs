@@ -52,6 +52,9 @@ pub enum Error {
     /// Building tensors from a batch failed.
     #[error(transparent)]
     Tensor(#[from] rankfold_tensor::Error),
+    /// An adapter operation of the trainer (activation, saving, loading, hooks) failed.
+    #[error(transparent)]
+    Adapter(#[from] rankfold_adapters::Error),
 }
 
 /// Result with this crate's [`Error`].
