@@ -42,3 +42,5 @@ mod llama;
 mod data;
 // Trainer core: resume bit for bit, accumulation vs whole batches, schedule in metrics, atomic checkpoints.
 mod trainer;
+// Byte-level BPE tokenizer vs HF tokenizers fixtures (small BPE, SmolLM2 from GGUF), round trips, errors.
+mod tokenizer;

@@ -39,6 +39,8 @@ pub enum Error {
         tensor: String,
         msg: String,
     },
+    #[error("tokenizer {origin}: {msg}")]
+    Tokenizer { origin: String, msg: String },
     #[error(transparent)]
     Tensor(#[from] rankfold_tensor::Error),
 }

@@ -4,5 +4,6 @@
 mod error;
 pub mod gguf;
 pub mod llama;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
