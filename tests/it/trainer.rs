@@ -346,3 +346,70 @@ fn config_round_trips_and_names_bad_fields() -> Result<()> {
     ensure!(e.contains("other"), "{e}");
     Ok(())
 }
+
+#[test]
+fn adalora_regularization_and_allocator_match_a_hand_loop() -> Result<()> {
+    use rankfold_adapters::adalora::AdaLora;
+    use rankfold_tensor::optim::{AdamW, AdamWConfig, Optimizer};
+    let steps = 12;
+    let fresh = || -> Result<PeftModel<TestModel>> {
+        let mut cfg =
+            rankfold_adapters::adalora::AdaLoraConfig::new(TargetModules::AllLinear, steps);
+        (cfg.init_r, cfg.target_r, cfg.tinit, cfg.tfinal, cfg.delta_t) = (4, 2, 2, 3, 2);
+        let mut pm = PeftModel::new(TestModel::new(TestModelConfig::default(), 3)?, 9);
+        pm.add_adapter("default", Box::new(AdaLora::new(cfg)?))?;
+        Ok(pm)
+    };
+    let mut rng = Rng::new(77);
+    let x = rng.normal_tensor(0.0, 1.0, vec![6, 13], DType::F32, Device::Cpu)?;
+    let target = rng.normal_tensor(0.0, 1.0, vec![6, 11], DType::F32, Device::Cpu)?;
+    let mse = |pm: &mut PeftModel<TestModel>| -> rankfold_tensor::Result<Tensor> {
+        pm.model().forward(&x)?.sub(&target)?.sqr()?.mean_all()
+    };
+    // The reference: the loop the trainer should amount to, written out with the schedule by hand.
+    let (lr0, warmup) = (1e-2, 3);
+    let mut pm = fresh()?;
+    let mut opt = AdamW::new(
+        pm.parameters(),
+        AdamWConfig {
+            lr: lr0,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut want = Vec::new();
+    for step in 0..steps {
+        let lr = if step < warmup {
+            lr0 * step as f64 / warmup as f64
+        } else {
+            let q = (step - warmup) as f64 / (steps - warmup) as f64;
+            lr0 * 0.5 * (1.0 + (std::f64::consts::PI * q).cos())
+        };
+        opt.set_learning_rate(lr);
+        let reg = pm
+            .regularization_loss()?
+            .context("AdaLoRA has a regularization loss")?;
+        let l = mse(&mut pm)?.add(&reg)?;
+        want.push(l.to_scalar()?.to_bits());
+        let grads = l.backward()?;
+        opt.step(&grads)?;
+        pm.on_step(step, &grads)?;
+    }
+    let d = out_dir("adalora");
+    let mut c = TrainConfig::new(steps, lr0, &d);
+    c.warmup = warmup;
+    let mut t = Trainer::new(c, fresh()?)?;
+    let got = t.run(|_| Ok(()), |pm, _: &(), _| Ok(mse(pm)?), None)?;
+    ensure!(
+        losses(&got) == want,
+        "trainer {:?} vs hand loop {:?}",
+        got,
+        want.iter().map(|b| f64::from_bits(*b)).collect::<Vec<_>>()
+    );
+    ensure!(
+        adapter_values(t.model())? == adapter_values(&mut pm)?,
+        "adapters differ after {steps} steps"
+    );
+    std::fs::remove_dir_all(d)?;
+    Ok(())
+}
