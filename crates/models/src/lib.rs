@@ -1,5 +1,7 @@
-//! rankfold-models: loading pretrained models; today the GGUF reader (`gguf`): metadata, tensor infos, dequantization
-//! to f32 or straight to NF4, llama.cpp's Q/K row permutation undone, and Llama names and hyperparameters.
+//! rankfold-models: pretrained models and their loading — the GGUF reader (`gguf`: metadata, tensor infos,
+//! dequantization to f32 or straight to NF4, llama.cpp's Q/K row permutation undone, Llama names and
+//! hyperparameters), the Llama decoder (`llama`: Hugging Face folders or GGUF, KV-cache generation) and a byte-level
+//! BPE `tokenizer` (tokenizer.json or GGUF metadata).
 
 mod error;
 pub mod gguf;
