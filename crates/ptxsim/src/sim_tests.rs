@@ -317,33 +317,41 @@ fn trap_names_the_thread() {
     }
 }
 
+/// A one-block kernel of 64 threads: thread t computes its cp.async size operand with `setup` (into `operand`),
+/// copies input bytes [16t, 16t + 16) into shared memory with it, waits, and writes its 16 shared bytes out.
+fn cp_async_kernel(setup: &str, operand: &str) -> String {
+    format!(
+        ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 16 .b8 sm[1024];\n\
+         .visible .entry cp(.param .u64 cp_in, .param .u64 cp_out)\n{{\n.reg .pred %p<2>;\n\
+         .reg .b32 %r<20>;\n.reg .b64 %rd<20>;\n\
+         ld.param.u64 %rd1, [cp_in];\nld.param.u64 %rd2, [cp_out];\nmov.u32 %r1, %tid.x;\n{setup}\n\
+         shl.b32 %r4, %r1, 4;\nmov.u32 %r5, sm;\nadd.u32 %r6, %r5, %r4;\n\
+         cvt.u64.u32 %rd3, %r4;\nadd.s64 %rd4, %rd1, %rd3;\n\
+         cp.async.ca.shared.global [%r6], [%rd4], 16, {operand};\ncp.async.commit_group;\ncp.async.wait_all;\n\
+         bar.sync 0;\nld.shared.v4.u32 {{%r10, %r11, %r12, %r13}}, [%r6];\nadd.s64 %rd5, %rd2, %rd3;\n\
+         st.global.v4.u32 [%rd5], {{%r10, %r11, %r12, %r13}};\nret;\n}}\n"
+    )
+}
+
+/// Runs a `cp_async_kernel` on 1024 input bytes and returns the simulator and the 1024 bytes it wrote.
+fn run_cp_async(src: &str, input: &[u8]) -> (Arc<SimRuntime>, Vec<u8>) {
+    let sim = Arc::new(SimRuntime::new());
+    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let ib = GpuBuffer::from_slice(&rt, input).expect("simulated allocation");
+    let ob = GpuBuffer::zeroed(&rt, input.len()).expect("simulated allocation");
+    let cfg = LaunchConfig { grid: Dim3::x(1), block: Dim3::x(64), shared_bytes: 0 };
+    let args = [KernelArg::Ptr(ib.ptr()), KernelArg::Ptr(ob.ptr())];
+    sim.launch_ptx("cp", src, "cp", cfg, &args).expect("the cp.async kernel runs");
+    let got = ob.to_vec::<u8>().expect("copy back");
+    (sim, got)
+}
+
 #[test]
 fn cp_async_zero_fills_and_counts_only_src_size() {
     // Thread t copies 16 bytes into shared memory with src-size (5t mod 17), then reads its 16 bytes back.
-    let src = ".version 8.4\n.target sm_80\n.address_size 64\n\
-        .shared .align 16 .b8 sm[1024];\n\
-        .visible .entry cp(.param .u64 cp_in, .param .u64 cp_out)\n{\n\
-        .reg .b32 %r<20>;\n.reg .b64 %rd<20>;\n\
-        ld.param.u64 %rd1, [cp_in];\nld.param.u64 %rd2, [cp_out];\nmov.u32 %r1, %tid.x;\n\
-        mul.lo.u32 %r2, %r1, 5;\nrem.u32 %r3, %r2, 17;\nshl.b32 %r4, %r1, 4;\nmov.u32 %r5, sm;\nadd.u32 %r6, %r5, %r4;\n\
-        cvt.u64.u32 %rd3, %r4;\nadd.s64 %rd4, %rd1, %rd3;\n\
-        cp.async.ca.shared.global [%r6], [%rd4], 16, %r3;\ncp.async.commit_group;\ncp.async.wait_all;\nbar.sync 0;\n\
-        ld.shared.v4.u32 {%r10, %r11, %r12, %r13}, [%r6];\nadd.s64 %rd5, %rd2, %rd3;\n\
-        st.global.v4.u32 [%rd5], {%r10, %r11, %r12, %r13};\nret;\n}\n";
-    let sim = Arc::new(SimRuntime::new());
-    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let src = cp_async_kernel("mul.lo.u32 %r2, %r1, 5;\nrem.u32 %r3, %r2, 17;", "%r3");
     let input: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
-    let ib = GpuBuffer::from_slice(&rt, &input).expect("simulated allocation");
-    let ob = GpuBuffer::zeroed(&rt, 1024).expect("simulated allocation");
-    let cfg = LaunchConfig {
-        grid: Dim3::x(1),
-        block: Dim3::x(64),
-        shared_bytes: 0,
-    };
-    let args = [KernelArg::Ptr(ib.ptr()), KernelArg::Ptr(ob.ptr())];
-    sim.launch_ptx("cp", src, "cp", cfg, &args)
-        .expect("the cp.async kernel runs");
-    let got = ob.to_vec::<u8>().expect("copy back");
+    let (sim, got) = run_cp_async(&src, &input);
     let mut read = 0u64;
     for t in 0..64usize {
         let n = t * 5 % 17;
@@ -439,29 +447,9 @@ fn atomics_race_with_plain_accesses_and_need_initialized_shared_memory() {
 #[test]
 fn cp_async_ignore_src_predicate() {
     // Odd threads set ignore-src: their 16 shared bytes are zero-filled; even threads copy.
-    let src = ".version 8.4\n.target sm_80\n.address_size 64\n.shared .align 16 .b8 sm[1024];\n\
-        .visible .entry cp(.param .u64 cp_in, .param .u64 cp_out)\n{\n.reg .pred %p<2>;\n\
-        .reg .b32 %r<20>;\n.reg .b64 %rd<20>;\n\
-        ld.param.u64 %rd1, [cp_in];\nld.param.u64 %rd2, [cp_out];\nmov.u32 %r1, %tid.x;\n\
-        and.b32 %r2, %r1, 1;\nsetp.eq.u32 %p1, %r2, 1;\nshl.b32 %r4, %r1, 4;\nmov.u32 %r5, sm;\nadd.u32 %r6, %r5, %r4;\n\
-        cvt.u64.u32 %rd3, %r4;\nadd.s64 %rd4, %rd1, %rd3;\n\
-        cp.async.ca.shared.global [%r6], [%rd4], 16, %p1;\ncp.async.wait_all;\nbar.sync 0;\n\
-        ld.shared.v4.u32 {%r10, %r11, %r12, %r13}, [%r6];\nadd.s64 %rd5, %rd2, %rd3;\n\
-        st.global.v4.u32 [%rd5], {%r10, %r11, %r12, %r13};\nret;\n}\n";
-    let sim = Arc::new(SimRuntime::new());
-    let rt: Arc<dyn GpuRuntime> = sim.clone();
+    let src = cp_async_kernel("and.b32 %r2, %r1, 1;\nsetp.eq.u32 %p1, %r2, 1;", "%p1");
     let input: Vec<u8> = (0..1024u32).map(|i| (i * 13 + 1) as u8).collect();
-    let ib = GpuBuffer::from_slice(&rt, &input).expect("simulated allocation");
-    let ob = GpuBuffer::zeroed(&rt, 1024).expect("simulated allocation");
-    let cfg = LaunchConfig {
-        grid: Dim3::x(1),
-        block: Dim3::x(64),
-        shared_bytes: 0,
-    };
-    let args = [KernelArg::Ptr(ib.ptr()), KernelArg::Ptr(ob.ptr())];
-    sim.launch_ptx("cpi", src, "cp", cfg, &args)
-        .expect("the cp.async kernel runs");
-    let got = ob.to_vec::<u8>().expect("copy back");
+    let (_, got) = run_cp_async(&src, &input);
     for (i, (g, x)) in got.iter().zip(&input).enumerate() {
         let want = if (i / 16) % 2 == 1 { 0 } else { *x };
         assert_eq!(*g, want, "byte {i}");
