@@ -66,3 +66,16 @@ pub(crate) fn check_grads(inputs: &[(Vec<usize>, Vec<f64>)], f: impl Fn(&[Tensor
     }
     Ok(())
 }
+
+/// The file `rel` under the asset cache of `cargo xtask assets` (`$RANKFOLD_ASSETS`, else
+/// `~/.cache/rankfold/assets`), when it has been fetched; tests that need an asset skip without it.
+pub(crate) fn asset(rel: &str) -> Option<std::path::PathBuf> {
+    let root = std::env::var_os("RANKFOLD_ASSETS").map(std::path::PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/rankfold/assets"))
+    })?;
+    let p = root.join(rel);
+    p.is_file().then_some(p)
+}
+
+/// The SmolLM2-135M-Instruct GGUF asset.
+pub(crate) const SMOLLM2_GGUF: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";

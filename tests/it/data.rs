@@ -609,15 +609,7 @@ fn imdb_split_synthetic() {
 
 #[test]
 fn imdb_real_file_when_cached() {
-    let root = std::env::var_os("RANKFOLD_ASSETS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rankfold/assets"))
-        });
-    let Some(path) = root
-        .map(|r| r.join("imdb/reviews.json"))
-        .filter(|p| p.is_file())
-    else {
+    let Some(path) = crate::common::asset("imdb/reviews.json") else {
         println!("skipping: imdb/reviews.json is not cached (run `cargo xtask assets`)");
         return;
     };

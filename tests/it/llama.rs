@@ -225,13 +225,7 @@ fn sharded_index_loads_the_same_model() -> Result<()> {
 
 /// The SmolLM2-135M-Instruct asset (`cargo xtask assets`), when it has been fetched.
 fn smollm2_asset() -> Option<PathBuf> {
-    let root = std::env::var_os("RANKFOLD_ASSETS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rankfold/assets"))
-        })?;
-    let p = root.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
+    crate::common::asset(crate::common::SMOLLM2_GGUF)
 }
 
 #[test]

@@ -171,28 +171,17 @@ fn errors_are_typed_and_named() -> Result<()> {
     ensure!(e.to_string().contains("n.json"), "{e}");
 
     // MiniLM's WordPiece tokenizer.json is rejected with a clear message when the asset is there.
-    if let Some(root) = assets() {
-        let p = root.join("all-minilm-l6-v2/tokenizer.json");
-        if p.is_file() {
-            let e = Tokenizer::from_file(&p).err().context("MiniLM")?;
-            ensure!(e.to_string().contains("not supported"), "{e}");
-        }
+    if let Some(p) = crate::common::asset("all-minilm-l6-v2/tokenizer.json") {
+        let e = Tokenizer::from_file(&p).err().context("MiniLM")?;
+        ensure!(e.to_string().contains("not supported"), "{e}");
     }
     Ok(())
 }
 
-fn assets() -> Option<PathBuf> {
-    std::env::var_os("RANKFOLD_ASSETS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rankfold/assets"))
-        })
-}
 
 #[test]
 fn smollm2_gguf_tokenizer_matches_hf_tokenizers() -> Result<()> {
-    let path = assets().map(|r| r.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    let Some(path) = path.filter(|p| p.is_file()) else {
+    let Some(path) = crate::common::asset(crate::common::SMOLLM2_GGUF) else {
         eprintln!("skipped: the SmolLM2 asset is not fetched (cargo xtask assets)");
         return Ok(());
     };
