@@ -191,20 +191,7 @@ impl Llama {
     /// tokens, 0 for padding on either side): padding keys are never attended to. Positions stay 0..t as in
     /// transformers when no position ids are given; logits at padding positions are meaningless.
     pub fn forward_masked(&self, tokens: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        if attention_mask.dims() != tokens.dims() {
-            return Err(rankfold_tensor::Error::ShapeMismatch {
-                op: "llama forward_masked",
-                lhs: tokens.shape().clone(),
-                rhs: attention_mask.shape().clone(),
-            }
-            .into());
-        }
-        let blocked: Vec<bool> = attention_mask
-            .to_dtype(DType::F32)?
-            .to_vec_f32()?
-            .iter()
-            .map(|&m| m == 0.0)
-            .collect();
+        let blocked = blocked_keys(tokens, attention_mask)?;
         self.run(tokens, None, Some(&blocked))
     }
 
@@ -220,6 +207,29 @@ impl Llama {
     }
 
     fn run(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut KvCache>,
+        key_blocked: Option<&[bool]>,
+    ) -> Result<Tensor> {
+        self.logits(&self.run_hidden(tokens, cache, key_blocked)?)
+    }
+
+    /// Final hidden states [b, t, hidden] (after the last RMSNorm) for token ids [b, t] with an optional Hugging
+    /// Face `attention_mask` [b, t]: what [`Llama::forward_masked`] computes before the LM head. A loss that
+    /// needs logits at a few positions only (labels, a classification answer) gathers those rows first and
+    /// calls [`Llama::logits`] on them, which skips most of the head's work.
+    pub fn forward_hidden(&self, tokens: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        match attention_mask {
+            None => self.run_hidden(tokens, None, None),
+            Some(m) => {
+                let blocked = blocked_keys(tokens, m)?;
+                self.run_hidden(tokens, None, Some(&blocked))
+            }
+        }
+    }
+
+    fn run_hidden(
         &self,
         tokens: &Tensor,
         mut cache: Option<&mut KvCache>,
@@ -270,12 +280,34 @@ impl Llama {
         if let Some(c) = cache {
             c.len += t;
         }
-        let x = self.norm.forward(&x)?;
+        Ok(self.norm.forward(&x)?)
+    }
+
+    /// Logits [.., vocab] for final hidden states [.., hidden] (the LM head, or the tied embedding).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
-            Some(head) => Ok(head.forward(&x)?),
-            None => Ok(x.matmul(&self.embed_tokens.weight().t()?)?),
+            Some(head) => Ok(head.forward(hidden)?),
+            None => Ok(hidden.matmul(&self.embed_tokens.weight().t()?)?),
         }
     }
+}
+
+/// The padding positions (mask value 0) of a Hugging Face attention mask shaped like `tokens`.
+fn blocked_keys(tokens: &Tensor, attention_mask: &Tensor) -> Result<Vec<bool>> {
+    if attention_mask.dims() != tokens.dims() {
+        return Err(rankfold_tensor::Error::ShapeMismatch {
+            op: "llama attention_mask",
+            lhs: tokens.shape().clone(),
+            rhs: attention_mask.shape().clone(),
+        }
+        .into());
+    }
+    Ok(attention_mask
+        .to_dtype(DType::F32)?
+        .to_vec_f32()?
+        .iter()
+        .map(|&m| m == 0.0)
+        .collect())
 }
 
 impl LinearModel for Llama {
