@@ -1,5 +1,6 @@
 //! The subcommands of the `rankfold` binary, one module each.
 
+pub(crate) mod common;
 pub(crate) mod eval;
 pub(crate) mod forward;
 pub(crate) mod generate;

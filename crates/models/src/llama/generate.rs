@@ -83,6 +83,16 @@ pub fn sample_token(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng)
 impl Llama {
     /// Continues one prompt; returns only the new tokens (ending with the stop token when one was produced).
     pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>> {
+        self.generate_with(prompt, opts, |_| {})
+    }
+
+    /// [`Llama::generate`], calling `on_token` with each new token as soon as it is picked (for streaming).
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
         let mut rng = Rng::new(opts.seed);
         let mut cache = KvCache::new();
         let device = self.embed_tokens.weight().device();
@@ -95,6 +105,7 @@ impl Llama {
             let row = logits.narrow(1, n - 1, 1)?.flatten_all()?.to_vec_f32()?;
             let tok = sample_token(&row, opts.temperature, opts.top_p, &mut rng);
             out.push(tok);
+            on_token(tok);
             if opts.stop_tokens.contains(&tok) {
                 break;
             }

@@ -2,6 +2,7 @@
 //! greedy / top-p generation, loading from Hugging Face folders or GGUF files, and random init for benches and tests.
 
 mod config;
+mod export;
 mod generate;
 mod init;
 mod load;
