@@ -44,3 +44,5 @@ mod data;
 mod trainer;
 // Byte-level BPE tokenizer vs HF tokenizers fixtures (small BPE, SmolLM2 from GGUF), round trips, errors.
 mod tokenizer;
+// BERT encoder and WordPiece: tiny BertModel vs PyTorch (padding, token types, prefixed names), tokenizers ids, MiniLM, LoRA classifier.
+mod bert;
