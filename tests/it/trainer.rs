@@ -83,7 +83,7 @@ fn losses(m: &[StepMetrics]) -> Vec<u64> {
 fn resume_continues_bit_for_bit() -> Result<()> {
     let (da, db) = (out_dir("straight"), out_dir("resumed"));
     let mut a = Trainer::new(config(&da), model(true)?)?;
-    let straight = a.run(|p| batch(p, 5), loss, None)?;
+    let straight = a.run(|p| batch(p, 5), loss, None)?.steps;
     ensure!(straight.len() == 6, "6 steps, got {}", straight.len());
     // Clipping is on and the norms exceed it, so the clipped path is the one exercised.
     ensure!(
@@ -93,7 +93,7 @@ fn resume_continues_bit_for_bit() -> Result<()> {
     let want = adapter_values(a.model())?;
 
     let mut b = Trainer::new(config(&db), model(true)?)?;
-    let first = b.run_until(3, |p| batch(p, 5), loss, None)?;
+    let first = b.run_until(3, |p| batch(p, 5), loss, None)?.steps;
     drop(b);
     let ckpt = latest_checkpoint(&db)?.context("no checkpoint after 3 steps")?;
     ensure!(
@@ -108,7 +108,7 @@ fn resume_continues_bit_for_bit() -> Result<()> {
         c.step(),
         c.position()
     );
-    let rest = c.run(|p| batch(p, 5), loss, None)?;
+    let rest = c.run(|p| batch(p, 5), loss, None)?.steps;
     let mut got = losses(&first);
     got.extend(losses(&rest));
     ensure!(
@@ -157,9 +157,9 @@ fn accumulating_half_batches_matches_whole_batches() -> Result<()> {
             .cross_entropy(&b.1, CrossEntropyOpts::default())?)
     };
     let mut w = Trainer::new(cw, model(true)?)?;
-    let mw = w.run(whole, plain, None)?;
+    let mw = w.run(whole, plain, None)?.steps;
     let mut h = Trainer::new(ch, model(true)?)?;
-    let mh = h.run(|p| batch(p, 7), plain, None)?;
+    let mh = h.run(|p| batch(p, 7), plain, None)?.steps;
     for (a, b) in mw.iter().zip(&mh) {
         let (la, lb) = (a.loss.unwrap_or(f64::NAN), b.loss.unwrap_or(f64::NAN));
         ensure!(
@@ -399,7 +399,7 @@ fn adalora_regularization_and_allocator_match_a_hand_loop() -> Result<()> {
     let mut c = TrainConfig::new(steps, lr0, &d);
     c.warmup = warmup;
     let mut t = Trainer::new(c, fresh()?)?;
-    let got = t.run(|_| Ok(()), |pm, _: &(), _| Ok(mse(pm)?), None)?;
+    let got = t.run(|_| Ok(()), |pm, _: &(), _| Ok(mse(pm)?), None)?.steps;
     ensure!(
         losses(&got) == want,
         "trainer {:?} vs hand loop {:?}",

@@ -73,6 +73,16 @@ pub trait AdapterLayer: LinearLayer {
     fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
 }
 
+/// An adapter method's training state beyond its PEFT files ([`AdapterMethod::export_state`]): named tensors
+/// and a JSON value for everything else. The names and the JSON layout belong to the method.
+#[derive(Debug, Clone, Default)]
+pub struct MethodState {
+    /// Tensors by name.
+    pub tensors: Vec<(String, Tensor)>,
+    /// The rest of the state.
+    pub meta: serde_json::Value,
+}
+
 /// What a method's config does for [`crate::PeftModel`]. One value per adapter name; it may hold state
 /// across steps (AdaLoRA's importance EMAs).
 pub trait AdapterMethod: std::fmt::Debug + Send + Sync {
@@ -107,6 +117,29 @@ pub trait AdapterMethod: std::fmt::Debug + Send + Sync {
         name: &str,
         layers: &[(String, &dyn AdapterLayer)],
     ) -> Result<serde_json::Value>;
+    /// The state this method keeps for adapter `name` across training steps beyond what the PEFT files hold
+    /// (AdaLoRA: the allocator's importance averages, the rank masks and the uncut tensors), for a training
+    /// checkpoint; `None` for methods whose PEFT files are the whole state.
+    fn export_state(
+        &self,
+        _name: &str,
+        _layers: &[(String, &dyn AdapterLayer)],
+    ) -> Result<Option<MethodState>> {
+        Ok(None)
+    }
+    /// Restores what [`AdapterMethod::export_state`] gave, into adapter `name` as loaded from its PEFT files.
+    /// Methods without such state keep this default, which refuses.
+    fn import_state(
+        &mut self,
+        name: &str,
+        _layers: &mut [(String, &mut dyn AdapterLayer)],
+        _state: MethodState,
+    ) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "adapter `{name}`: {:?} keeps no training state to restore",
+            self.method()
+        )))
+    }
     /// Called by the trainer after each optimizer step with that step's gradients.
     fn on_step(
         &mut self,

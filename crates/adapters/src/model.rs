@@ -328,6 +328,40 @@ impl<M: LinearModel> PeftModel<M> {
         Ok(())
     }
 
+    /// The training state adapter `name`'s method keeps beyond its PEFT files (see
+    /// [`AdapterMethod::export_state`]); `None` for methods without any.
+    pub fn export_state(&mut self, name: &str) -> Result<Option<crate::layer::MethodState>> {
+        let e = find_entry(&self.adapters, name)?;
+        let slots = self.model.linear_slots();
+        let layers = entry_layers(e, &slots);
+        e.method.export_state(name, &layers)
+    }
+
+    /// Restores state from [`PeftModel::export_state`] into adapter `name` (loaded from its PEFT files first);
+    /// the active adapter's tensors are trainable again afterwards.
+    pub fn import_state(&mut self, name: &str, state: crate::layer::MethodState) -> Result<()> {
+        let idx = self
+            .adapters
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| Error::UnknownAdapter(name.into()))?;
+        let e = &mut self.adapters[idx];
+        let mut slots = self.model.linear_slots();
+        let mut layers: Vec<(String, &mut dyn AdapterLayer)> = slots
+            .iter_mut()
+            .filter(|(p, _)| e.paths.contains(p))
+            .filter_map(|(p, s)| {
+                e.method
+                    .as_adapter_mut(s.layer_mut())
+                    .map(|l| (p.clone(), l))
+            })
+            .collect();
+        e.method.import_state(name, &mut layers, state)?;
+        drop(layers);
+        drop(slots);
+        self.apply_active()
+    }
+
     /// The active adapter's regularization loss (AdaLoRA's orthogonality term), which the trainer adds to the
     /// loss; `None` for methods without one or when adapters are disabled.
     pub fn regularization_loss(&mut self) -> Result<Option<Tensor>> {

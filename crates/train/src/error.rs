@@ -49,12 +49,37 @@ pub enum Error {
     /// Settings that cannot work (batch size 0, split sizes larger than the data set, …).
     #[error("invalid data settings: {0}")]
     Config(String),
+    /// A metrics file holds no training step to plot.
+    #[error("{path}: no training steps to plot")]
+    EmptyMetrics {
+        /// The metrics file (or the plot's destination when plotting in-memory metrics).
+        path: PathBuf,
+    },
+    /// Drawing or writing a plot failed.
+    #[error("{path}: cannot draw the plot: {message}")]
+    Plot {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Building tensors from a batch failed.
     #[error(transparent)]
     Tensor(#[from] rankfold_tensor::Error),
     /// An adapter operation of the trainer (activation, saving, loading, hooks) failed.
     #[error(transparent)]
     Adapter(#[from] rankfold_adapters::Error),
+    /// Loading or running a model failed.
+    #[error(transparent)]
+    Model(#[from] rankfold_models::Error),
+    /// A run spec (a recipe TOML file or command-line flags) is invalid; `origin` names the file or "flags".
+    #[error("{origin}: {message}")]
+    Spec {
+        /// The recipe file, or "command line".
+        origin: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
 }
 
 /// Result with this crate's [`Error`].

@@ -281,6 +281,28 @@ impl RankAllocator {
         }
     }
 
+    /// The pattern the final phase re-applies, once step T − tfinal has fixed it.
+    pub fn final_pattern(&self) -> Option<&RankPattern> {
+        self.final_pattern.as_ref()
+    }
+
+    /// The importance averages as (key, Ī, Ū), sorted by key (`<path>.lora_A`, `<path>.lora_E`, …), for a
+    /// training checkpoint.
+    pub fn ema_tensors(&self) -> Vec<(String, Tensor, Tensor)> {
+        let mut v: Vec<(String, Tensor, Tensor)> = self
+            .ema
+            .iter()
+            .map(|(k, e)| (k.clone(), e.ipt.detach(), e.unc.detach()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Sets the importance averages of `key` (restoring a checkpoint; see [`RankAllocator::ema_tensors`]).
+    pub fn set_ema(&mut self, key: String, ipt: Tensor, unc: Tensor) {
+        self.ema.insert(key, Ema { ipt, unc });
+    }
+
     /// Sets the pattern the final phase re-applies (for a run resumed past step T − tfinal).
     pub fn set_final_pattern(&mut self, pattern: Option<RankPattern>) {
         self.final_pattern = pattern;

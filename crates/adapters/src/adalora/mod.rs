@@ -42,6 +42,7 @@
 //! ```
 
 mod allocator;
+mod state;
 mod layer;
 mod svd_linear;
 
@@ -59,7 +60,7 @@ pub use svd_linear::SvdLinear;
 
 use crate::config::{CommonConfig, TargetModules};
 use crate::layer::{
-    downcast_adapter, downcast_adapter_mut, downcast_box, AdapterLayer, AdapterMethod, InjectResult, Method,
+    downcast_adapter, downcast_adapter_mut, downcast_box, AdapterLayer, AdapterMethod, InjectResult, MethodState, Method,
 };
 use crate::{Error, Result};
 
@@ -438,6 +439,19 @@ impl AdapterMethod for AdaLora {
             }
         }
         Ok(())
+    }
+    /// The uncut tensors, masks and allocator state of adapter `name` (see the `state` module).
+    fn export_state(&self, name: &str, layers: &[(String, &dyn AdapterLayer)]) -> Result<Option<MethodState>> {
+        state::export(self, name, layers).map(Some)
+    }
+    /// Restores [`AdapterMethod::export_state`]'s output into adapter `name` as loaded from its PEFT files.
+    fn import_state(
+        &mut self,
+        name: &str,
+        layers: &mut [(String, &mut dyn AdapterLayer)],
+        st: MethodState,
+    ) -> Result<()> {
+        state::import(self, name, layers, st)
     }
     /// `orth_reg_weight · mean(‖QQᵀ − I‖_F, ‖PᵀP − I‖_F over every layer)` for adapter `name` (PEFT adds this
     /// to the loss in `AdaLoraModel.forward`); None when the weight is 0.

@@ -1,12 +1,22 @@
 //! Checkpoints: `checkpoint-<step>/` under the output folder holds the adapter as a PEFT folder (`adapter/`),
-//! the optimizer state (`optimizer.safetensors`) and `trainer_state.json` (step, data position, seed, config).
+//! the optimizer state (`optimizer.safetensors`), the adapter method's training state when it keeps one
+//! (`adapter_state.safetensors`: AdaLoRA's importance averages, rank masks and uncut tensors) and
+//! `trainer_state.json` (step, data position, seed, config).
 //!
-//! A checkpoint is written into a hidden temporary folder next to it and renamed into place only when every
-//! file is complete, so a process killed mid-write leaves the previous checkpoints intact and at worst a
-//! `.tmp-checkpoint-*` folder, which [`latest_checkpoint`] ignores. `trainer_state.json` is written last.
+//! Durability: a checkpoint is written into a hidden temporary folder next to it (`.tmp-checkpoint-<step>`);
+//! every file in it is fsynced, then the folder itself, then it is renamed into place and the output folder
+//! is fsynced, so the rename is on disk before the call returns. A process killed at any moment therefore
+//! leaves every earlier checkpoint intact and at worst a `.tmp-checkpoint-*` folder, which
+//! [`latest_checkpoint`] ignores and the next write of that step removes. Replacing a checkpoint of the same
+//! step moves the old one aside (`.old-checkpoint-<step>`) before the rename and deletes it afterwards.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use rankfold_adapters::layer::MethodState;
+use rankfold_adapters::PeftModel;
+use rankfold_tensor::nn::LinearModel;
+use rankfold_tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
@@ -18,6 +28,11 @@ pub const ADAPTER_DIR: &str = "adapter";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The trainer state file inside a checkpoint.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// The adapter method's training state inside a checkpoint (only for methods that keep one).
+pub const ADAPTER_STATE_FILE: &str = "adapter_state.safetensors";
+
+/// The safetensors metadata key of the method state's JSON part.
+const STATE_META_KEY: &str = "rankfold.method_state";
 
 const PREFIX: &str = "checkpoint-";
 
@@ -38,10 +53,7 @@ impl TrainerState {
     /// Reads `trainer_state.json` from checkpoint folder `dir`.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         serde_json::from_str(&text).map_err(|e| Error::Json {
             source_name: path.display().to_string(),
             line: e.line(),
@@ -58,8 +70,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// Writes checkpoint `checkpoint-<state.step>` under `out`: `fill(tmp)` writes the payload into the temporary
-/// folder, then the state file is added and the folder renamed into place (replacing an older checkpoint of
-/// the same step). Returns the final path.
+/// folder, then the state file is added, everything is fsynced and the folder renamed into place (replacing
+/// an older checkpoint of the same step). Returns the final path.
 pub fn write(
     out: &Path,
     state: &TrainerState,
@@ -67,6 +79,7 @@ pub fn write(
 ) -> Result<PathBuf> {
     let name = format!("{PREFIX}{}", state.step);
     let tmp = out.join(format!(".tmp-{name}"));
+    let old = out.join(format!(".old-{name}"));
     let dst = out.join(&name);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -81,11 +94,52 @@ pub fn write(
         ))
     })?;
     std::fs::write(&state_path, text).map_err(io(&state_path))?;
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst).map_err(io(&dst))?;
+    sync_tree(&tmp)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    let replacing = dst.exists();
+    if replacing {
+        std::fs::rename(&dst, &old).map_err(io(&dst))?;
     }
     std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    sync_dir(out)?;
+    if replacing {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
     Ok(dst)
+}
+
+/// Fsyncs every file under `dir` and then every folder, innermost first, so that a folder's entries are on
+/// disk before the folder that names them.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&path))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Fsyncs a folder (its list of entries). Only Unix lets a folder be opened for this; elsewhere renames are
+/// left to the file system.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io(dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// The complete checkpoint with the highest step under `out` (`None` when there is none). Temporary folders
@@ -113,4 +167,58 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok(best.map(|(_, p)| p))
+}
+
+/// Writes adapter `name` of `model` into checkpoint folder `dir`: the PEFT folder, and the method's training
+/// state when it keeps one.
+pub fn save_adapter<M: LinearModel>(
+    dir: &Path,
+    model: &mut PeftModel<M>,
+    name: &str,
+) -> Result<()> {
+    model.save_pretrained(dir.join(ADAPTER_DIR), name)?;
+    if let Some(state) = model.export_state(name)? {
+        let path = dir.join(ADAPTER_STATE_FILE);
+        let meta = serde_json::to_string(&state.meta).map_err(|e| {
+            Error::Config(format!(
+                "{}: cannot encode the method state: {e}",
+                path.display()
+            ))
+        })?;
+        let refs: Vec<(&str, &Tensor)> =
+            state.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let meta = HashMap::from([(STATE_META_KEY.to_string(), meta)]);
+        rankfold_tensor::safetensors::save(&path, &refs, Some(&meta))?;
+    }
+    Ok(())
+}
+
+/// Adds adapter `name` to `model` from checkpoint folder `dir`: the PEFT folder, then the method's training
+/// state when the checkpoint has one.
+pub fn load_adapter<M: LinearModel>(
+    dir: &Path,
+    model: &mut PeftModel<M>,
+    name: &str,
+) -> Result<()> {
+    model.load(dir.join(ADAPTER_DIR), name)?;
+    let path = dir.join(ADAPTER_STATE_FILE);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let file = rankfold_tensor::safetensors::MmapedSafetensors::open(&path)?;
+    let Some(meta) = file.metadata()?.remove(STATE_META_KEY) else {
+        return Err(Error::Config(format!(
+            "{}: the metadata lacks `{STATE_META_KEY}`",
+            path.display()
+        )));
+    };
+    let meta = serde_json::from_str(&meta).map_err(|e| Error::Json {
+        source_name: format!("{} metadata `{STATE_META_KEY}`", path.display()),
+        line: e.line(),
+        message: e.to_string(),
+    })?;
+    let mut tensors: Vec<(String, Tensor)> = file.load_all(Device::Cpu)?.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    model.import_state(name, MethodState { tensors, meta })?;
+    Ok(())
 }

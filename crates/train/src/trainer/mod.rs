@@ -1,7 +1,10 @@
 //! The trainer core: [`Trainer`] runs a [`PeftModel`]-wrapped model through optimizer steps with a
 //! caller-supplied loss closure — AdamW on the adapter parameters with a warmup-cosine schedule, gradient
-//! accumulation, global-norm clipping, the adapter's regularization loss and per-step hook, JSONL metrics,
-//! atomic checkpoints and bit-identical resume (see [`checkpoint`]).
+//! accumulation, global-norm clipping, the adapter's regularization loss and per-step hook (AdaLoRA's rank
+//! allocator runs there without the caller doing anything), evaluation every N steps through the caller's
+//! closure, JSONL metrics with throughput and peak memory ([`metrics`]), a progress reporter ([`progress`]),
+//! durable atomic checkpoints and bit-identical resume ([`checkpoint`]), a stop flag for Ctrl-C, and a
+//! loss-curve SVG at the end ([`plot`]).
 //!
 //! Data: the trainer does not own a data set. It asks the caller for micro-batch `position` (0, 1, 2, … over
 //! the whole run; the caller maps it onto epochs and a `Loader`'s batches), and the position is what a
@@ -10,55 +13,48 @@
 //! Randomness: each micro-batch gets its own generator, `Rng::new` of the run seed mixed with the position, so
 //! the random state at any point is a function of (seed, position) and a checkpoint needs nothing more to
 //! restore it. The adapters' own generators (e.g. LoRA dropout masks drawn inside `PeftModel`) are not part of
-//! that state: a run with adapter dropout resumes correctly but not bit for bit.
+//! that state: a run with adapter dropout resumes correctly but not bit for bit. State an adapter method keeps
+//! across steps (AdaLoRA's importance averages and rank masks) is saved in the checkpoint and restored.
 //!
-//! Not done yet: Ctrl-C handling (a kill between checkpoints loses the steps since the last one, never the
-//! checkpoint itself), and evaluation runs only through the caller's closure.
+//! Stopping: the library installs no signal handler. The caller hands the trainer an `Arc<AtomicBool>`
+//! ([`Trainer::with_stop_flag`]) and sets it (the `rankfold` binary does so from its Ctrl-C handler). The flag
+//! is checked before every optimizer step and between the micro-batches of a step; a step cut short is
+//! dropped whole (its gradients discarded, the data position rewound to the step's first micro-batch), a
+//! checkpoint of the last complete step is written, and the run returns normally with
+//! [`RunOutcome::interrupted`] set. Resuming from that checkpoint gives the same losses bit for bit.
+//!
+//! Wall time appears only in the metrics and the progress line; nothing a resumed run compares depends on it.
 
 pub mod checkpoint;
 mod config;
+pub mod metrics;
+pub mod plot;
+pub mod progress;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use rankfold_adapters::PeftModel;
 use rankfold_tensor::nn::LinearModel;
 use rankfold_tensor::optim::{
     clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule, Optimizer,
 };
-use rankfold_tensor::{GradStore, Rng, Tensor};
-use serde::{Deserialize, Serialize};
+use rankfold_tensor::{Device, GradStore, Rng};
 
 pub use checkpoint::{latest_checkpoint, TrainerState};
 pub use config::TrainConfig;
+pub use metrics::{read_metrics, StepLoss, StepMetrics, METRICS_FILE};
+pub use plot::{plot_loss, plot_metrics_file, PLOT_FILE};
+pub use progress::{NoProgress, Progress, TextProgress};
 
 use crate::{Error, Result};
 
 /// The evaluation closure of [`Trainer::run`]: a value (e.g. a held-out loss) for the model as it stands.
 pub type EvalFn<'a, M> = &'a mut dyn FnMut(&mut PeftModel<M>) -> Result<f64>;
-
-/// The metrics file in the output folder: one JSON object per line.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-
-/// One line of the metrics file: a training step (`eval_loss` absent) or an evaluation (`loss` absent).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    /// Optimizer steps done when the line was written (1-based for training lines).
-    pub step: usize,
-    /// The mean loss over the step's micro-batches (regularization included).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    /// The learning rate the step used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f64>,
-    /// The global gradient norm before clipping.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grad_norm: Option<f64>,
-    /// The evaluation closure's value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eval_loss: Option<f64>,
-}
 
 /// The generator of micro-batch `position` in a run seeded `seed`.
 pub fn batch_rng(seed: u64, position: u64) -> Rng {
@@ -66,16 +62,62 @@ pub fn batch_rng(seed: u64, position: u64) -> Rng {
     Rng::new(seed ^ position.wrapping_add(1).wrapping_mul(0x9E6C_63D0_676A_9A99))
 }
 
+/// Where a run stopped early because its stop flag was set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interrupted {
+    /// Optimizer steps complete (a step cut short between micro-batches is not counted).
+    pub step: usize,
+    /// The next micro-batch position.
+    pub position: u64,
+    /// The checkpoint of `step` to resume from.
+    pub checkpoint: PathBuf,
+}
+
+/// What one [`Trainer::run`] / [`Trainer::run_until`] call did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunOutcome {
+    /// The training metrics of the steps this call ran, in order.
+    pub steps: Vec<StepMetrics>,
+    /// The evaluations this call ran: (step, value).
+    pub evals: Vec<(usize, f64)>,
+    /// Optimizer steps done when the call returned.
+    pub step: usize,
+    /// Set when the stop flag ended the call before `until`.
+    pub interrupted: Option<Interrupted>,
+    /// The newest checkpoint this call wrote, if any.
+    pub checkpoint: Option<PathBuf>,
+    /// The loss-curve SVG, written when the run reached its configured step count or was stopped.
+    pub plot: Option<PathBuf>,
+    /// Problems that did not stop training (e.g. the plot could not be written), one sentence each.
+    pub warnings: Vec<String>,
+    /// Wall seconds the call took.
+    pub elapsed_s: f64,
+    /// The tokens of the call's micro-batches, when the loss closure reported them all.
+    pub tokens: Option<u64>,
+}
+
+impl RunOutcome {
+    /// Whether the stop flag ended the run early.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.is_some()
+    }
+}
+
 /// Trains the active adapter of a [`PeftModel`] (see the module documentation).
 pub struct Trainer<M: LinearModel> {
     config: TrainConfig,
     model: PeftModel<M>,
     optimizer: AdamW,
-    params: Vec<(String, Tensor)>,
+    params: Vec<(String, rankfold_tensor::Tensor)>,
     schedule: LrSchedule,
     step: usize,
     position: u64,
     metrics: File,
+    device: Device,
+    stop: Option<Arc<AtomicBool>>,
+    progress: Option<Box<dyn Progress>>,
+    /// The step and path of the newest checkpoint this trainer wrote or resumed from.
+    last_checkpoint: Option<(usize, PathBuf)>,
 }
 
 impl<M: LinearModel> std::fmt::Debug for Trainer<M> {
@@ -84,13 +126,42 @@ impl<M: LinearModel> std::fmt::Debug for Trainer<M> {
             .field("config", &self.config)
             .field("step", &self.step)
             .field("position", &self.position)
+            .field("last_checkpoint", &self.last_checkpoint)
             .finish()
     }
 }
 
+/// How one optimizer step ended.
+enum StepEnd {
+    Done(StepMetrics),
+    /// The stop flag was seen between micro-batches; the partial step was dropped.
+    Stopped,
+}
+
 impl<M: LinearModel> Trainer<M> {
     /// A trainer at step 0 for `model`, whose adapter `config.adapter` must exist and have trainable tensors.
-    pub fn new(config: TrainConfig, mut model: PeftModel<M>) -> Result<Self> {
+    /// The output folder must not hold an earlier run's checkpoints or metrics (they are never overwritten
+    /// silently: resume from them with [`Trainer::resume`] or choose another folder).
+    pub fn new(config: TrainConfig, model: PeftModel<M>) -> Result<Self> {
+        config.validate()?;
+        if let Some(c) = latest_checkpoint(&config.output_dir)? {
+            return Err(Error::Config(format!(
+                "output folder {} already holds {} from an earlier run: resume from it or choose another folder",
+                config.output_dir.display(),
+                c.display()
+            )));
+        }
+        let metrics = config.output_dir.join(METRICS_FILE);
+        if std::fs::metadata(&metrics).is_ok_and(|m| m.len() > 0) {
+            return Err(Error::Config(format!(
+                "{} already holds an earlier run's metrics: choose another output folder",
+                metrics.display()
+            )));
+        }
+        Self::build(config, model)
+    }
+
+    fn build(config: TrainConfig, mut model: PeftModel<M>) -> Result<Self> {
         config.validate()?;
         if !model.adapter_names().contains(&config.adapter) {
             return Err(Error::Config(format!(
@@ -101,12 +172,12 @@ impl<M: LinearModel> Trainer<M> {
         model.set_active(&config.adapter)?;
         model.set_training(true)?;
         let params = model.parameters();
-        if params.is_empty() {
+        let Some(device) = params.first().map(|(_, t)| t.device()) else {
             return Err(Error::Config(format!(
                 "adapter `{}` has no trainable tensors",
                 config.adapter
             )));
-        }
+        };
         let adamw = AdamWConfig {
             lr: config.lr,
             weight_decay: config.weight_decay,
@@ -140,17 +211,30 @@ impl<M: LinearModel> Trainer<M> {
             step: 0,
             position: 0,
             metrics,
+            device,
+            stop: None,
+            progress: None,
+            last_checkpoint: None,
         })
     }
 
     /// Continues from the checkpoint folder `dir`: `model` is the base model (wrapped, without the adapter),
-    /// into which the checkpoint's adapter is loaded; the optimizer state, step and data position are restored.
-    /// `config` may change fields that do not affect the math already done (output folder, eval and
-    /// checkpoint cadence); the step count and schedule come from `config` too.
+    /// into which the checkpoint's adapter is loaded (with the method's saved state, e.g. AdaLoRA's allocator);
+    /// the optimizer state, step and data position are restored. `config` may change fields that do not
+    /// affect the math already done (output folder, eval and checkpoint cadence); the step count and schedule
+    /// come from `config` too. New metrics lines are appended to the output folder's metrics file.
     pub fn resume(config: TrainConfig, mut model: PeftModel<M>, dir: &Path) -> Result<Self> {
         let state = TrainerState::read(dir)?;
-        model.load(dir.join(checkpoint::ADAPTER_DIR), &config.adapter)?;
-        let mut t = Trainer::new(config, model)?;
+        if state.seed != config.seed {
+            return Err(Error::Config(format!(
+                "{}: checkpoint seed {} differs from the configured seed {}",
+                dir.display(),
+                state.seed,
+                config.seed
+            )));
+        }
+        checkpoint::load_adapter(dir, &mut model, &config.adapter)?;
+        let mut t = Trainer::build(config, model)?;
         if state.step > t.config.steps {
             return Err(Error::Config(format!(
                 "{}: checkpoint step {} is past the configured steps {}",
@@ -163,15 +247,22 @@ impl<M: LinearModel> Trainer<M> {
             .load_state(&dir.join(checkpoint::OPTIMIZER_FILE))?;
         t.step = state.step;
         t.position = state.position;
-        if state.seed != t.config.seed {
-            return Err(Error::Config(format!(
-                "{}: checkpoint seed {} differs from the configured seed {}",
-                dir.display(),
-                state.seed,
-                t.config.seed
-            )));
-        }
+        t.last_checkpoint = Some((state.step, dir.to_path_buf()));
         Ok(t)
+    }
+
+    /// Checks `flag` before every optimizer step and between micro-batches; when it is set, the run writes a
+    /// checkpoint and returns with [`RunOutcome::interrupted`] (see the module documentation). The trainer
+    /// only reads the flag; clearing it is the caller's business.
+    pub fn with_stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// Reports steps, evaluations, checkpoints and the end of each run to `progress`.
+    pub fn with_progress(mut self, progress: Box<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// The wrapped model.
@@ -199,77 +290,158 @@ impl<M: LinearModel> Trainer<M> {
         &self.config
     }
 
-    /// Runs optimizer steps until `until` steps are done (at most `config.steps`) and returns the training
-    /// metrics of the steps it ran. `batch(position)` gives a micro-batch; `loss(model, batch, rng)` its scalar
-    /// loss; `eval(model)`, when given, runs every `eval_every` steps.
-    pub fn run_until<B>(
+    /// The newest checkpoint this trainer wrote or resumed from.
+    pub fn last_checkpoint(&self) -> Option<&Path> {
+        self.last_checkpoint.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// Runs optimizer steps until `until` steps are done (at most `config.steps`) or the stop flag is set.
+    /// `batch(position)` gives a micro-batch; `loss(model, batch, rng)` its scalar loss, either as a bare
+    /// tensor or as a [`StepLoss`] with the micro-batch's token count; `eval(model)`, when given, runs every
+    /// `eval_every` steps. When the run reaches `config.steps` or is stopped, the loss curve is drawn to
+    /// [`PLOT_FILE`] in the output folder.
+    pub fn run_until<B, L: Into<StepLoss>>(
         &mut self,
         until: usize,
         mut batch: impl FnMut(u64) -> Result<B>,
-        mut loss: impl FnMut(&mut PeftModel<M>, &B, &mut Rng) -> Result<Tensor>,
+        mut loss: impl FnMut(&mut PeftModel<M>, &B, &mut Rng) -> Result<L>,
         mut eval: Option<EvalFn<'_, M>>,
-    ) -> Result<Vec<StepMetrics>> {
-        let mut out = Vec::new();
-        while self.step < until.min(self.config.steps) {
-            let m = self.train_step(&mut batch, &mut loss)?;
+    ) -> Result<RunOutcome> {
+        let started = Instant::now();
+        let target = until.min(self.config.steps);
+        let total = self.config.steps;
+        if let Some(p) = self.progress.as_mut() {
+            p.on_start(self.step, total);
+        }
+        let mut out = RunOutcome {
+            tokens: Some(0),
+            ..RunOutcome::default()
+        };
+        while self.step < target {
+            if self.stop_requested() {
+                out.interrupted = Some(self.interrupt(&mut out)?);
+                break;
+            }
+            let m = match self.train_step(&mut batch, &mut loss, started)? {
+                StepEnd::Done(m) => m,
+                StepEnd::Stopped => {
+                    out.interrupted = Some(self.interrupt(&mut out)?);
+                    break;
+                }
+            };
             self.write_metrics(&m)?;
-            out.push(m);
+            out.tokens = out.tokens.zip(m.tokens).map(|(a, b)| a + b);
+            if let Some(p) = self.progress.as_mut() {
+                p.on_step(&m, total);
+            }
+            out.steps.push(m);
             if self.config.eval_every > 0 && self.step % self.config.eval_every == 0 {
                 if let Some(f) = eval.as_mut() {
                     self.model.set_training(false)?;
                     let v = f(&mut self.model);
                     self.model.set_training(true)?;
+                    let v = v?;
                     let m = StepMetrics {
                         step: self.step,
-                        loss: None,
-                        lr: None,
-                        grad_norm: None,
-                        eval_loss: Some(v?),
+                        eval_loss: Some(v),
+                        ..StepMetrics::default()
                     };
                     self.write_metrics(&m)?;
+                    out.evals.push((self.step, v));
+                    if let Some(p) = self.progress.as_mut() {
+                        p.on_eval(self.step, v);
+                    }
                 }
             }
             if self.config.checkpoint_every > 0 && self.step % self.config.checkpoint_every == 0 {
-                self.save_checkpoint()?;
+                out.checkpoint = Some(self.save_checkpoint()?);
             }
+        }
+        if out.steps.is_empty() {
+            out.tokens = None;
+        }
+        out.step = self.step;
+        if self.step >= self.config.steps || out.interrupted.is_some() {
+            let path = self.config.output_dir.join(PLOT_FILE);
+            match plot_metrics_file(&self.config.output_dir.join(METRICS_FILE), &path) {
+                Ok(()) => out.plot = Some(path),
+                Err(e) => out
+                    .warnings
+                    .push(format!("the loss curve was not drawn: {e}")),
+            }
+        }
+        out.elapsed_s = started.elapsed().as_secs_f64();
+        if let Some(p) = self.progress.as_mut() {
+            p.on_finish(&out);
         }
         Ok(out)
     }
 
     /// [`Trainer::run_until`] the configured step count.
-    pub fn run<B>(
+    pub fn run<B, L: Into<StepLoss>>(
         &mut self,
         batch: impl FnMut(u64) -> Result<B>,
-        loss: impl FnMut(&mut PeftModel<M>, &B, &mut Rng) -> Result<Tensor>,
+        loss: impl FnMut(&mut PeftModel<M>, &B, &mut Rng) -> Result<L>,
         eval: Option<EvalFn<'_, M>>,
-    ) -> Result<Vec<StepMetrics>> {
+    ) -> Result<RunOutcome> {
         self.run_until(self.config.steps, batch, loss, eval)
     }
 
+    /// The checkpoint of the current step for a stopped run (the one already written at this step, if any).
+    fn interrupt(&mut self, out: &mut RunOutcome) -> Result<Interrupted> {
+        let checkpoint = match &self.last_checkpoint {
+            Some((s, p)) if *s == self.step && p.starts_with(&self.config.output_dir) => p.clone(),
+            _ => self.save_checkpoint()?,
+        };
+        out.checkpoint = Some(checkpoint.clone());
+        Ok(Interrupted {
+            step: self.step,
+            position: self.position,
+            checkpoint,
+        })
+    }
+
     /// One optimizer step over `grad_accum` micro-batches.
-    fn train_step<B>(
+    fn train_step<B, L: Into<StepLoss>>(
         &mut self,
         batch: &mut impl FnMut(u64) -> Result<B>,
-        loss: &mut impl FnMut(&mut PeftModel<M>, &B, &mut Rng) -> Result<Tensor>,
-    ) -> Result<StepMetrics> {
+        loss: &mut impl FnMut(&mut PeftModel<M>, &B, &mut Rng) -> Result<L>,
+        run_started: Instant,
+    ) -> Result<StepEnd> {
+        let t0 = Instant::now();
         let lr = self.schedule.lr_at(self.step, self.config.lr);
-        self.optimizer.set_learning_rate(lr);
         let n = self.config.grad_accum;
+        let first = self.position;
         let mut grads = GradStore::new();
         let mut total = 0.0;
-        for _ in 0..n {
+        let mut tokens = Some(0u64);
+        for i in 0..n {
+            if i > 0 && self.stop_requested() {
+                // The partial step is dropped whole: nothing of it has touched the adapter or the optimizer.
+                self.position = first;
+                return Ok(StepEnd::Stopped);
+            }
             let b = batch(self.position)?;
             let mut rng = batch_rng(self.config.seed, self.position);
-            let mut l = loss(&mut self.model, &b, &mut rng)?;
+            let StepLoss {
+                loss: mut l,
+                tokens: t,
+            } = loss(&mut self.model, &b, &mut rng)?.into();
+            tokens = tokens.zip(t).map(|(a, b)| a + b);
             if let Some(r) = self.model.regularization_loss()? {
                 l = l.add(&r)?;
             }
             let v = l.to_scalar()?;
             if !v.is_finite() {
+                self.position = first;
                 return Err(Error::Config(format!(
                     "step {}: the loss of micro-batch {} is {v}",
                     self.step + 1,
-                    self.position
+                    first + i as u64
                 )));
             }
             total += v;
@@ -280,16 +452,22 @@ impl<M: LinearModel> Trainer<M> {
             Some(c) => clip_grad_norm(&mut grads, &self.params, c)?,
             None => grad_norm(&grads, &self.params)?,
         };
+        self.optimizer.set_learning_rate(lr);
         self.optimizer.step(&grads)?;
         self.model.on_step(self.step, &grads)?;
         self.step += 1;
-        Ok(StepMetrics {
+        let dt = t0.elapsed().as_secs_f64();
+        Ok(StepEnd::Done(StepMetrics {
             step: self.step,
             loss: Some(total / n as f64),
             lr: Some(lr),
             grad_norm: Some(norm),
             eval_loss: None,
-        })
+            tokens,
+            tokens_per_s: tokens.filter(|_| dt > 0.0).map(|t| t as f64 / dt),
+            elapsed_s: Some(run_started.elapsed().as_secs_f64()),
+            peak_mem_bytes: Some(rankfold_tensor::memory::stats(self.device).peak_bytes as u64),
+        }))
     }
 
     fn write_metrics(&mut self, m: &StepMetrics) -> Result<()> {
@@ -300,8 +478,9 @@ impl<M: LinearModel> Trainer<M> {
         writeln!(self.metrics, "{line}").map_err(|e| Error::Io { path, source: e })
     }
 
-    /// Writes `checkpoint-<step>` under the output folder (atomically; see [`checkpoint`]) and returns its path.
-    pub fn save_checkpoint(&mut self) -> Result<std::path::PathBuf> {
+    /// Writes `checkpoint-<step>` under the output folder (durably and atomically; see [`checkpoint`]) and
+    /// returns its path.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let state = TrainerState {
             step: self.step,
             position: self.position,
@@ -310,10 +489,15 @@ impl<M: LinearModel> Trainer<M> {
         };
         let (model, optimizer) = (&mut self.model, &self.optimizer);
         let adapter = self.config.adapter.clone();
-        checkpoint::write(&self.config.output_dir, &state, |tmp| {
-            model.save_pretrained(tmp.join(checkpoint::ADAPTER_DIR), &adapter)?;
+        let path = checkpoint::write(&self.config.output_dir, &state, |tmp| {
+            checkpoint::save_adapter(tmp, model, &adapter)?;
             optimizer.save_state(&tmp.join(checkpoint::OPTIMIZER_FILE))?;
             Ok(())
-        })
+        })?;
+        self.last_checkpoint = Some((self.step, path.clone()));
+        if let Some(p) = self.progress.as_mut() {
+            p.on_checkpoint(self.step, &path);
+        }
+        Ok(path)
     }
 }
