@@ -46,3 +46,5 @@ mod trainer;
 mod tokenizer;
 // BERT encoder and WordPiece: tiny BertModel vs PyTorch (padding, token types, prefixed names), tokenizers ids, MiniLM, LoRA classifier.
 mod bert;
+// The rankfold binary: forward / merge / inspect / generate on the PyTorch fixtures, errors, NF4 loading.
+mod cli;
