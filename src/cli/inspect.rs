@@ -22,8 +22,9 @@ use super::common::{self, path_json};
 pub(crate) struct InspectArgs {
     /// A PEFT adapter folder, a .safetensors file, or a folder holding some.
     path: PathBuf,
-    /// The base model (folder or GGUF) of a GLoRA adapter: its update W0⊙A + B needs W0; without it the norms
-    /// of the additive part B and of the relative part A are reported.
+    /// The base of a GLoRA adapter — a model folder, a GGUF file, or a .safetensors file of `<module>.weight`
+    /// tensors: its update W0⊙A + B needs W0; without it the norms of the additive part B and of the relative part
+    /// A are reported.
     #[arg(long)]
     model: Option<PathBuf>,
 }
@@ -340,19 +341,12 @@ fn glora_layer(
         params += n;
         values.push(value);
     }
-    // The layer's size from the B path (its `zeros` buffer or Xd·Xu is [out, in]; a vector is [out, 1]).
-    let (out_f, in_f) = match (
-        base,
-        t.get("glora_B.zeros"),
-        t.get("glora_A.zeros"),
-        &values[1],
-    ) {
-        (Some(w), ..) => (w.dims()[0], w.dims()[1]),
-        (None, Some(z), ..) | (None, None, Some(z), _) => (z.dims()[0], z.dims()[1]),
-        (None, None, None, Some(v)) if v.rank() == 2 && v.dims()[1] > 1 => {
-            (v.dims()[0], v.dims()[1])
+    let (out_f, in_f) = match (base, glora_dims(t)) {
+        (Some(w), Some(d)) if w.dims() != [d.0, d.1] => {
+            bail!("{file}: module `{module}`: the base weight is {:?}, the adapter's tensors are for [{}, {}]", w.dims(), d.0, d.1)
         }
-        _ => (0, 0),
+        (Some(w), _) => (w.dims()[0], w.dims()[1]),
+        (None, d) => d.unwrap_or((0, 0)),
     };
     let full = |v: &Option<Tensor>| -> Result<Option<Tensor>> {
         match v {
@@ -388,8 +382,58 @@ fn glora_layer(
     })
 }
 
-/// The dense base weight of every linear module of the model at `path`, as f64.
+/// A GLoRA layer's [out, in] from its tensors' shapes, when they tell: A/B hold [out, in] (`zeros`), [out, r]·[r, in]
+/// or [out, 1]; C holds [in, r], [in, 1]; D/E hold [out].
+fn glora_dims(t: &HashMap<String, Tensor>) -> Option<(usize, usize)> {
+    let dim = |k: &str, i: usize| t.get(k).and_then(|x| x.dims().get(i).copied());
+    let out_f = ["glora_A.zeros", "glora_B.zeros", "glora_A.Xd", "glora_B.Xd"]
+        .iter()
+        .find_map(|k| dim(k, 0))
+        .or_else(|| {
+            [
+                "glora_A.X",
+                "glora_B.X",
+                "glora_D.X",
+                "glora_E.X",
+                "glora_D.zeros",
+                "glora_E.zeros",
+            ]
+            .iter()
+            .find(|k| t.get(**k).is_some_and(|x| x.elem_count() > 1))
+            .and_then(|k| dim(k, 0))
+        })?;
+    let in_f = ["glora_A.zeros", "glora_B.zeros", "glora_A.Xu", "glora_B.Xu"]
+        .iter()
+        .find_map(|k| dim(k, 1))
+        .or_else(|| {
+            ["glora_C.Xd", "glora_C.X", "glora_C.zeros"]
+                .iter()
+                .find_map(|k| dim(k, 0))
+        })?;
+    Some((out_f, in_f))
+}
+
+/// The dense base weight of every linear module, as f64: from a model (folder or GGUF), or from a .safetensors
+/// file whose `<module>.weight` tensors are the bases.
 fn base_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "safetensors") {
+        let st = MmapedSafetensors::open(path)?;
+        return st
+            .names()
+            .into_iter()
+            .filter_map(|n| {
+                n.strip_suffix(".weight")
+                    .map(|m| (m.to_string(), n.clone()))
+            })
+            .map(|(m, n)| {
+                Ok((
+                    m,
+                    st.load(&n, rankfold_tensor::Device::Cpu)?
+                        .to_dtype(DType::F64)?,
+                ))
+            })
+            .collect();
+    }
     let (_, mut model) = common::load_model(path, false)?;
     model
         .linear_slots()

@@ -169,3 +169,59 @@ fn inspect_figures_equal_plain_loops_over_the_saved_tensors() -> Result<()> {
     ensure!(v["tensors"] == 21, "{v}");
     Ok(())
 }
+
+/// Every PEFT reference case of `tests/fixtures/peft` (LoRA with rank/alpha patterns, rsLoRA, AdaLoRA with a layer
+/// pruned to rank 0, GLoRA in twelve support-shape combinations): ‖ΔW‖_F equals ‖merged_weight − weight‖_F of
+/// PyTorch's own merge, and the parameter count equals the elements of the saved tensors (GLoRA's `zeros` buffers
+/// excluded).
+#[test]
+fn inspect_update_norms_equal_pytorch_merges_on_every_peft_case() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft");
+    let mut cases = 0;
+    for entry in std::fs::read_dir(&root)? {
+        let case = entry?.path();
+        let (adapter, io) = (case.join("adapter"), case.join("io.safetensors"));
+        if !adapter.join("adapter_config.json").is_file() || !io.is_file() {
+            continue;
+        }
+        let mut args = vec!["inspect", s(&adapter)];
+        if case.to_string_lossy().contains("glora") {
+            args.extend(["--model", s(&io)]);
+        }
+        let v = run_json(&args)?;
+        let st = MmapedSafetensors::open(&io)?;
+        let saved = MmapedSafetensors::open(adapter.join("adapter_model.safetensors"))?;
+        for l in v["layers"].as_array().context("layers")? {
+            let module = l["module"].as_str().context("module")?;
+            let w = st
+                .load(&format!("{module}.weight"), Device::Cpu)?
+                .to_vec_f32()?;
+            let m = st
+                .load(&format!("{module}.merged_weight"), Device::Cpu)?
+                .to_vec_f32()?;
+            let want = fro(w.iter().zip(&m).map(|(&a, &b)| (b - a) as f64));
+            let got = l["delta_norm"].as_f64().context("delta_norm")?;
+            ensure!(
+                (got - want).abs() <= 1e-5 * want.max(1.0),
+                "{}: {module}: ‖ΔW‖ {got} vs PyTorch {want}",
+                case.display()
+            );
+            let prefix = format!("base_model.model.{module}.");
+            let params: usize = saved
+                .names()
+                .iter()
+                .filter(|n| n.starts_with(&prefix) && !n.ends_with(".zeros"))
+                .map(|n| Ok(saved.info(n)?.0.elem_count()))
+                .sum::<Result<usize>>()?;
+            ensure!(
+                l["params"] == params,
+                "{}: {module}: params {} vs {params}",
+                case.display(),
+                l["params"]
+            );
+        }
+        cases += 1;
+    }
+    ensure!(cases >= 15, "only {cases} PEFT cases found");
+    Ok(())
+}
