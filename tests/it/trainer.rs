@@ -4,6 +4,8 @@
 //! the config round-trips through JSON and names the bad field.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use rankfold_adapters::lora::{LoraConfig, LoraInit};
@@ -11,7 +13,8 @@ use rankfold_adapters::testing::{TestModel, TestModelConfig};
 use rankfold_adapters::{PeftModel, TargetModules};
 use rankfold_tensor::{CrossEntropyOpts, DType, Device, Rng, Tensor};
 use rankfold_train::trainer::{
-    checkpoint, latest_checkpoint, StepMetrics, TrainConfig, Trainer, METRICS_FILE,
+    checkpoint, latest_checkpoint, read_metrics, Interrupted, Progress, RunOutcome, StepLoss,
+    StepMetrics, TrainConfig, Trainer, METRICS_FILE,
 };
 
 /// A fresh folder for one test.
@@ -412,4 +415,459 @@ fn adalora_regularization_and_allocator_match_a_hand_loop() -> Result<()> {
     );
     std::fs::remove_dir_all(d)?;
     Ok(())
+}
+
+/// Runs `config` straight, and again with a stop flag that the batch closure sets when it is asked for
+/// micro-batch `stop_at`; then resumes from the checkpoint the stopped run wrote. Returns (straight losses,
+/// stopped + resumed losses, the interruption, whether the adapters match).
+fn stop_and_resume(name: &str, stop_at: u64) -> Result<(Vec<u64>, Vec<u64>, Interrupted, bool)> {
+    let (da, db) = (out_dir(&format!("{name}-a")), out_dir(&format!("{name}-b")));
+    let mut c = config(&da);
+    c.checkpoint_every = 0;
+    let mut a = Trainer::new(c.clone(), model(true)?)?;
+    let straight = a.run(|p| batch(p, 5), loss, None)?;
+    ensure!(
+        !straight.is_interrupted() && straight.step == 6,
+        "{straight:?}"
+    );
+    let want = adapter_values(a.model())?;
+
+    c.output_dir = db.clone();
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut b = Trainer::new(c.clone(), model(true)?)?.with_stop_flag(flag.clone());
+    let setter = flag.clone();
+    let first = b.run(
+        move |p| {
+            if p == stop_at {
+                setter.store(true, Ordering::SeqCst);
+            }
+            batch(p, 5)
+        },
+        loss,
+        None,
+    )?;
+    let stop = first
+        .interrupted
+        .clone()
+        .context("the stop flag did not stop the run")?;
+    ensure!(
+        first.step == stop.step && first.checkpoint.as_ref() == Some(&stop.checkpoint),
+        "{first:?}"
+    );
+    ensure!(
+        latest_checkpoint(&db)? == Some(stop.checkpoint.clone()),
+        "latest checkpoint is not the stop's"
+    );
+    // A stop after some steps draws their curve; a stop before the first step has none to draw.
+    ensure!(
+        first.plot.as_ref().is_some_and(|p| p.is_file()) == (stop.step > 0)
+            && first.warnings.is_empty(),
+        "plot after a stop: {first:?}"
+    );
+    drop(b);
+    let mut r = Trainer::resume(c, model(false)?, &stop.checkpoint)?;
+    ensure!(
+        (r.step(), r.position()) == (stop.step, stop.position),
+        "resumed at step {} position {}, stopped at {stop:?}",
+        r.step(),
+        r.position()
+    );
+    let rest = r.run(|p| batch(p, 5), loss, None)?;
+    ensure!(!rest.is_interrupted() && rest.step == 6, "{rest:?}");
+    let mut got = losses(&first.steps);
+    got.extend(losses(&rest.steps));
+    let same = adapter_values(r.model())? == want;
+    for d in [da, db] {
+        std::fs::remove_dir_all(d)?;
+    }
+    Ok((losses(&straight.steps), got, stop, same))
+}
+
+#[test]
+fn a_stop_flag_checkpoints_and_resume_continues_bit_for_bit() -> Result<()> {
+    // grad_accum is 2: micro-batches 6 and 7 make step 4. A stop seen before micro-batch 7 (the flag is set
+    // while 6 is fetched) drops the half-done step 4 and checkpoints step 3 at position 6; a stop set while 7
+    // is fetched lets step 4 finish and checkpoints it at position 8.
+    for (stop_at, step, position) in [(6, 3, 6), (7, 4, 8), (0, 0, 0)] {
+        let (want, got, stop, same) = stop_and_resume(&format!("stop{stop_at}"), stop_at)?;
+        ensure!(
+            (stop.step, stop.position) == (step, position),
+            "stop at {stop_at}: {stop:?}"
+        );
+        ensure!(
+            stop.checkpoint.ends_with(format!("checkpoint-{step}")),
+            "{stop:?}"
+        );
+        ensure!(
+            got == want,
+            "stop at {stop_at}: losses {:?} vs straight {:?}",
+            got.iter().map(|b| f64::from_bits(*b)).collect::<Vec<_>>(),
+            want.iter().map(|b| f64::from_bits(*b)).collect::<Vec<_>>()
+        );
+        ensure!(same, "stop at {stop_at}: the adapters differ after resume");
+    }
+    Ok(())
+}
+
+#[test]
+fn metrics_record_tokens_throughput_and_memory_and_progress_sees_every_event() -> Result<()> {
+    #[derive(Default)]
+    struct Log(Vec<String>);
+    struct Shared(std::rc::Rc<std::cell::RefCell<Log>>);
+    impl Progress for Shared {
+        fn on_start(&mut self, step: usize, total: usize) {
+            self.0.borrow_mut().0.push(format!("start {step}/{total}"));
+        }
+        fn on_step(&mut self, m: &StepMetrics, total: usize) {
+            self.0
+                .borrow_mut()
+                .0
+                .push(format!("step {}/{total}", m.step));
+        }
+        fn on_eval(&mut self, step: usize, _value: f64) {
+            self.0.borrow_mut().0.push(format!("eval {step}"));
+        }
+        fn on_checkpoint(&mut self, step: usize, _path: &Path) {
+            self.0.borrow_mut().0.push(format!("checkpoint {step}"));
+        }
+        fn on_finish(&mut self, o: &RunOutcome) {
+            self.0.borrow_mut().0.push(format!("finish {}", o.step));
+        }
+    }
+    let d = out_dir("throughput");
+    let mut c = TrainConfig::new(4, 0.01, &d);
+    (c.grad_accum, c.eval_every, c.checkpoint_every) = (3, 2, 3);
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Log::default()));
+    let mut eval = |_: &mut PeftModel<TestModel>| -> rankfold_train::Result<f64> { Ok(0.5) };
+    let mut t = Trainer::new(c, model(true)?)?.with_progress(Box::new(Shared(log.clone())));
+    // Micro-batch p has 2 + p % 5 rows, and the loss reports 7 tokens per row.
+    let rows = |p: u64| 2 + (p % 5) as usize;
+    let out = t.run(
+        |p| batch(p, rows(p)),
+        |pm, b: &(Tensor, Tensor), rng| -> rankfold_train::Result<StepLoss> {
+            let n = b.0.dims()[0] as u64;
+            Ok(StepLoss::new(loss(pm, b, rng)?, 7 * n))
+        },
+        Some(&mut eval),
+    )?;
+    let events = log.borrow().0.join(", ");
+    ensure!(
+        events
+            == "start 0/4, step 1/4, step 2/4, eval 2, step 3/4, checkpoint 3, step 4/4, eval 4, finish 4",
+        "{events}"
+    );
+    let lines: Vec<StepMetrics> = read_metrics(&d.join(METRICS_FILE))?
+        .into_iter()
+        .filter(|m| m.is_train())
+        .collect();
+    ensure!(lines == out.steps, "the file and the outcome differ");
+    let mut total = 0;
+    let mut last_elapsed = 0.0;
+    for m in &lines {
+        let want: u64 = (3 * (m.step as u64 - 1)..3 * m.step as u64)
+            .map(|p| 7 * rows(p) as u64)
+            .sum();
+        total += want;
+        ensure!(
+            m.tokens == Some(want),
+            "step {}: tokens {:?}, want {want}",
+            m.step,
+            m.tokens
+        );
+        let tps = m.tokens_per_s.context("no tokens/s")?;
+        let el = m.elapsed_s.context("no elapsed_s")?;
+        ensure!(tps.is_finite() && tps > 0.0, "tokens/s {tps}");
+        ensure!(
+            el >= last_elapsed,
+            "elapsed went back: {el} < {last_elapsed}"
+        );
+        last_elapsed = el;
+        // The peak counts at least the adapter and its AdamW moments (3 copies of every parameter).
+        let floor: usize = t
+            .model()
+            .parameters()
+            .iter()
+            .map(|(_, p)| 3 * 4 * p.elem_count())
+            .sum();
+        ensure!(
+            m.peak_mem_bytes.is_some_and(|b| b as usize >= floor),
+            "peak {:?} below {floor}",
+            m.peak_mem_bytes
+        );
+    }
+    ensure!(out.tokens == Some(total), "{:?} vs {total}", out.tokens);
+    // A loss closure without token counts gives no token fields.
+    let d2 = out_dir("no-tokens");
+    let mut t2 = Trainer::new(TrainConfig::new(2, 0.01, &d2), model(true)?)?;
+    let o2 = t2.run(|p| batch(p, 3), loss, None)?;
+    ensure!(
+        o2.tokens.is_none()
+            && o2
+                .steps
+                .iter()
+                .all(|m| m.tokens.is_none() && m.tokens_per_s.is_none()),
+        "{o2:?}"
+    );
+    for d in [d, d2] {
+        std::fs::remove_dir_all(d)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_fresh_run_refuses_an_output_folder_with_an_earlier_run() -> Result<()> {
+    let d = out_dir("refuse");
+    let mut c = config(&d);
+    c.steps = 3;
+    Trainer::new(c.clone(), model(true)?)?.run(|p| batch(p, 3), loss, None)?;
+    let e = Trainer::new(c.clone(), model(true)?)
+        .err()
+        .context("a second fresh run into the same folder was accepted")?
+        .to_string();
+    ensure!(e.contains("checkpoint-3") && e.contains("resume"), "{e}");
+    std::fs::remove_dir_all(d.join("checkpoint-3"))?;
+    let e = Trainer::new(c, model(true)?)
+        .err()
+        .context("metrics of an earlier run were appended to")?
+        .to_string();
+    ensure!(e.contains(METRICS_FILE), "{e}");
+    std::fs::remove_dir_all(d)?;
+    Ok(())
+}
+
+#[test]
+fn adalora_resumed_mid_budget_schedule_matches_the_straight_run() -> Result<()> {
+    use rankfold_adapters::adalora::{AdaLora, AdaLoraConfig};
+    let steps = 12;
+    let base = || TestModel::new(TestModelConfig::default(), 3);
+    let fresh = || -> Result<PeftModel<TestModel>> {
+        let mut cfg = AdaLoraConfig::new(TargetModules::AllLinear, steps);
+        // Budgeting from step 3 to 8 (masking at 4, 6, 8), the final mask at step 9.
+        (cfg.init_r, cfg.target_r, cfg.tinit, cfg.tfinal, cfg.delta_t) = (4, 2, 2, 3, 2);
+        let mut pm = PeftModel::new(base()?, 9);
+        pm.add_adapter("default", Box::new(AdaLora::new(cfg)?))?;
+        Ok(pm)
+    };
+    let mut rng = Rng::new(78);
+    let x = rng.normal_tensor(0.0, 1.0, vec![7, 13], DType::F32, Device::Cpu)?;
+    let target = rng.normal_tensor(0.0, 1.0, vec![7, 11], DType::F32, Device::Cpu)?;
+    // Input noise from the trainer's generator, so the data differ from step to step.
+    let mse =
+        |pm: &mut PeftModel<TestModel>, _: &(), rng: &mut Rng| -> rankfold_train::Result<Tensor> {
+            let noise = rng.normal_tensor(0.0, 0.3, vec![7, 13], DType::F32, Device::Cpu)?;
+            Ok(pm
+                .model()
+                .forward(&x.add(&noise)?)?
+                .sub(&target)?
+                .sqr()?
+                .mean_all()?)
+        };
+    let conf = |d: &Path| {
+        let mut c = TrainConfig::new(steps, 2e-2, d);
+        (c.warmup, c.seed) = (2, 5);
+        c
+    };
+    let saved = |pm: &mut PeftModel<TestModel>, d: &Path| -> Result<(serde_json::Value, Vec<u8>)> {
+        pm.save_pretrained(d, "default")?;
+        let cfg = serde_json::from_str(&std::fs::read_to_string(d.join("adapter_config.json"))?)?;
+        Ok((cfg, std::fs::read(d.join("adapter_model.safetensors"))?))
+    };
+
+    let (da, db) = (out_dir("ada-straight"), out_dir("ada-resumed"));
+    let mut a = Trainer::new(conf(&da), fresh()?)?;
+    let straight = a.run(|_| Ok(()), mse, None)?;
+    let want_values = adapter_values(a.model())?;
+    let want_files = saved(a.model(), &da.join("final"))?;
+
+    let mut cb = conf(&db);
+    cb.checkpoint_every = 5;
+    let mut b = Trainer::new(cb.clone(), fresh()?)?;
+    let first = b.run_until(5, |_| Ok(()), mse, None)?;
+    drop(b);
+    let ckpt = db.join("checkpoint-5");
+    ensure!(
+        ckpt.join(checkpoint::ADAPTER_STATE_FILE).is_file(),
+        "no AdaLoRA state in {}",
+        ckpt.display()
+    );
+    // The checkpoint is mid-schedule with ranks already masked: its PEFT files are cut to fewer ranks.
+    let pattern: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        ckpt.join(checkpoint::ADAPTER_DIR)
+            .join("adapter_config.json"),
+    )?)?;
+    let masked = pattern["rank_pattern"]
+        .as_object()
+        .context("no rank_pattern at step 5")?
+        .values()
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+        .filter(|k| k == &serde_json::Value::Bool(false))
+        .count();
+    ensure!(masked > 0, "nothing masked by step 5: {pattern}");
+
+    let mut r = Trainer::resume(cb.clone(), PeftModel::new(base()?, 9), &ckpt)?;
+    let rest = r.run(|_| Ok(()), mse, None)?;
+    let mut got = losses(&first.steps);
+    got.extend(losses(&rest.steps));
+    ensure!(
+        got == losses(&straight.steps),
+        "losses: straight {:?}, resumed {:?} + {:?}",
+        straight.steps,
+        first.steps,
+        rest.steps
+    );
+    ensure!(
+        adapter_values(r.model())? == want_values,
+        "the uncut adapter tensors differ after resume"
+    );
+    let got_files = saved(r.model(), &db.join("final"))?;
+    ensure!(
+        got_files.0 == want_files.0,
+        "the saved configs (rank patterns) differ: {} vs {}",
+        got_files.0,
+        want_files.0
+    );
+    ensure!(
+        got_files.1 == want_files.1,
+        "the saved adapter tensors differ"
+    );
+
+    // Without the state the same checkpoint cannot continue the run: the cut PEFT files alone fail or differ.
+    std::fs::remove_file(ckpt.join(checkpoint::ADAPTER_STATE_FILE))?;
+    let without = (|| -> Result<Vec<u64>> {
+        let mut t = Trainer::resume(cb, PeftModel::new(base()?, 9), &ckpt)?;
+        Ok(losses(&t.run(|_| Ok(()), mse, None)?.steps))
+    })();
+    ensure!(
+        without.as_ref().map_or(true, |l| *l != losses(&rest.steps)),
+        "resuming without the AdaLoRA state matched too: the test cannot fail"
+    );
+    for d in [da, db] {
+        std::fs::remove_dir_all(d)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_loss_plot_has_one_point_per_step_and_axis_labels() -> Result<()> {
+    use rankfold_train::trainer::plot::{plot_metrics_file, render_svg};
+    let d = out_dir("plot");
+    let mut c = TrainConfig::new(9, 0.01, &d);
+    c.eval_every = 4;
+    let mut eval = |_: &mut PeftModel<TestModel>| -> rankfold_train::Result<f64> { Ok(2.0) };
+    let out = Trainer::new(c, model(true)?)?.run(|p| batch(p, 3), loss, Some(&mut eval))?;
+    let svg_path = out.plot.context("no plot at the end of the run")?;
+    let svg = std::fs::read_to_string(&svg_path)?;
+    let xy = curve_points(&svg)?;
+    ensure!(xy.len() == 9, "{} points for 9 steps: {xy:?}", xy.len());
+    // The points run left to right at even steps, and y is a decreasing affine map of the loss (SVG y grows
+    // downwards), to the pixel the SVG rounds to.
+    let dx = xy[1].0 - xy[0].0;
+    ensure!(
+        dx > 0.0 && xy.windows(2).all(|w| (w[1].0 - w[0].0 - dx).abs() <= 1.0),
+        "x not evenly increasing: {xy:?}"
+    );
+    let losses: Vec<f64> = out.steps.iter().filter_map(|m| m.loss).collect();
+    let (lo, hi) = (0..9).fold((0, 0), |(lo, hi), i| {
+        (
+            if losses[i] < losses[lo] { i } else { lo },
+            if losses[i] > losses[hi] { i } else { hi },
+        )
+    });
+    let slope = (xy[hi].1 - xy[lo].1) / (losses[hi] - losses[lo]);
+    ensure!(slope < 0.0, "a higher loss is not drawn higher: {xy:?}");
+    for i in 0..9 {
+        let want = xy[lo].1 + slope * (losses[i] - losses[lo]);
+        ensure!(
+            (xy[i].1 - want).abs() <= 2.0,
+            "step {}: loss {} drawn at y {}, want {want}",
+            i + 1,
+            losses[i],
+            xy[i].1
+        );
+    }
+    let texts = svg_texts(&svg);
+    for label in ["step", "loss", "Training loss", "train loss", "eval loss"] {
+        ensure!(
+            texts.iter().any(|t| t == label),
+            "no text {label:?} in the SVG: {texts:?}"
+        );
+    }
+    // Tick labels: numbers on both axes (step numbers and losses within the plotted range).
+    let numbers: Vec<f64> = texts.iter().filter_map(|t| t.parse().ok()).collect();
+    ensure!(
+        numbers.len() >= 6 && numbers.iter().any(|&v| v == 9.0),
+        "tick labels {texts:?}"
+    );
+    ensure!(
+        svg.matches("<circle").count() >= 2,
+        "the two evaluations are not drawn"
+    );
+    // A resumed run's duplicate lines collapse to one point per step; the standalone call reads the file.
+    let metrics = d.join(METRICS_FILE);
+    let mut text = std::fs::read_to_string(&metrics)?;
+    text.push_str("{\"step\":8,\"loss\":0.5}\n{\"step\":9,\"loss\":0.4}\n");
+    std::fs::write(&metrics, text)?;
+    let again = d.join("again.svg");
+    plot_metrics_file(&metrics, &again)?;
+    let svg = std::fs::read_to_string(&again)?;
+    let n = curve_points(&svg)?.len();
+    ensure!(n == 9, "{n} points after duplicate lines");
+    // No training lines: a typed error naming the file, not a panic.
+    let empty = d.join("empty.jsonl");
+    std::fs::write(&empty, "{\"step\":2,\"eval_loss\":1.0}\n")?;
+    match plot_metrics_file(&empty, &d.join("x.svg")) {
+        Err(rankfold_train::Error::EmptyMetrics { path }) => {
+            ensure!(path == empty, "{}", path.display())
+        }
+        other => anyhow::bail!("an empty metrics file gave {other:?}"),
+    }
+    std::fs::write(&empty, "")?;
+    ensure!(matches!(
+        plot_metrics_file(&empty, &d.join("x.svg")),
+        Err(rankfold_train::Error::EmptyMetrics { .. })
+    ));
+    std::fs::write(&empty, "{\"step\":1,\"loss\":\n")?;
+    ensure!(matches!(
+        plot_metrics_file(&empty, &d.join("x.svg")),
+        Err(rankfold_train::Error::Json { line: 1, .. })
+    ));
+    ensure!(render_svg(&[]).is_err());
+    std::fs::remove_dir_all(d)?;
+    Ok(())
+}
+
+/// The points of the one polyline drawn in the training-loss colour (axes and ticks are polylines too).
+fn curve_points(svg: &str) -> Result<Vec<(f64, f64)>> {
+    let (r, g, b) = rankfold_train::trainer::plot::TRAIN_RGB;
+    let stroke = format!("stroke=\"#{r:02X}{g:02X}{b:02X}\"");
+    let tags: Vec<&str> = svg
+        .match_indices("<polyline")
+        .filter_map(|(i, _)| svg[i..].split('>').next())
+        .filter(|tag| tag.contains(&stroke))
+        .collect();
+    ensure!(tags.len() == 1, "{} polylines with {stroke}", tags.len());
+    let points = tags[0]
+        .split("points=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .context("a polyline without points")?;
+    points
+        .split_whitespace()
+        .map(|p| {
+            let (x, y) = p.split_once(',').context("a point without a comma")?;
+            Ok((x.parse()?, y.parse()?))
+        })
+        .collect()
+}
+
+/// The text of every `<text>` element of an SVG, trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            t.split_once('>')
+                .and_then(|(_, rest)| rest.split_once("</text>"))
+        })
+        .map(|(inner, _)| inner.trim().to_string())
+        .collect()
 }

@@ -369,6 +369,8 @@ impl<M: LinearModel> Trainer<M> {
             let path = self.config.output_dir.join(PLOT_FILE);
             match plot_metrics_file(&self.config.output_dir.join(METRICS_FILE), &path) {
                 Ok(()) => out.plot = Some(path),
+                // A run stopped before its first step has no curve to draw.
+                Err(Error::EmptyMetrics { .. }) => {}
                 Err(e) => out
                     .warnings
                     .push(format!("the loss curve was not drawn: {e}")),

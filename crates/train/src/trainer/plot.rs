@@ -17,6 +17,11 @@ use crate::{Error, Result};
 /// The loss curve's file name in the output folder.
 pub const PLOT_FILE: &str = "loss.svg";
 
+/// The colour of the training-loss line (`#1F77B4` in the SVG), which tells it apart from the axes and ticks.
+pub const TRAIN_RGB: (u8, u8, u8) = (31, 119, 180);
+/// The colour of the evaluation dots.
+pub const EVAL_RGB: (u8, u8, u8) = (255, 127, 14);
+
 /// The image size in pixels.
 const SIZE: (u32, u32) = (900, 500);
 
@@ -106,12 +111,14 @@ pub fn render_svg(lines: &[StepMetrics]) -> Result<String> {
             .configure_mesh()
             .x_desc("step")
             .y_desc("loss")
+            .axis_desc_style(("sans-serif", 15))
+            .label_style(("sans-serif", 12))
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
             .y_label_formatter(&|y| format!("{y:.3}"))
             .draw()
             .map_err(|e| plot_err(e.to_string()))?;
-        let blue = RGBColor(31, 119, 180);
-        let orange = RGBColor(255, 127, 14);
+        let blue = RGBColor(TRAIN_RGB.0, TRAIN_RGB.1, TRAIN_RGB.2);
+        let orange = RGBColor(EVAL_RGB.0, EVAL_RGB.1, EVAL_RGB.2);
         chart
             .draw_series(LineSeries::new(train.iter().copied(), blue.stroke_width(2)))
             .map_err(|e| plot_err(e.to_string()))?
