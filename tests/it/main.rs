@@ -42,6 +42,8 @@ mod llama;
 mod data;
 // Trainer core: resume bit for bit, accumulation vs whole batches, schedule in metrics, atomic checkpoints.
 mod trainer;
+// Recipes and runs: recipe errors, flags over files, gathered LM loss vs full logits, label accuracy, train → eval.
+mod recipes;
 // Byte-level BPE tokenizer vs HF tokenizers fixtures (small BPE, SmolLM2 from GGUF), round trips, errors.
 mod tokenizer;
 // BERT encoder and WordPiece: tiny BertModel vs PyTorch (padding, token types, prefixed names), tokenizers ids, MiniLM, LoRA classifier.

@@ -6,6 +6,8 @@
 //! - `bench [--quick] [--filter NAME] [--json PATH] [--peers] [--threads N]`: runs the criterion benches and
 //!   prints one table of throughputs, optionally beside the same workloads in numpy and bitsandbytes (see
 //!   `bench.rs`, `peers.rs`).
+//! - `demo [--out DIR]`: fetches the assets, QLoRA-fine-tunes SmolLM2 on IMDB and prints accuracy before and
+//!   after (see `demo.rs`).
 //! - `codegen [--check]`: writes `kernels/nf4_codebook.cuh` from the Rust NF4 constants (see `codegen.rs`).
 //! - `cuda-toolchain`: installs the pinned NVRTC 12.4 and CUDA headers from PyPI wheels (see `toolchain.rs`).
 //! - `kernels [--check]`: compiles `kernels/*.cu` to the committed PTX and `RESOURCES.md` (see `kernels.rs`).
@@ -16,6 +18,7 @@
 mod assets;
 mod bench;
 mod codegen;
+mod demo;
 mod gpu_check;
 mod kernels;
 mod nvrtc;
@@ -50,6 +53,10 @@ commands:
   codegen [--check]
         Write kernels/nf4_codebook.cuh from the NF4 constants in crates/kernels/src/nf4 (hex floats).
         --check      compare instead of writing; fail when the header is stale
+  demo [--out DIR] [--overwrite] [--steps N] [--eval-examples N]
+        Fetch SmolLM2-135M-Instruct and IMDB, build the release binary, measure the label accuracy on
+        held-out IMDB reviews, QLoRA-train with recipes/smollm2-imdb-qlora.toml, measure again with the
+        adapter and print a before/after table (default folder target/rankfold-demo, replaced on rerun).
   cuda-toolchain
         Install the pinned NVRTC 12.4 and CUDA headers (PyPI wheels, sha256-checked) into
         $RANKFOLD_CUDA_HOME or ~/.cache/rankfold/cuda-12.4.127 and print the folder. Idempotent.
@@ -79,6 +86,7 @@ fn main() -> Result<()> {
         "assets" => assets::run(rest),
         "bench" => bench::run(&project_root(), bench::Options::parse(rest)?),
         "codegen" => codegen::run(&project_root(), rest),
+        "demo" => demo::run(&project_root(), rest),
         "cuda-toolchain" => toolchain::run(rest),
         "kernels" => kernels::run(&project_root(), rest),
         "gpu-check" => gpu_check::run(&project_root(), rest),

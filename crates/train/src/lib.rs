@@ -3,6 +3,7 @@
 //! warmup-cosine schedule, accumulation, clipping, JSONL metrics, atomic checkpoints and bit-identical resume.
 
 pub mod data;
+pub mod run;
 pub mod trainer;
 mod error;
 

@@ -1,0 +1,496 @@
+//! Recipes and runs (`rankfold_train::run`): recipe parsing and its errors, flags over a file; the gathered
+//! causal-LM loss against the plain shifted cross-entropy over full logits (value and adapter gradients, random
+//! labels, padding); label accuracy against per-example unpadded forwards; a train → save → load → eval round
+//! trip on the tiny Llama fixture; and the `rankfold train` binary's error for a bad recipe.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use rankfold_adapters::lora::LoraConfig;
+use rankfold_adapters::{PeftModel, TargetModules};
+use rankfold_models::llama::Llama;
+use rankfold_tensor::{CrossEntropyOpts, DType, Device, Rng, Tensor};
+use rankfold_train::data::{collate, Example, PadSide, Padding, IGNORE};
+use rankfold_train::run::spec::{DataFormat, MethodName};
+use rankfold_train::run::task::{label_accuracy, lm_loss, predict_labels, LabelExample, LabelTask};
+use rankfold_train::run::{self, RunSpec, TrainOptions};
+
+use crate::common::{assert_close, Tol};
+
+fn tiny_llama() -> Result<Llama> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/tied");
+    Ok(Llama::from_hf_dir(dir, DType::F32, Device::Cpu)?)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rankfold-recipes-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A character tokenizer over the tiny model's 97 ids: `<|im_start|>` 1, `<|im_end|>` 2, every other character
+/// 3 + (code point mod 94).
+fn char_tok(text: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("<|im_start|>") {
+            ids.push(1);
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("<|im_end|>") {
+            ids.push(2);
+            rest = r;
+        } else {
+            let c = rest.chars().next().expect("rest is not empty");
+            ids.push(3 + (c as u32) % 94);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    ids
+}
+
+const RECIPE: &str = r#"
+[model]
+path = "model.gguf"
+nf4 = true
+blocksize = 128
+
+[adapter]
+method = "lora-fa"
+r = 4
+alpha = 8
+targets = ["q_proj", "v_proj"]
+
+[data]
+format = "imdb-chat"
+path = "reviews.json"
+max_chars = 300
+
+[train]
+steps = 50
+lr = 3e-4
+output_dir = "out"
+"#;
+
+#[test]
+fn recipe_parses_and_flags_override() -> Result<()> {
+    let spec = RunSpec::from_toml_str("r.toml", RECIPE)?;
+    ensure!(spec.adapter.method == Some(MethodName::LoraFa));
+    ensure!(spec.adapter.targets == Some(TargetModules::list(&["q_proj", "v_proj"])));
+    ensure!(spec.data.format == Some(DataFormat::ImdbChat));
+    let (_, nf4) = spec.model("r.toml")?;
+    ensure!(
+        nf4.is_some_and(|o| o.blocksize == 128 && o.double_quant),
+        "{nf4:?}"
+    );
+    let mut flags = RunSpec::default();
+    flags.train.steps = Some(7);
+    flags.adapter.r = Some(16);
+    flags.data.max_chars = Some(120);
+    let merged = spec.clone().overlay(flags);
+    let config = merged.train_config("r.toml")?;
+    ensure!(
+        config.steps == 7 && config.lr == 3e-4,
+        "flags must win only where given: {config:?}"
+    );
+    ensure!(merged.adapter.r == Some(16) && merged.adapter.alpha == Some(8.0));
+    let data = merged.data("r.toml")?;
+    ensure!(
+        data.max_chars == 120
+            && data.eval_examples == 500
+            && data.labels.as_ref().is_some_and(|l| l.len() == 2)
+    );
+    // The method the spec builds is LoRA-FA (only B trains: one tensor per adapted module) with the flags' rank.
+    let mut pm = PeftModel::new(tiny_llama()?, 0);
+    pm.add_adapter("default", merged.adapter_method("r.toml", config.steps)?)?;
+    let params = pm.parameters();
+    ensure!(
+        params.len() == 4,
+        "LoRA-FA on q/v of 2 layers trains 4 tensors, got {}",
+        params.len()
+    );
+    ensure!(
+        params.iter().all(|(_, p)| p.dims().contains(&16)),
+        "rank 16 from the flags"
+    );
+    Ok(())
+}
+
+#[test]
+fn recipe_errors_name_the_key() -> Result<()> {
+    let expect_err = |text: &str, needles: &[&str]| -> Result<()> {
+        let spec = RunSpec::from_toml_str("bad.toml", text);
+        let msg = match spec {
+            Err(e) => e.to_string(),
+            Ok(s) => match (
+                s.model("bad.toml"),
+                s.data("bad.toml"),
+                s.train_config("bad.toml"),
+                s.adapter_method("bad.toml", 10),
+            ) {
+                (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+                    e.to_string()
+                }
+                _ => anyhow::bail!("{text:?} was accepted"),
+            },
+        };
+        for n in needles {
+            ensure!(
+                msg.contains(n),
+                "error for {text:?} should mention {n:?}: {msg}"
+            );
+        }
+        ensure!(msg.contains("bad.toml"), "the error names the file: {msg}");
+        Ok(())
+    };
+    let ok = "[model]\npath = \"m\"\n[data]\nformat = \"text\"\npath = \"d\"\n[train]\nsteps = 3\noutput_dir = \"o\"\n";
+    expect_err(&format!("{ok}[adapter]\nrank = 8\n"), &["rank"])?;
+    expect_err("[trainer]\nsteps = 3\n", &["trainer"])?;
+    expect_err(&format!("{ok}[adapter]\nmethod = \"dora\"\n"), &["dora"])?;
+    expect_err(&format!("{ok}[adapter]\nr = 0\n"), &["adapter.r"])?;
+    expect_err(
+        &format!("{ok}[adapter]\nmethod = \"lora\"\ninit_r = 4\n"),
+        &["adapter.init_r"],
+    )?;
+    expect_err(&ok.replace("steps = 3", "steps = \"three\""), &["steps"])?;
+    expect_err(&ok.replace("steps = 3", "steps = 0"), &["steps"])?;
+    expect_err(
+        &format!("{ok}[adapter]\ndropout = 1.5\n"),
+        &["adapter.dropout"],
+    )?;
+    expect_err(
+        &ok.replace("path = \"m\"", "path = \"m\"\nblocksize = 64"),
+        &["model.blocksize"],
+    )?;
+    expect_err(
+        &ok.replace("format = \"text\"", "format = \"imdb-chat\"\npack = true"),
+        &["data.pack"],
+    )?;
+    expect_err(
+        &ok.replace("[train]\nsteps = 3\n", "[train]\n"),
+        &["train.steps"],
+    )?;
+    Ok(())
+}
+
+/// A right-padded batch of `lengths` rows with random tokens and random labels (about a third ignored).
+fn random_batch(
+    rng: &mut Rng,
+    lengths: &[usize],
+    vocab: u32,
+) -> Result<rankfold_train::data::Batch> {
+    let examples: Vec<Example> = lengths
+        .iter()
+        .map(|&n| Example {
+            input_ids: (0..n)
+                .map(|_| (rng.uniform() * f64::from(vocab)) as u32 % vocab)
+                .collect(),
+            labels: (0..n)
+                .map(|_| {
+                    if rng.uniform() < 0.35 {
+                        IGNORE
+                    } else {
+                        i64::from((rng.uniform() * f64::from(vocab)) as u32 % vocab)
+                    }
+                })
+                .collect(),
+            segment_ids: vec![0; n],
+        })
+        .collect();
+    let padding = Padding {
+        pad_id: 0,
+        side: PadSide::Right,
+        max_len: None,
+    };
+    Ok(collate(&examples.iter().collect::<Vec<_>>(), &padding)?)
+}
+
+/// The plain loss: full logits of every position, shifted against the labels, padding and unlabelled positions
+/// ignored by the cross-entropy itself.
+fn full_logits_loss(model: &Llama, b: &rankfold_train::data::Batch) -> Result<Tensor> {
+    let bt = b.tensors(Device::Cpu)?;
+    let logits = model.forward_masked(&bt.input_ids, &bt.attention_mask)?;
+    let t = b.seq_len;
+    let v = logits.dims()[2];
+    let shifted = logits
+        .narrow(1, 0, t - 1)?
+        .reshape((b.batch * (t - 1), v))?;
+    let targets: Vec<i64> = (0..b.batch)
+        .flat_map(|r| b.labels[r * t + 1..(r + 1) * t].to_vec())
+        .collect();
+    let targets = Tensor::from_vec(targets, b.batch * (t - 1), Device::Cpu)?;
+    Ok(shifted.cross_entropy(
+        &targets,
+        CrossEntropyOpts {
+            ignore_index: Some(IGNORE),
+            label_smoothing: 0.0,
+        },
+    )?)
+}
+
+#[test]
+fn gathered_lm_loss_equals_full_logits_cross_entropy() -> Result<()> {
+    let mut pm = PeftModel::new(tiny_llama()?, 3);
+    pm.add_adapter(
+        "default",
+        Box::new(LoraConfig::new(TargetModules::AllLinear).with_rank(3, 6.0)),
+    )?;
+    // A non-zero B so that both factors of every adapter get gradients.
+    let mut rng = Rng::new(11);
+    for (_, p) in pm.parameters() {
+        let noise = rng.normal_tensor(0.0, 0.05, p.shape().clone(), DType::F32, Device::Cpu)?;
+        p.assign(&p.add(&noise)?.detach())?;
+    }
+    for (seed, lengths) in [(1u64, vec![7usize, 13, 4]), (2, vec![1, 9]), (3, vec![17])] {
+        let batch = random_batch(&mut Rng::new(seed), &lengths, 97)?;
+        if run::task::label_rows(&batch).0.is_empty() {
+            continue;
+        }
+        let gathered = lm_loss(pm.model(), &batch)?;
+        let full = full_logits_loss(pm.model(), &batch)?;
+        assert_close(
+            &[gathered.to_scalar()?],
+            &[full.to_scalar()?],
+            Tol {
+                rel: 1e-5,
+                abs: 1e-6,
+            },
+            "loss",
+        )?;
+        let (ga, gb) = (gathered.backward()?, full.backward()?);
+        for (name, p) in pm.parameters() {
+            let a = ga
+                .get(&p)
+                .with_context(|| format!("{name}: no gradient (gathered)"))?
+                .to_vec_f32()?;
+            let b = gb
+                .get(&p)
+                .with_context(|| format!("{name}: no gradient (full)"))?
+                .to_vec_f32()?;
+            let (a, b): (Vec<f64>, Vec<f64>) = (
+                a.iter().map(|&x| f64::from(x)).collect(),
+                b.iter().map(|&x| f64::from(x)).collect(),
+            );
+            ensure!(
+                b.iter().any(|&x| x != 0.0),
+                "{name}: the reference gradient is zero"
+            );
+            assert_close(
+                &a,
+                &b,
+                Tol {
+                    rel: 1e-3,
+                    abs: 1e-6,
+                },
+                &format!("seed {seed}: grad of {name}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn label_accuracy_matches_unpadded_forwards() -> Result<()> {
+    let model = tiny_llama()?;
+    let words: Vec<String> = ["yes", "no", "maybe"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let task = LabelTask::new(&char_tok, &words)?;
+    ensure!(task.tokens == vec![char_tok("y")[0], char_tok("n")[0], char_tok("m")[0]]);
+    let mut rng = Rng::new(5);
+    let examples: Vec<LabelExample> = (0..23)
+        .map(|i| LabelExample {
+            prompt_ids: (0..(3 + (i * 7) % 19))
+                .map(|_| (rng.uniform() * 97.0) as u32 % 97)
+                .collect(),
+            label: i % 3,
+        })
+        .collect();
+    let padding = Padding {
+        pad_id: 0,
+        side: PadSide::Right,
+        max_len: Some(64),
+    };
+    let mut calls = 0;
+    let got = predict_labels(&model, &task, &examples, &padding, 5, &mut |_, _| {
+        calls += 1
+    })?;
+    ensure!(calls == 5, "one progress call per batch, got {calls}");
+    // The reference: each prompt alone (no padding, no mask), full logits at its last position.
+    let mut want = Vec::new();
+    for e in &examples {
+        let logits = model
+            .forward_ids(&e.prompt_ids, 1, e.prompt_ids.len())?
+            .to_vec_f32()?;
+        let v = 97;
+        let last = &logits[(e.prompt_ids.len() - 1) * v..];
+        let scores: Vec<f32> = task.tokens.iter().map(|&t| last[t as usize]).collect();
+        let best = (0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+        want.push(best);
+    }
+    ensure!(got == want, "batched {got:?} vs one by one {want:?}");
+    ensure!(
+        want.iter().collect::<std::collections::HashSet<_>>().len() > 1,
+        "the random model should not answer one class only"
+    );
+    let acc = label_accuracy(&model, &task, &examples, &padding, 4, &mut |_, _| {})?;
+    let correct = want
+        .iter()
+        .zip(&examples)
+        .filter(|(p, e)| **p == e.label)
+        .count();
+    ensure!(acc.correct == correct && acc.examples == 23);
+    for (k, c) in acc.classes.iter().enumerate() {
+        ensure!(
+            c.predicted == want.iter().filter(|&&p| p == k).count(),
+            "class {k}: {c:?}"
+        );
+        ensure!(c.examples == examples.iter().filter(|e| e.label == k).count());
+    }
+    // Label words that start with the same token cannot be told apart.
+    let clash: Vec<String> = vec!["yes".into(), "yeah".into()];
+    ensure!(LabelTask::new(&char_tok, &clash).is_err());
+    Ok(())
+}
+
+/// A messages JSONL file where the answer is "yes" when the text has more a's than b's.
+fn write_chat_data(path: &Path, n: usize, seed: u64) -> Result<()> {
+    let mut rng = Rng::new(seed);
+    let mut out = String::new();
+    for _ in 0..n {
+        let len = 5 + (rng.uniform() * 12.0) as usize;
+        let text: String = (0..len)
+            .map(|_| if rng.uniform() < 0.5 { 'a' } else { 'b' })
+            .collect();
+        let a = text.chars().filter(|&c| c == 'a').count();
+        let answer = if 2 * a > len { "yes" } else { "no" };
+        out.push_str(
+            &serde_json::json!({"messages": [
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": answer},
+            ]})
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+#[test]
+fn train_then_eval_round_trip_on_the_tiny_llama() -> Result<()> {
+    let dir = temp_dir("e2e");
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("chat.jsonl");
+    write_chat_data(&data, 30, 9)?;
+    let out = dir.join("run");
+    let recipe = format!(
+        "[adapter]\nr = 4\ntargets = \"all-linear\"\n[data]\nformat = \"messages\"\npath = {:?}\nlabels = [\"yes\", \"no\"]\n\
+         eval_examples = 7\nbatch_size = 4\neval_batch_size = 3\nmax_len = 48\n[train]\nsteps = 4\nlr = 1e-2\n\
+         output_dir = {:?}\n",
+        data.display().to_string(),
+        out.display().to_string()
+    );
+    let spec = RunSpec::from_toml_str("e2e.toml", &recipe)?;
+    let prepared = run::prepare(&spec, "e2e.toml", &char_tok, Some(2), false)?;
+    ensure!(prepared.examples.train.len() == 23 && prepared.examples.eval.len() == 7);
+    let opts = TrainOptions {
+        final_eval: true,
+        ..TrainOptions::default()
+    };
+    let s = run::train(&spec, "e2e.toml", tiny_llama()?, &prepared, opts)?;
+    ensure!(s.steps == 4 && !s.interrupted && s.tokens > 0, "{s:?}");
+    ensure!(s.first_loss.is_some_and(f64::is_finite) && s.final_loss.is_some_and(f64::is_finite));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    ensure!(
+        metrics.lines().filter(|l| l.contains("\"loss\"")).count() == 4,
+        "{metrics}"
+    );
+    let trained = s
+        .eval
+        .as_ref()
+        .and_then(|e| e.accuracy.clone())
+        .context("final evaluation missing")?;
+    ensure!(trained.examples == 7);
+    // The saved adapter, loaded on a fresh model, evaluates exactly like the model that trained it.
+    let adapter = s.adapter.clone().context("no adapter saved")?;
+    let mut pm = PeftModel::new(tiny_llama()?, 0);
+    pm.load(&adapter, "default")?;
+    pm.set_training(false)?;
+    let eval_data = run::prepare(&spec, "e2e.toml", &char_tok, Some(2), true)?;
+    let report = run::evaluate(pm.model(), &eval_data, true, &mut |_, _, _| {})?;
+    ensure!(
+        report.accuracy.as_ref() == Some(&trained),
+        "{:?} vs {trained:?}",
+        report.accuracy
+    );
+    let labelled: usize = eval_data
+        .examples
+        .eval
+        .iter()
+        .map(|e| e.trained_tokens())
+        .sum();
+    ensure!(
+        report
+            .lm
+            .is_some_and(|l| l.loss.is_finite() && l.tokens == labelled),
+        "{:?}",
+        report.lm
+    );
+    // The adapter changed the model: the base alone scores another loss.
+    let base = run::evaluate(&tiny_llama()?, &eval_data, true, &mut |_, _, _| {})?;
+    ensure!(base.lm.map(|l| l.loss) != report.lm.map(|l| l.loss));
+    // A second run into the same folder is refused unless it overwrites.
+    let opts = TrainOptions::default();
+    let again = run::train(&spec, "e2e.toml", tiny_llama()?, &prepared, opts);
+    ensure!(
+        again
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("not empty")),
+        "{again:?}"
+    );
+    let opts = TrainOptions {
+        overwrite: true,
+        ..TrainOptions::default()
+    };
+    let s2 = run::train(&spec, "e2e.toml", tiny_llama()?, &prepared, opts)?;
+    ensure!(
+        s2.first_loss == s.first_loss,
+        "the same seed gives the same first loss"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn train_binary_names_the_bad_recipe_key() -> Result<()> {
+    let dir = temp_dir("cli");
+    std::fs::create_dir_all(&dir)?;
+    let recipe = dir.join("bad.toml");
+    std::fs::write(&recipe, "[adapter]\nrank = 8\n")?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rankfold"))
+        .args(["train", "--config"])
+        .arg(&recipe)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("rank") && err.contains("bad.toml"),
+        "{err}"
+    );
+    // Flags override the file: with the key fixed but no model, the error is the missing model path.
+    std::fs::write(
+        &recipe,
+        "[adapter]\nr = 8\n[data]\nformat = \"text\"\npath = \"x.jsonl\"\n[train]\nsteps = 2\n",
+    )?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rankfold"))
+        .args(["train", "--out"])
+        .arg(dir.join("o"))
+        .arg("--config")
+        .arg(&recipe)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("model.path"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
