@@ -107,37 +107,8 @@ fn forward_rows(
     rows: &[Vec<u32>],
     out: &Path,
 ) -> Result<Vec<f32>> {
-    let mut all = Vec::new();
-    for row in rows {
-        let tokens: Vec<String> = row.iter().map(u32::to_string).collect();
-        let tokens = tokens.join(",");
-        let mut args = vec![
-            "forward",
-            "--model",
-            s(model),
-            "--tokens",
-            &tokens,
-            "--out",
-            s(out),
-            "--overwrite",
-        ];
-        if let Some(a) = adapter {
-            args.extend(["--adapter", s(a)]);
-        }
-        let v = run_json(&args)?;
-        ensure!(
-            v["command"] == "forward" && v["tokens"] == 7 && v["vocab"] == 97,
-            "summary {v}"
-        );
-        let t = MmapedSafetensors::open(out)?.load("logits", Device::Cpu)?;
-        ensure!(
-            t.dims() == [7, 97] && t.dtype() == DType::F32,
-            "logits {:?} {:?}",
-            t.dims(),
-            t.dtype()
-        );
-        all.extend(t.to_vec_f32()?);
-    }
+    let all = forward_rows_n(model, adapter, rows, out)?;
+    ensure!(all.len() == rows.len() * 7 * 97, "{} logits", all.len());
     Ok(all)
 }
 
@@ -653,4 +624,96 @@ fn nf4_loading_of_a_hf_folder_tracks_its_f32_logits_within_the_nf4_error() -> Re
         "logits relative error {rel} vs weight error {worst_rel}"
     );
     Ok(())
+}
+
+#[test]
+fn merge_of_a_gguf_base_writes_a_config_that_reads_back_and_the_same_logits() -> Result<()> {
+    use rankfold_adapters::lora::{LoraConfig, LoraInit};
+    use rankfold_adapters::{PeftModel, TargetModules};
+    let tmp = scratch("merge-gguf")?;
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/tiny_llama.gguf");
+    // A LoRA adapter with non-zero B for the one-layer GGUF fixture, saved as a PEFT folder.
+    let base = Llama::from_gguf(&gguf)?;
+    let want_config = base.config.clone();
+    let mut pm = PeftModel::new(base, 3);
+    let mut cfg =
+        LoraConfig::new(TargetModules::list(&["q_proj", "v_proj", "down_proj"])).with_rank(3, 6.0);
+    cfg.init_lora_weights = LoraInit::Random;
+    pm.add_adapter("default", Box::new(cfg))?;
+    let adapter = tmp.join("adapter");
+    pm.save_pretrained(&adapter, "default")?;
+    let merged = tmp.join("merged");
+    let v = run_json(&[
+        "merge",
+        "--model",
+        s(&gguf),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&merged),
+    ])?;
+    ensure!(
+        v["adapted_layers"] == 3 && v["copied"] == serde_json::json!([]),
+        "{v}"
+    );
+    let config = rankfold_models::llama::LlamaConfig::from_file(merged.join("config.json"))?;
+    ensure!(config == want_config, "{config:?} vs {want_config:?}");
+    let rows = vec![vec![0u32, 5, 36, 17, 2, 9], vec![36, 1, 1, 30, 4, 12]];
+    let out = tmp.join("l.safetensors");
+    let with_adapter = forward_rows_n(&gguf, Some(&adapter), &rows, &out)?;
+    check_close(
+        "GGUF merged vs adapter",
+        &forward_rows_n(&merged, None, &rows, &out)?,
+        &with_adapter,
+    )?;
+    let plain = forward_rows_n(&gguf, None, &rows, &out)?;
+    ensure!(
+        plain
+            .iter()
+            .zip(&with_adapter)
+            .any(|(a, b)| (a - b).abs() > 1e-3),
+        "the adapter changed nothing"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// `rankfold forward` on rows of any length; the logits of all rows, row-major.
+fn forward_rows_n(
+    model: &Path,
+    adapter: Option<&Path>,
+    rows: &[Vec<u32>],
+    out: &Path,
+) -> Result<Vec<f32>> {
+    let mut all = Vec::new();
+    for row in rows {
+        let tokens = row.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let mut args = vec![
+            "forward",
+            "--model",
+            s(model),
+            "--tokens",
+            &tokens,
+            "--out",
+            s(out),
+            "--overwrite",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", s(a)]);
+        }
+        let v = run_json(&args)?;
+        ensure!(
+            v["command"] == "forward" && v["tokens"] == row.len(),
+            "summary {v}"
+        );
+        let t = MmapedSafetensors::open(out)?.load("logits", Device::Cpu)?;
+        ensure!(
+            t.dims()[0] == row.len() && t.dtype() == DType::F32,
+            "logits {:?} {:?}",
+            t.dims(),
+            t.dtype()
+        );
+        all.extend(t.to_vec_f32()?);
+    }
+    Ok(all)
 }
