@@ -241,7 +241,7 @@ fn main() -> Result<()> {
         step,
         train_secs,
         start.elapsed().as_secs_f64(),
-        rankfold_tensor::memory::stats(Device::Cpu).peak() as f64 / (1 << 20) as f64,
+        rankfold_tensor::memory::stats(Device::Cpu).peak_bytes as f64 / (1 << 20) as f64,
         args.out.display()
     );
     Ok(())

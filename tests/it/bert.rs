@@ -39,8 +39,11 @@ const TOL: Tol = Tol {
     abs: 1e-4,
 };
 
-/// The (text, full ids, cut ids) cases of a tokenizer fixture and the length they were cut to.
-fn token_cases(path: &Path) -> Result<(usize, Vec<(String, Vec<u32>, Vec<u32>)>)> {
+/// One tokenizer case: the text, its ids, and its ids cut to the fixture's length.
+type TokenCase = (String, Vec<u32>, Vec<u32>);
+
+/// The cases of a tokenizer fixture and the length they were cut to.
+fn token_cases(path: &Path) -> Result<(usize, Vec<TokenCase>)> {
     let v: Json = serde_json::from_str(
         &std::fs::read_to_string(path).with_context(|| path.display().to_string())?,
     )?;

