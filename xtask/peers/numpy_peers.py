@@ -5,14 +5,16 @@ Reads a JSON request on stdin (written by xtask/src/peers.rs):
         {"kind": "gemm", "name": "matmul/f32", "shape": "MxNxK", "m": M, "n": N, "k": K},
         {"kind": "adamw", "name": "adamw/f32", "shape": "TxRxC", "tensors": T, "rows": R, "cols": C},
         {"kind": "nf4", "name": "nf4/quantize", "shape": "bf16/N", "op": "quantize", "dtype": "bf16", "n": N,
-         "blocksize": 64}]}
+         "blocksize": 64},
+        {"kind": "train_step", "name": "train_step/lora_f32", "shape": "BxT", "batch": B, "seq": T}]}
 and prints on stdout
-    {"numpy": version, "blas": "one line", "bnb": "one line" or null,
-     "results": [{"name", "shape", "seconds", "library": "numpy" | "bnb"}]}
+    {"numpy": version, "blas": "one line", "bnb": "one line" or null, "peft": "one line" or null,
+     "results": [{"name", "shape", "seconds", "library": "numpy" | "bnb" | "peft"}]}
 where seconds is the median time of one call over several timed repeats after a warm-up. Progress and the BLAS
 line also go to stderr. xtask sets the BLAS and OpenMP thread counts in the environment before this starts.
 The nf4 workloads run in bitsandbytes (bnb_peers.py, beside this file) when torch and bitsandbytes import, and
-are skipped with a note on stderr when they do not, so a Python with numpy alone still serves the rest.
+are skipped with a note on stderr when they do not, so a Python with numpy alone still serves the rest; the
+train_step workload runs in PyTorch + PEFT (train_step_peers.py) under the same rule.
 
 The workloads mirror benches/matmul.rs and benches/optim.rs: GEMM operands rotate through enough copies to exceed
 a 32 MiB last-level cache, and AdamW uses the same hyperparameters. AdamW is as fused as numpy allows: every op is
@@ -27,6 +29,7 @@ import time
 import numpy as np
 
 import bnb_peers
+import train_step_peers
 
 ROTATE_BYTES = 64 << 20
 
@@ -143,6 +146,8 @@ def main():
     log(blas)
     # bitsandbytes is imported once, on the first nf4 workload; False until then, None when it is missing.
     bnb = False
+    # torch, transformers and peft likewise, on the first train_step workload.
+    peft = False
     results = []
     for w in req["workloads"]:
         if w["kind"] == "nf4":
@@ -157,6 +162,15 @@ def main():
                 log(f"skipping {w['name']} {w['shape']}: bitsandbytes has no such op or dtype")
                 continue
             library = "bnb"
+        elif w["kind"] == "train_step":
+            if peft is False:
+                peft = train_step_peers.load(req["threads"], log)
+                if peft is not None:
+                    log(peft.describe())
+            if peft is None:
+                continue
+            seconds = train_step_peers.train_step(peft, w, req["quick"])
+            library = "peft"
         elif w["kind"] in ("gemm", "adamw"):
             seconds = {"gemm": gemm, "adamw": adamw}[w["kind"]](w, req["quick"], rng)
             library = "numpy"
@@ -166,7 +180,10 @@ def main():
         log(f"{library} {w['name']} {w['shape']}: {seconds * 1e3:.3f} ms")
         results.append({"name": w["name"], "shape": w["shape"], "seconds": seconds, "library": library})
     described = bnb.describe() if bnb else None
-    json.dump({"numpy": np.__version__, "blas": blas, "bnb": described, "results": results}, sys.stdout)
+    peft_line = peft.describe() if peft else None
+    json.dump(
+        {"numpy": np.__version__, "blas": blas, "bnb": described, "peft": peft_line, "results": results}, sys.stdout
+    )
     print()
 
 

@@ -22,7 +22,7 @@ struct BenchFile {
 }
 
 /// The bench files, in the order they run and their rows print.
-const BENCH_FILES: [BenchFile; 9] = [
+const BENCH_FILES: [BenchFile; 10] = [
     BenchFile { file: "matmul", groups: &["matmul"] },
     BenchFile { file: "ops", groups: &["softmax", "rms_norm"] },
     BenchFile { file: "optim", groups: &["adamw"] },
@@ -32,7 +32,11 @@ const BENCH_FILES: [BenchFile; 9] = [
     BenchFile { file: "gemm", groups: &["gemm"] },
     BenchFile { file: "nf4_gpu", groups: &["nf4_kernel"] },
     BenchFile { file: "ptxsim", groups: &["ptxsim"] },
+    BenchFile { file: "train_step", groups: &["train_step"] },
 ];
+
+/// The group whose work is tokens per training step, reported as tokens/s rather than Gtokens/s.
+const TRAIN_STEP: &str = "train_step";
 
 /// The options of `cargo xtask bench`.
 #[derive(Debug)]
@@ -134,6 +138,7 @@ pub(crate) fn run(root: &Path, o: Options) -> Result<()> {
         bail!("no benchmark matched {:?}; the groups are {}", o.filter, all_groups().join(", "));
     }
 
+    let memory = peak_memory_row(&criterion_home, &measured, start)?;
     let peers = if o.peers { peers::run(root, &measured, o.quick, o.threads)? } else { None };
     for line in peers.iter().flat_map(|p| p.describe()) {
         println!("peers: {line}");
@@ -149,8 +154,13 @@ pub(crate) fn run(root: &Path, o: Options) -> Result<()> {
         }
     );
 
+    for r in &memory {
+        println!("{}  {}  {}: {:.1} {}", r.name, r.shape, r.metric, r.value, r.unit);
+    }
+
     if let Some(path) = &o.json {
         let mut rows: Vec<Row> = measured.iter().map(|m| m.row.clone()).collect();
+        rows.extend(memory.iter().cloned());
         if let Some(p) = &peers {
             rows.extend(measured.iter().filter_map(|m| p.row_for(m)).map(|(_, row)| row));
         }
@@ -159,6 +169,28 @@ pub(crate) fn run(root: &Path, o: Options) -> Result<()> {
         eprintln!("xtask: wrote {} rows to {}", rows.len(), path.display());
     }
     Ok(())
+}
+
+/// The training step's peak tensor memory as a row (`train_step/peak_memory`, MB), when benches/train_step.rs
+/// ran in this run and wrote `train_step/peak_memory.json` beside criterion's results.
+fn peak_memory_row(home: &Path, measured: &[Measured], start: SystemTime) -> Result<Option<Row>> {
+    let Some(step) = measured.iter().find(|m| m.row.name.starts_with("train_step/")) else { return Ok(None) };
+    let path = home.join(TRAIN_STEP).join("peak_memory.json");
+    let fresh = fs::metadata(&path).and_then(|m| m.modified()).is_ok_and(|t| t >= start);
+    if !fresh {
+        eprintln!("xtask: note: {} was not written by this run; no peak memory row", path.display());
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let bytes = v["peak_bytes"].as_f64().with_context(|| format!("{} has no peak_bytes", path.display()))?;
+    Ok(Some(Row {
+        name: format!("{TRAIN_STEP}/peak_memory"),
+        shape: step.row.shape.clone(),
+        metric: "peak tensor memory".into(),
+        value: bytes / 1e6,
+        unit: "MB".into(),
+    }))
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` under the root.
@@ -189,6 +221,7 @@ fn metric_of(group: &str, throughput_kind: &str) -> (&'static str, &'static str)
     match (group, throughput_kind) {
         ("matmul", _) => ("compute", "GFLOP/s"),
         ("adamw", _) => ("update rate", "Gparam/s"),
+        (TRAIN_STEP, _) => ("throughput", "tokens/s"),
         (_, "Bytes" | "BytesDecimal") => ("bandwidth", "GB/s"),
         (_, "Bits") => ("bandwidth", "Gbit/s"),
         _ => ("throughput", "Gelem/s"),
@@ -236,6 +269,9 @@ fn read_measured(benchmark_json: &Path) -> Result<Measured> {
     let (kind, work) =
         throughput(id.throughput.as_ref()).with_context(|| format!("bench {} records no throughput", id.group_id))?;
     let ns = est.median.point_estimate;
+    // A value is work per nanosecond; counting a training step's tokens in units of 1e-9 makes it tokens/s (and
+    // a peer's value, the same work over the peer's time, too).
+    let work = if id.group_id == TRAIN_STEP { work * 1e9 } else { work };
     let (metric, unit) = metric_of(&id.group_id, &kind);
     let name = match &id.function_id {
         Some(f) => format!("{}/{f}", id.group_id),
@@ -374,6 +410,35 @@ mod tests {
             ("matmul/f32", "8x8x8", "GFLOP/s", 2.0)
         );
         assert!(table(&got, None).contains("512 ns"));
+    }
+
+    #[test]
+    fn train_step_reads_as_tokens_per_second_with_peak_memory() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-step-{}", std::process::id()));
+        let new = dir.join("train_step/lora_f32/8x128/new");
+        fs::create_dir_all(&new).unwrap();
+        let id = r#"{"group_id":"train_step","function_id":"lora_f32","value_str":"8x128",
+            "throughput":{"Elements":1024}}"#;
+        fs::write(new.join("benchmark.json"), id).unwrap();
+        // 0.4 s per step of 1024 tokens is 2560 tokens/s.
+        fs::write(new.join("estimates.json"), r#"{"median":{"point_estimate":4e8}}"#).unwrap();
+        let got = collect(&dir, &selected_files(Some("train_step")), SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(got.len(), 1);
+        let r = &got[0].row;
+        assert_eq!((r.name.as_str(), r.unit.as_str()), ("train_step/lora_f32", "tokens/s"));
+        assert!((r.value - 2560.0).abs() < 1e-9, "{}", r.value);
+        let start = SystemTime::now() - std::time::Duration::from_secs(60);
+        assert!(peak_memory_row(&dir, &got, start).unwrap().is_none(), "no memory file yet");
+        fs::write(dir.join("train_step/peak_memory.json"), r#"{"peak_bytes": 380500000, "live_bytes": 1}"#).unwrap();
+        let m = peak_memory_row(&dir, &got, start).unwrap().expect("a fresh memory file");
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((m.name.as_str(), m.shape.as_str(), m.value, m.unit.as_str()), ("train_step/peak_memory", "8x128", 380.5, "MB"));
+        // A peer that takes twice as long reads as half the tokens/s.
+        let report = peers::Report::from_json(
+            r#"{"numpy": "2", "blas": "b", "results": [
+                {"name": "train_step/lora_f32", "shape": "8x128", "seconds": 0.8, "library": "peft"}]}"#,
+        );
+        assert!((report.row_for(&got[0]).unwrap().1.value - 1280.0).abs() < 1e-9);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `cargo xtask bench --peers`: runs the benched workloads that have a Python counterpart in
 //! xtask/peers/numpy_peers.py, so that each rankfold row can print a reference value and a ratio beside it: f32
 //! GEMM and AdamW in numpy, and NF4 quantize/dequantize on the CPU in bitsandbytes (xtask/peers/bnb_peers.py)
-//! when torch and bitsandbytes import in that Python. Each peer row says which library it came from.
+//! when torch and bitsandbytes import in that Python, and one LoRA training step in PyTorch + PEFT
+//! (xtask/peers/train_step_peers.py) when torch, transformers and peft do. Each peer row says which library it
+//! came from.
 //!
 //! The workloads are taken from the rows that criterion just measured, so the shapes have one source: benches/.
 //! The script gets them as JSON on stdin and answers with JSON on stdout (times in seconds, the median of
@@ -34,6 +36,8 @@ enum Workload {
     Adamw { name: String, shape: String, tensors: u64, rows: u64, cols: u64 },
     /// NF4 `op` ("quantize" or "dequantize") of `n` values of `dtype` in blocks of `blocksize`, no double quant.
     Nf4 { name: String, shape: String, op: String, dtype: String, n: u64, blocksize: u64 },
+    /// One LoRA training step of benches/train_step.rs on `batch` rows of `seq` tokens, in PyTorch + PEFT.
+    TrainStep { name: String, shape: String, batch: u64, seq: u64 },
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +54,9 @@ struct Response {
     /// One line on bitsandbytes and torch; absent or null when they did not import or were not needed.
     #[serde(default)]
     bnb: Option<String>,
+    /// One line on torch, transformers and peft; absent or null when they did not import or were not needed.
+    #[serde(default)]
+    peft: Option<String>,
     results: Vec<PeerResult>,
 }
 
@@ -71,6 +78,8 @@ pub(crate) enum Library {
     Numpy,
     /// bitsandbytes on torch's CPU tensors.
     Bnb,
+    /// transformers and PEFT on torch's CPU tensors.
+    Peft,
 }
 
 impl Library {
@@ -79,6 +88,7 @@ impl Library {
         match self {
             Library::Numpy => "numpy",
             Library::Bnb => "bnb",
+            Library::Peft => "peft",
         }
     }
 }
@@ -96,6 +106,7 @@ impl Report {
         let py = self.python.display();
         let mut lines = vec![format!("numpy {} from {py}; {}", self.response.numpy, self.response.blas)];
         lines.extend(self.response.bnb.iter().map(|b| format!("{b} from {py}")));
+        lines.extend(self.response.peft.iter().map(|p| format!("{p} from {py}")));
         lines
     }
 
@@ -126,7 +137,10 @@ impl Report {
 pub(crate) fn run(root: &Path, measured: &[Measured], quick: bool, threads: usize) -> Result<Option<Report>> {
     let workloads: Vec<Workload> = measured.iter().filter_map(workload).collect();
     if workloads.is_empty() {
-        eprintln!("xtask: no measured bench has a peer (the peers cover matmul, adamw and nf4 quantize/dequantize)");
+        eprintln!(
+            "xtask: no measured bench has a peer (the peers cover matmul, adamw, nf4 quantize/dequantize and \
+             train_step)"
+        );
         return Ok(None);
     }
     let Some(python) = find_python(threads) else {
@@ -185,6 +199,11 @@ fn workload(m: &Measured) -> Option<Workload> {
             let (op, dtype) = (name["nf4/".len()..].to_string(), dtype.to_string());
             Some(Workload::Nf4 { name, shape, op, dtype, n, blocksize: NF4_BLOCKSIZE })
         }
+        // The training-step bench names its shape BATCHxSEQ.
+        "train_step/lora_f32" => match dims()?[..] {
+            [batch, seq] => Some(Workload::TrainStep { name, shape, batch, seq }),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -261,6 +280,23 @@ mod tests {
         ] {
             assert_eq!(json(n, s), "null", "{n} {s}");
         }
+    }
+
+    #[test]
+    fn train_step_has_a_peft_peer() {
+        assert_eq!(
+            serde_json::to_value(workload(&measured("train_step/lora_f32", "8x128"))).unwrap(),
+            serde_json::json!({"kind": "train_step", "name": "train_step/lora_f32", "shape": "8x128", "batch": 8,
+                               "seq": 128})
+        );
+        assert!(workload(&measured("train_step/lora_f32", "8")).is_none());
+        let report = Report::from_json(
+            r#"{"numpy": "2", "blas": "b", "peft": "torch 9 + peft 1", "results": [
+                {"name": "train_step/lora_f32", "shape": "8x128", "seconds": 4.0, "library": "peft"}]}"#,
+        );
+        let (library, row) = report.row_for(&measured("train_step/lora_f32", "8x128")).unwrap();
+        assert_eq!((library, row.name.as_str()), (Library::Peft, "peft/train_step/lora_f32"));
+        assert_eq!(report.describe()[1], "torch 9 + peft 1 from python3");
     }
 
     #[test]

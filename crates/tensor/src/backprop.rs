@@ -15,7 +15,7 @@
 //! | matmul | rhs when lhs is tracked; lhs when rhs is tracked |
 //! | max, min (reductions) | input and output |
 //! | where_cond | the condition |
-//! | softmax, log_softmax | output y |
+//! | softmax, log_softmax, causal_softmax | output y |
 //! | layer_norm, rms_norm | input x, weight, per-row mean and 1/std |
 //! | index_select, embedding, gather | the indices |
 //! | cross_entropy | logits, per-row log-sum-exp, targets |
@@ -69,6 +69,7 @@ pub(crate) enum BackwardOp {
     Cast { from: DType },
     Concat { dim: usize, sizes: Vec<usize> },
     Softmax { y: Tensor, log: bool },
+    CausalSoftmax { y: Tensor, args: cpu::CausalArgs },
     Norm { x: Tensor, w: Option<Tensor>, mean: Tensor, rstd: Tensor, eps: f64, rms: bool },
     IndexSelect { ids: Arc<Vec<i64>>, dim: usize, size: usize },
     Gather { ids: Arc<Vec<i64>>, dim: usize, dims: Vec<usize> },
@@ -364,6 +365,13 @@ impl BackwardOp {
             }
             BackwardOp::Softmax { y, log } => {
                 let storage = y.storage().softmax_last_bwd(y.layout(), &g.storage(), g.layout(), log)?;
+                one(Ok(Tensor::from_op(storage, g.shape().clone(), None)))
+            }
+            BackwardOp::CausalSoftmax { y, args } => {
+                let storage = {
+                    let (ys, gs) = (y.storage(), g.storage());
+                    Storage::Cpu(cpu::causal_softmax_bwd((ys.cpu(), y.layout()), (gs.cpu(), g.layout()), args)?)
+                };
                 one(Ok(Tensor::from_op(storage, g.shape().clone(), None)))
             }
             BackwardOp::Norm { x, w, mean, rstd, eps, rms } => crate::nn_ops::norm_backward(

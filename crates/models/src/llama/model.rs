@@ -136,31 +136,28 @@ impl LlamaAttention {
         };
         let (k, v) = (expand(&k)?, expand(&v)?);
         let dtype = q.dtype();
-        let scores = q
-            .matmul(&k.transpose(2, 3)?)?
-            .to_dtype(DType::F32)?
-            .mul_scalar(1.0 / (d as f64).sqrt())?;
+        let scores = q.matmul(&k.transpose(2, 3)?)?.to_dtype(DType::F32)?;
+        let scale = 1.0 / (d as f64).sqrt();
         // Query i (at position offset + i) may not see key j > offset + i.
         let causal = |n: usize| (n % tk) > offset + n / tk;
-        let blocked = match key_blocked {
-            None => {
-                let v: Vec<u8> = (0..t * tk).map(|n| causal(n) as u8).collect();
-                Tensor::from_vec(v, (t, tk), x.device())?
-            }
-            // Padding keys (`key_blocked` is [b, tk]) are blocked too, giving a [b, 1, t, tk] mask.
+        let probs = match key_blocked {
+            // The causal mask alone: scale, mask and softmax in one fused pass (forward and backward).
+            None => scores.causal_softmax(scale, offset)?,
+            // Padding keys (`key_blocked` is [b, tk]) are blocked too, giving a [b, 1, t, tk] mask. The lowest
+            // finite f32 rather than −∞ (as transformers does): a query that sees no key at all (a left padding
+            // position) gets a uniform average instead of NaNs that would leak into later layers.
             Some(kb) => {
                 let v: Vec<u8> = (0..b * t * tk)
                     .map(|n| (causal(n % (t * tk)) || kb[n / (t * tk) * tk + n % tk]) as u8)
                     .collect();
-                Tensor::from_vec(v, (b, 1, t, tk), x.device())?
+                let blocked = Tensor::from_vec(v, (b, 1, t, tk), x.device())?;
+                scores
+                    .mul_scalar(scale)?
+                    .masked_fill(&blocked, f32::MIN as f64)?
+                    .softmax(-1)?
             }
-        };
-        // The lowest finite f32 rather than −∞ (as transformers does): a query that sees no key at all (a left
-        // padding position) gets a uniform average instead of NaNs that would leak into later layers.
-        let probs = scores
-            .masked_fill(&blocked, f32::MIN as f64)?
-            .softmax(-1)?
-            .to_dtype(dtype)?;
+        }
+        .to_dtype(dtype)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?

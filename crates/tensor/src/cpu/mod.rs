@@ -282,4 +282,7 @@ pub(crate) use float_dispatch;
 
 pub(crate) use elementwise::{BinaryOp, CmpOp, UnaryOp};
 pub(crate) use index::{concat, rope};
-pub(crate) use reduce::{cross_entropy_bwd, cross_entropy_fwd, norm_bwd, norm_fwd, CeArgs, NormArgs, ReduceOp};
+pub(crate) use reduce::{
+    causal_softmax, causal_softmax_bwd, cross_entropy_bwd, cross_entropy_fwd, norm_bwd, norm_fwd, CausalArgs, CeArgs,
+    NormArgs, ReduceOp,
+};

@@ -1,5 +1,6 @@
 //! Row-wise and dimension reductions on the CPU: sum/max/min/argmax/argmin, softmax and log-softmax (forward and
-//! backward), layer norm and RMS norm (fused forward and backward), and fused cross-entropy.
+//! backward), the causal attention softmax (scale, mask and softmax in one pass), layer norm and RMS norm (fused
+//! forward and backward), and fused cross-entropy.
 
 use rayon::prelude::*;
 
@@ -147,6 +148,83 @@ impl CpuStorage {
         }
         float_dispatch!(g.dtype(), "softmax_bwd", go(self, yl, g, gl, log))
     }
+}
+
+/// Shape of a causal softmax: the last two dims are [t, tk]; query row i (at position `offset + i`) sees the keys
+/// j ≤ offset + i.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CausalArgs {
+    pub(crate) t: usize,
+    pub(crate) tk: usize,
+    pub(crate) offset: usize,
+    pub(crate) scale: f64,
+}
+
+impl CausalArgs {
+    /// The number of keys that row `r` of the flattened [.., t, tk] view sees.
+    fn visible(&self, r: usize) -> usize {
+        (self.offset + r % self.t + 1).min(self.tk)
+    }
+}
+
+/// Softmax over the last dim of `scale · x` with the causal mask of `a` applied in the same pass: masked keys
+/// get exactly 0, as a fill with the lowest f32 would give. The scaled scores, the mask and the fill are never
+/// materialized. Contiguous result.
+pub(crate) fn causal_softmax(x: (&CpuStorage, &Layout), a: CausalArgs) -> Result<CpuStorage> {
+    fn go<T: Float>(s: &CpuStorage, l: &Layout, a: CausalArgs) -> Result<CpuStorage> {
+        let x = s.float_slice::<T>(l);
+        let mut out = vec![T::ZERO; x.len()];
+        let scale = T::from_f64(a.scale);
+        let work = |(r, o): (usize, &mut [T])| {
+            let n = a.visible(r);
+            let seen = &mut o[..n];
+            seen.iter_mut().zip(&x[r * a.tk..r * a.tk + n]).for_each(|(o, &v)| *o = v * scale);
+            let max = vm::max(seen);
+            for v in seen.iter_mut() {
+                *v = vm::exp(*v - max);
+            }
+            // The sum runs over the whole row, zeros included, so that it adds in the same order as a softmax of
+            // the masked-filled row would.
+            let inv = T::ONE / vm::sum(o);
+            o[..n].iter_mut().for_each(|v| *v = *v * inv);
+        };
+        if a.tk > 0 {
+            if x.len() >= PAR_ELEMS {
+                out.par_chunks_mut(a.tk).enumerate().with_min_len(rows_per_task(a.tk)).for_each(work);
+            } else {
+                out.chunks_mut(a.tk).enumerate().for_each(work);
+            }
+        }
+        Ok(CpuStorage::new(float_into_data(out, s.dtype())))
+    }
+    float_dispatch!(x.0.dtype(), "causal_softmax", go(x.0, x.1, a))
+}
+
+/// Gradient of [`causal_softmax`] with respect to its input x, given its output `y` and upstream `g`:
+/// `scale · y ⊙ (g − ⟨g, y⟩)` on the visible keys, 0 on the masked ones.
+pub(crate) fn causal_softmax_bwd(y: (&CpuStorage, &Layout), g: (&CpuStorage, &Layout), a: CausalArgs) -> Result<CpuStorage> {
+    fn go<T: Float>(y: (&CpuStorage, &Layout), g: (&CpuStorage, &Layout), a: CausalArgs) -> Result<CpuStorage> {
+        let (yv, gv) = (y.0.float_slice::<T>(y.1), g.0.float_slice::<T>(g.1));
+        let mut out = vec![T::ZERO; gv.len()];
+        let scale = T::from_f64(a.scale);
+        let work = |(r, o): (usize, &mut [T])| {
+            let n = a.visible(r);
+            let (yr, gr) = (&yv[r * a.tk..(r + 1) * a.tk], &gv[r * a.tk..(r + 1) * a.tk]);
+            // Over the whole row (y is 0 on masked keys), in the order of the plain softmax's backward.
+            let s: T = vm::dot(gr, yr);
+            let (yr, gr) = (&yr[..n], &gr[..n]);
+            o[..n].iter_mut().zip(yr.iter().zip(gr)).for_each(|(o, (&y, &g))| *o = y * (g - s) * scale);
+        };
+        if a.tk > 0 {
+            if gv.len() >= PAR_ELEMS {
+                out.par_chunks_mut(a.tk).enumerate().with_min_len(rows_per_task(a.tk)).for_each(work);
+            } else {
+                out.chunks_mut(a.tk).enumerate().for_each(work);
+            }
+        }
+        Ok(CpuStorage::new(float_into_data(out, g.0.dtype())))
+    }
+    float_dispatch!(g.0.dtype(), "causal_softmax_bwd", go(y, g, a))
 }
 
 /// Per-row statistics saved by a norm's forward pass for its backward pass.
