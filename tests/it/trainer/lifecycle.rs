@@ -397,7 +397,7 @@ fn the_loss_plot_has_one_point_per_step_and_axis_labels() -> Result<()> {
     // Tick labels: numbers on both axes (step numbers and losses within the plotted range).
     let numbers: Vec<f64> = texts.iter().filter_map(|t| t.parse().ok()).collect();
     ensure!(
-        numbers.len() >= 6 && numbers.iter().any(|&v| v == 9.0),
+        numbers.len() >= 6 && numbers.contains(&9.0),
         "tick labels {texts:?}"
     );
     ensure!(

@@ -159,11 +159,7 @@ impl Progress for NoProgress {
 /// The bar line of one step: `step 12/60 [####......] loss 1.234 lr 2e-4 1,234 tok/s peak 1.2 GiB eta 3m10s`
 /// (fields the metrics lack are left out; `eval` is the latest evaluation, shown when there is one).
 pub fn render_line(m: &StepMetrics, total: usize, eta_s: Option<f64>, eval: Option<f64>) -> String {
-    let filled = if total == 0 {
-        BAR
-    } else {
-        (m.step.min(total) * BAR) / total
-    };
+    let filled = (m.step.min(total) * BAR).checked_div(total).unwrap_or(BAR);
     let mut s = format!(
         "step {}/{} [{}{}]",
         m.step,
