@@ -473,3 +473,84 @@ fn svg_texts(svg: &str) -> Vec<String> {
         .map(|(inner, _)| inner.trim().to_string())
         .collect()
 }
+
+/// The variable that turns [`checkpoint_kill_child`] on and names its output folder.
+const KILL_ENV: &str = "RANKFOLD_TEST_KILL_CHILD_DIR";
+
+/// The settings of the run the kill test interrupts: a checkpoint after every step, a long schedule.
+fn kill_config(out: &Path) -> TrainConfig {
+    let mut c = config(out);
+    (c.steps, c.checkpoint_every) = (100_000, 1);
+    c
+}
+
+/// The child process of [`checkpoints_survive_a_kill_at_any_moment`]: trains and checkpoints until killed.
+#[test]
+#[ignore = "the child process of checkpoints_survive_a_kill_at_any_moment"]
+fn checkpoint_kill_child() -> Result<()> {
+    let Ok(dir) = std::env::var(KILL_ENV) else {
+        return Ok(());
+    };
+    let mut t = Trainer::new(kill_config(Path::new(&dir)), model(true)?)?;
+    t.run(|p| batch(p, 4), loss, None)?;
+    Ok(())
+}
+
+#[test]
+fn checkpoints_survive_a_kill_at_any_moment() -> Result<()> {
+    use std::time::{Duration, Instant};
+    let exe = std::env::current_exe()?;
+    let mut rng = Rng::new(4242);
+    for round in 0..4 {
+        let d = out_dir(&format!("kill{round}"));
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "trainer::lifecycle::checkpoint_kill_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(KILL_ENV, &d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let t0 = Instant::now();
+        while latest_checkpoint(&d)?.is_none() {
+            if let Some(s) = child.try_wait()? {
+                anyhow::bail!("the child exited ({s}) before its first checkpoint");
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                child.kill()?;
+                anyhow::bail!("no checkpoint after two minutes");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // A random moment during the checkpoint-every-step loop, most of which is spent writing checkpoints.
+        std::thread::sleep(Duration::from_millis(rng.below(150)));
+        child.kill()?;
+        child.wait()?;
+        let ckpt = latest_checkpoint(&d)?.context("no checkpoint after the kill")?;
+        let st = checkpoint::TrainerState::read(&ckpt)?;
+        ensure!(st.position == 2 * st.step as u64, "round {round}: {st:?}");
+        // The checkpoint is whole: it resumes, and its next step's loss is the straight run's.
+        let mut r = Trainer::resume(kill_config(&d), model(false)?, &ckpt)?;
+        let next = r.run_until(st.step + 1, |p| batch(p, 4), loss, None)?;
+        let ds = out_dir(&format!("kill{round}-straight"));
+        let mut c = kill_config(&ds);
+        c.checkpoint_every = 0;
+        let straight =
+            Trainer::new(c, model(true)?)?.run_until(st.step + 1, |p| batch(p, 4), loss, None)?;
+        ensure!(
+            losses(&next.steps) == losses(&straight.steps[st.step..]),
+            "round {round}: step {} after resuming from {}: {:?} vs {:?}",
+            st.step + 1,
+            ckpt.display(),
+            next.steps,
+            &straight.steps[st.step..]
+        );
+        for d in [d, ds] {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    Ok(())
+}
