@@ -222,3 +222,60 @@ pub fn load_adapter<M: LinearModel>(
     model.import_state(name, MethodState { tensors, meta })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: usize, out: &Path) -> TrainerState {
+        TrainerState {
+            step,
+            position: 2 * step as u64,
+            seed: 1,
+            config: TrainConfig::new(10, 0.1, out),
+        }
+    }
+
+    fn payload(text: &'static str) -> impl FnOnce(&Path) -> Result<()> {
+        move |tmp| {
+            std::fs::create_dir_all(tmp.join("sub")).map_err(io(tmp))?;
+            std::fs::write(tmp.join("sub/file"), text).map_err(io(tmp))
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_same_step_is_replaced_and_stale_folders_are_ignored_then_removed() {
+        let out = std::env::temp_dir().join(format!("rankfold-ckpt-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).unwrap();
+        // Leftovers of a writer killed part-way: a temporary folder and a checkpoint moved aside.
+        for stale in [
+            ".tmp-checkpoint-2",
+            ".old-checkpoint-2",
+            ".tmp-checkpoint-9",
+        ] {
+            std::fs::create_dir_all(out.join(stale)).unwrap();
+            std::fs::write(out.join(stale).join(STATE_FILE), "{}").unwrap();
+        }
+        assert_eq!(latest_checkpoint(&out).unwrap(), None);
+        let first = write(&out, &state(2, &out), payload("first")).unwrap();
+        assert_eq!(first, out.join("checkpoint-2"));
+        assert!(!out.join(".tmp-checkpoint-2").exists() && !out.join(".old-checkpoint-2").exists());
+        let again = write(&out, &state(2, &out), payload("second")).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(
+            std::fs::read_to_string(first.join("sub/file")).unwrap(),
+            "second"
+        );
+        assert!(!out.join(".old-checkpoint-2").exists());
+        assert_eq!(TrainerState::read(&first).unwrap(), state(2, &out));
+        write(&out, &state(3, &out), payload("third")).unwrap();
+        assert_eq!(
+            latest_checkpoint(&out).unwrap(),
+            Some(out.join("checkpoint-3"))
+        );
+        // The killed writer's step-9 folder never counts.
+        assert!(out.join(".tmp-checkpoint-9").exists());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
