@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use rankfold_models::gguf::llama::LlamaHparams;
 use rankfold_models::gguf::{GgufFile, GgufTokenizer};
 use rankfold_models::source::ModelSource;
+use rankfold_models::tokenizer::Tokenizer;
 use rankfold_tensor::safetensors::{self, MmapedSafetensors};
 use rankfold_tensor::{DType, Tensor};
 use serde_json::json;
@@ -79,7 +80,7 @@ pub(crate) fn run(args: &MergeArgs, json: bool) -> Result<()> {
     let write_seconds = start.elapsed().as_secs_f64();
     let params: usize = tensors.iter().map(|(_, t)| t.elem_count()).sum();
     let text = format!(
-        "merged {} into {} ({adapted} layers) → {} ({} tensors, {params} parameters, {dtype}; copied: {}) in {:.2} s",
+        "merged {} into {} ({adapted} layers) → {} ({} tensors, {params} parameters, {dtype}; tokenizer files: {}) in {:.2} s",
         args.adapter.display(),
         args.model.display(),
         args.out.display(),
@@ -195,7 +196,8 @@ fn config_json(
     Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
 
-/// Writes the merged folder at `dir` (created here) and returns the names of the files copied from the source.
+/// Writes the merged folder at `dir` (created here) and returns the names of the tokenizer and generation files it
+/// holds: copied from a Hugging Face source, or written from a GGUF file's tokenizer metadata.
 fn write_folder(
     dir: &Path,
     source: &ModelSource,
@@ -211,6 +213,21 @@ fn write_folder(
     safetensors::save(&weights, &refs, Some(&meta))
         .with_context(|| format!("writing {}", weights.display()))?;
     let mut copied = Vec::new();
+    if let ModelSource::Gguf(p) = source {
+        let f = GgufFile::open(p)?;
+        // Written only for a tokenizer that rankfold itself can build from the metadata.
+        let usable = GgufTokenizer::from_gguf(&f)
+            .ok()
+            .filter(|t| Tokenizer::from_gguf(t).is_ok());
+        if let Some(files) = usable.and_then(|t| gguf_tokenizer_files(&t)) {
+            for (name, value) in files {
+                let path = dir.join(name);
+                std::fs::write(&path, serde_json::to_string_pretty(&value)? + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+                copied.push(name.to_string());
+            }
+        }
+    }
     if let ModelSource::HfDir(src) = source {
         for name in COPIED_FILES {
             let from = src.join(name);
@@ -222,4 +239,111 @@ fn write_folder(
         }
     }
     Ok(copied)
+}
+
+/// tokenizer.json and tokenizer_config.json for the byte-level BPE tokenizer (`gpt2` model, `gpt2` or `smollm`
+/// pre-tokenizer) in a GGUF file's metadata, as the tokenizer reads them back; `None` for other tokenizers.
+fn gguf_tokenizer_files(t: &GgufTokenizer) -> Option<[(&'static str, serde_json::Value); 2]> {
+    if t.model != "gpt2" {
+        return None;
+    }
+    let digits = match t.pre.as_deref() {
+        None | Some("gpt2") | Some("gpt-2") => false,
+        Some("smollm") => true,
+        Some(_) => return None,
+    };
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre = if digits {
+        json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+    } else {
+        byte_level.clone()
+    };
+    let vocab: serde_json::Map<String, serde_json::Value> = t
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, tok)| (tok.clone(), json!(i)))
+        .collect();
+    // Control (3) and user-defined (4) tokens are matched whole, as `Tokenizer::from_gguf` does.
+    let added: Vec<serde_json::Value> = t
+        .token_types
+        .iter()
+        .flatten()
+        .zip(&t.tokens)
+        .enumerate()
+        .filter(|(_, (&ty, _))| ty == 3 || ty == 4)
+        .map(|(i, (&ty, tok))| {
+            json!({"id": i, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": ty == 3})
+        })
+        .collect();
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": pre, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": t.merges},
+    });
+    let name = |id: Option<u32>| id.and_then(|i| t.tokens.get(i as usize)).cloned();
+    let config = json!({
+        "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": false,
+        "bos_token": name(t.bos_id), "eos_token": name(t.eos_id), "unk_token": name(t.unk_id),
+        "pad_token": name(t.pad_id), "chat_template": t.chat_template,
+    });
+    Some([
+        ("tokenizer.json", tokenizer),
+        ("tokenizer_config.json", config),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_json_from_gguf_metadata_encodes_like_the_metadata() {
+        // A small byte-level BPE: the printable ASCII bytes (space as `Ġ`), a few merges, two control tokens.
+        let mut tokens: Vec<String> = std::iter::once("Ġ".to_string())
+            .chain(('!'..='~').map(String::from))
+            .collect();
+        let merges = ["t h", "th e", "Ġ th", "Ġth e", "1 2", "e r", "Ġ a"];
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        tokens.extend(["<|im_start|>".to_string(), "<|im_end|>".to_string()]);
+        let n = tokens.len();
+        let mut types = vec![1; n];
+        types[n - 2..].fill(3);
+        for pre in [Some("smollm"), Some("gpt2")] {
+            let t = GgufTokenizer {
+                model: "gpt2".into(),
+                pre: pre.map(String::from),
+                tokens: tokens.clone(),
+                token_types: Some(types.clone()),
+                merges: merges.iter().map(|m| m.to_string()).collect(),
+                bos_id: None,
+                eos_id: Some(n as u32 - 1),
+                unk_id: None,
+                pad_id: None,
+                add_bos: None,
+                chat_template: Some("{{ messages }}".into()),
+            };
+            let [(_, json), (_, config)] = gguf_tokenizer_files(&t).expect("a gpt2 tokenizer");
+            let written = Tokenizer::from_json_str("written", &json.to_string())
+                .expect("the written file reads back");
+            let direct = Tokenizer::from_gguf(&t).expect("valid metadata");
+            for text in [
+                "the theater",
+                "<|im_start|>user 1234 there<|im_end|>",
+                " a  the!",
+            ] {
+                let (a, b) = (
+                    written.encode(text).expect("encodes"),
+                    direct.encode(text).expect("encodes"),
+                );
+                assert_eq!(a, b, "{pre:?}: {text:?}");
+            }
+            assert_eq!(config["eos_token"], "<|im_end|>");
+        }
+    }
 }
