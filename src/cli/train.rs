@@ -296,7 +296,7 @@ pub(crate) fn run(args: &TrainArgs, json: bool) -> Result<()> {
         overwrite: args.overwrite,
         final_eval: !args.no_final_eval,
         stop: Some(stop),
-        progress: Some(Box::new(TextProgress::stderr(10))),
+        progress: Some(Box::new(TextProgress::stderr(5))),
         eval_progress: Some(Box::new(eval_counter("eval"))),
     };
     let s = run::train(&spec, &origin, model, &prepared, opts)?;

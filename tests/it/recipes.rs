@@ -494,3 +494,89 @@ fn train_binary_names_the_bad_recipe_key() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A progress observer that sets the stop flag once step `at` is done (as Ctrl-C would).
+struct StopAt {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    at: usize,
+}
+
+impl rankfold_train::trainer::Progress for StopAt {
+    fn on_step(&mut self, m: &rankfold_train::trainer::StepMetrics, _total: usize) {
+        if m.step == self.at {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn stopped_run_resumes_to_the_straight_runs_losses() -> Result<()> {
+    let dir = temp_dir("resume");
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("chat.jsonl");
+    write_chat_data(&data, 21, 4)?;
+    let recipe = |out: &Path| {
+        format!(
+            "[adapter]\nr = 2\ntargets = [\"q_proj\", \"down_proj\"]\n[data]\nformat = \"messages\"\npath = {:?}\n\
+             batch_size = 3\nmax_len = 48\n[train]\nsteps = 5\nlr = 5e-3\nwarmup = 1\noutput_dir = {:?}\n",
+            data.display().to_string(),
+            out.display().to_string()
+        )
+    };
+    let losses = |out: &Path| -> Result<Vec<f64>> {
+        let m = rankfold_train::trainer::read_metrics(&out.join("metrics.jsonl"))?;
+        Ok(m.iter().filter_map(|l| l.loss).collect())
+    };
+    let straight = dir.join("straight");
+    let spec = RunSpec::from_toml_str("a.toml", &recipe(&straight))?;
+    let prepared = run::prepare(&spec, "a.toml", &char_tok, Some(2), false)?;
+    run::train(
+        &spec,
+        "a.toml",
+        tiny_llama()?,
+        &prepared,
+        TrainOptions::default(),
+    )?;
+    let stopped = dir.join("stopped");
+    let spec = RunSpec::from_toml_str("b.toml", &recipe(&stopped))?;
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = TrainOptions {
+        stop: Some(flag.clone()),
+        progress: Some(Box::new(StopAt { flag, at: 2 })),
+        ..TrainOptions::default()
+    };
+    let s = run::train(&spec, "b.toml", tiny_llama()?, &prepared, opts)?;
+    ensure!(
+        s.interrupted && s.steps == 2 && s.adapter.is_none() && s.checkpoint.is_some(),
+        "{s:?}"
+    );
+    let refused = run::train(
+        &spec,
+        "b.toml",
+        tiny_llama()?,
+        &prepared,
+        TrainOptions::default(),
+    );
+    ensure!(
+        refused.is_err(),
+        "a folder with a checkpoint needs resume or overwrite"
+    );
+    let s = run::train(
+        &spec,
+        "b.toml",
+        tiny_llama()?,
+        &prepared,
+        TrainOptions {
+            resume: true,
+            ..TrainOptions::default()
+        },
+    )?;
+    ensure!(s.steps == 5 && s.adapter.is_some(), "{s:?}");
+    let (a, b) = (losses(&straight)?, losses(&stopped)?);
+    ensure!(
+        a.len() == 5 && a == b,
+        "straight {a:?} vs stopped and resumed {b:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
