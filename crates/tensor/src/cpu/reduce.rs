@@ -394,7 +394,7 @@ pub(crate) fn cross_entropy_fwd(
             let row = &x[r * c..(r + 1) * c];
             let max = vm::max(row);
             let max = if max == T::NEG_INFINITY { T::ZERO } else { max };
-            let s: T = row.iter().map(|&v| vm::exp(v - max)).fold(T::ZERO, |a, b| a + b);
+            let s: T = vm::sum_exp(row, max);
             let lse = max + s.ln();
             if Some(t[r]) == args.ignore_index {
                 return (lse, 0.0, 0);
@@ -446,10 +446,11 @@ pub(crate) fn cross_entropy_bwd(
                 return;
             }
             let row = &x[r * c..(r + 1) * c];
-            for (j, (o, &v)) in o.iter_mut().zip(row).enumerate() {
-                let target = if j as i64 == t[r] { on } else { off };
-                *o = (vm::exp(v - lse[r]) - target) * s;
-            }
+            let l = lse[r];
+            // Every class as a non-target first (a branch-free loop that vectorizes), then the target's one value.
+            o.iter_mut().zip(row).for_each(|(o, &v)| *o = (vm::exp(v - l) - off) * s);
+            let j = t[r] as usize;
+            o[j] = (vm::exp(row[j] - l) - on) * s;
         };
         if x.len() >= PAR_ELEMS {
             out.par_chunks_mut(c).enumerate().with_min_len(rows_per_task(c)).for_each(work);

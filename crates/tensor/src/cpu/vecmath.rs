@@ -62,6 +62,20 @@ pub(crate) fn sum<T: Float>(v: &[T]) -> T {
     acc.iter().copied().sum::<T>() + rest.iter().copied().sum::<T>()
 }
 
+/// `Σ exp(v − shift)` with sixteen independent accumulators (a log-sum-exp without materializing the exps).
+#[inline]
+pub(crate) fn sum_exp<T: Float>(v: &[T], shift: T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += exp(c[i] - shift);
+        }
+    }
+    acc.iter().copied().sum::<T>() + rest.iter().map(|&x| exp(x - shift)).sum::<T>()
+}
+
 /// Dot product with sixteen independent accumulators.
 #[inline]
 pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
@@ -119,5 +133,10 @@ mod tests {
         assert!((sum(&v) - v.iter().sum::<f64>()).abs() < 1e-12);
         assert!((dot(&v, &w) - v.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()).abs() < 1e-12);
         assert_eq!(max(&v), v.iter().cloned().fold(f64::MIN, f64::max));
+        let want: f64 = v.iter().map(|x| (x - 0.4).exp()).sum();
+        assert!((sum_exp(&v, 0.4) - want).abs() < 1e-12);
+        let v32: Vec<f32> = v.iter().map(|&x| x as f32 * 9.0).collect();
+        let want: f64 = v32.iter().map(|&x| (x as f64 - 3.0).exp()).sum();
+        assert!((sum_exp(&v32, 3.0) as f64 - want).abs() < 1e-5 * want, "f32 sum_exp");
     }
 }
