@@ -485,6 +485,33 @@ fn generate_matches_the_library_greedy_sampled_and_chat() -> Result<()> {
         );
         ensure!(v["tokens_per_second"].as_f64().is_some(), "{v}");
     }
+    // With an adapter: the same tokens as the library's PeftModel.
+    let lora = fixture("untied/lora");
+    let v = run_json(&[
+        "generate",
+        "--model",
+        s(&dir),
+        "--adapter",
+        s(&lora),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "10",
+    ])?;
+    let mut pm =
+        rankfold_adapters::PeftModel::new(Llama::from_hf_dir(&dir, DType::F32, Device::Cpu)?, 0);
+    pm.load(&lora, "default")?;
+    let opts = GenerateOptions {
+        max_new_tokens: 10,
+        stop_tokens: vec![2, 96],
+        ..Default::default()
+    };
+    let want = pm.model().generate(&tok.encode(prompt)?, &opts)?;
+    ensure!(
+        v["new_ids"] == serde_json::json!(want),
+        "with LoRA: {} vs {want:?}",
+        v["new_ids"]
+    );
     // --chat: the prompt is the ChatML text, and <|im_end|> stops.
     let v = run_json(&[
         "generate",
@@ -611,6 +638,11 @@ fn nf4_loading_of_a_hf_folder_tracks_its_f32_logits_within_the_nf4_error() -> Re
         &lq,
         &deq.forward_ids(&ids, 2, 7)?.to_vec_f32()?,
     )?;
+    // `rankfold forward --nf4` runs the same quantized model.
+    let tmp = scratch("nf4")?;
+    let cli = forward_rows_n_nf4(&dir, &rows, &tmp.join("l.safetensors"))?;
+    check_close("forward --nf4 vs load_llama NF4", &cli, &lq)?;
+    let _ = std::fs::remove_dir_all(&tmp);
     // ...which is the f32 model with every projection off by at most `worst_rel` (relative Frobenius). Through
     // residual blocks that error grows about linearly with depth: the logits may move by at most a few times
     // that per block, and must move (NF4 is lossy).
@@ -714,6 +746,32 @@ fn forward_rows_n(
             t.dtype()
         );
         all.extend(t.to_vec_f32()?);
+    }
+    Ok(all)
+}
+
+/// `rankfold forward --nf4` on each row; the logits of all rows, row-major.
+fn forward_rows_n_nf4(model: &Path, rows: &[Vec<u32>], out: &Path) -> Result<Vec<f32>> {
+    let mut all = Vec::new();
+    for row in rows {
+        let tokens = row.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let v = run_json(&[
+            "forward",
+            "--model",
+            s(model),
+            "--nf4",
+            "--tokens",
+            &tokens,
+            "--out",
+            s(out),
+            "--overwrite",
+        ])?;
+        ensure!(v["nf4"] == true, "{v}");
+        all.extend(
+            MmapedSafetensors::open(out)?
+                .load("logits", Device::Cpu)?
+                .to_vec_f32()?,
+        );
     }
     Ok(all)
 }
