@@ -472,12 +472,17 @@ impl<M: LinearModel> Trainer<M> {
         }))
     }
 
+    /// Appends one metrics line. The line and its newline go out in one write, so a process killed here
+    /// leaves whole lines for the resumed run to append to.
     fn write_metrics(&mut self, m: &StepMetrics) -> Result<()> {
         let path = self.config.output_dir.join(METRICS_FILE);
-        let line = serde_json::to_string(m).map_err(|e| {
+        let mut line = serde_json::to_string(m).map_err(|e| {
             Error::Config(format!("{}: cannot encode metrics: {e}", path.display()))
         })?;
-        writeln!(self.metrics, "{line}").map_err(|e| Error::Io { path, source: e })
+        line.push('\n');
+        self.metrics
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::Io { path, source: e })
     }
 
     /// Writes `checkpoint-<step>` under the output folder (durably and atomically; see [`checkpoint`]) and
