@@ -107,7 +107,8 @@ fn forward_rows(
     rows: &[Vec<u32>],
     out: &Path,
 ) -> Result<Vec<f32>> {
-    let all = forward_rows_n(model, adapter, rows, out)?;
+    let extra = adapter.map_or(vec![], |a| vec!["--adapter", s(a)]);
+    let all = forward_rows_n(model, &extra, rows, out)?;
     ensure!(all.len() == rows.len() * 7 * 97, "{} logits", all.len());
     Ok(all)
 }
@@ -420,6 +421,32 @@ fn errors_name_the_path_and_leave_files_alone() -> Result<()> {
             .dims()
             == [3, 97]
     );
+    // A quantized folder (config.json declares a quantization) is not a base to merge into.
+    let quantized = tmp.join("quantized");
+    std::fs::create_dir_all(&quantized)?;
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json"))?)?;
+    config["quantization_config"] =
+        serde_json::json!({"quant_method": "bitsandbytes", "load_in_4bit": true});
+    std::fs::write(quantized.join("config.json"), config.to_string())?;
+    std::fs::copy(
+        model.join("model.safetensors"),
+        quantized.join("model.safetensors"),
+    )?;
+    let lora = fixture("untied/lora");
+    let err = run_err(&[
+        "merge",
+        "--model",
+        s(&quantized),
+        "--adapter",
+        s(&lora),
+        "--out",
+        s(&tmp.join("mq")),
+    ])?;
+    ensure!(
+        err.contains(s(&quantized.join("config.json"))) && err.contains("quantization_config"),
+        "{err}"
+    );
     // Token ids outside the vocabulary, and ids that are not numbers.
     let err = run_err(&[
         "forward",
@@ -640,7 +667,7 @@ fn nf4_loading_of_a_hf_folder_tracks_its_f32_logits_within_the_nf4_error() -> Re
     )?;
     // `rankfold forward --nf4` runs the same quantized model.
     let tmp = scratch("nf4")?;
-    let cli = forward_rows_n_nf4(&dir, &rows, &tmp.join("l.safetensors"))?;
+    let cli = forward_rows_n(&dir, &["--nf4"], &rows, &tmp.join("l.safetensors"))?;
     check_close("forward --nf4 vs load_llama NF4", &cli, &lq)?;
     let _ = std::fs::remove_dir_all(&tmp);
     // ...which is the f32 model with every projection off by at most `worst_rel` (relative Frobenius). Through
@@ -692,13 +719,13 @@ fn merge_of_a_gguf_base_writes_a_config_that_reads_back_and_the_same_logits() ->
     ensure!(config == want_config, "{config:?} vs {want_config:?}");
     let rows = vec![vec![0u32, 5, 36, 17, 2, 9], vec![36, 1, 1, 30, 4, 12]];
     let out = tmp.join("l.safetensors");
-    let with_adapter = forward_rows_n(&gguf, Some(&adapter), &rows, &out)?;
+    let with_adapter = forward_rows_n(&gguf, &["--adapter", s(&adapter)], &rows, &out)?;
     check_close(
         "GGUF merged vs adapter",
-        &forward_rows_n(&merged, None, &rows, &out)?,
+        &forward_rows_n(&merged, &[], &rows, &out)?,
         &with_adapter,
     )?;
-    let plain = forward_rows_n(&gguf, None, &rows, &out)?;
+    let plain = forward_rows_n(&gguf, &[], &rows, &out)?;
     ensure!(
         plain
             .iter()
@@ -710,13 +737,8 @@ fn merge_of_a_gguf_base_writes_a_config_that_reads_back_and_the_same_logits() ->
     Ok(())
 }
 
-/// `rankfold forward` on rows of any length; the logits of all rows, row-major.
-fn forward_rows_n(
-    model: &Path,
-    adapter: Option<&Path>,
-    rows: &[Vec<u32>],
-    out: &Path,
-) -> Result<Vec<f32>> {
+/// `rankfold forward ARGS` on rows of any length (each run's summary and tensor checked); all logits, row-major.
+fn forward_rows_n(model: &Path, extra: &[&str], rows: &[Vec<u32>], out: &Path) -> Result<Vec<f32>> {
     let mut all = Vec::new();
     for row in rows {
         let tokens = row.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
@@ -730,13 +752,13 @@ fn forward_rows_n(
             s(out),
             "--overwrite",
         ];
-        if let Some(a) = adapter {
-            args.extend(["--adapter", s(a)]);
-        }
+        args.extend_from_slice(extra);
         let v = run_json(&args)?;
         ensure!(
-            v["command"] == "forward" && v["tokens"] == row.len(),
-            "summary {v}"
+            v["command"] == "forward"
+                && v["tokens"] == row.len()
+                && v["nf4"] == extra.contains(&"--nf4"),
+            "{v}"
         );
         let t = MmapedSafetensors::open(out)?.load("logits", Device::Cpu)?;
         ensure!(
@@ -746,32 +768,6 @@ fn forward_rows_n(
             t.dtype()
         );
         all.extend(t.to_vec_f32()?);
-    }
-    Ok(all)
-}
-
-/// `rankfold forward --nf4` on each row; the logits of all rows, row-major.
-fn forward_rows_n_nf4(model: &Path, rows: &[Vec<u32>], out: &Path) -> Result<Vec<f32>> {
-    let mut all = Vec::new();
-    for row in rows {
-        let tokens = row.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        let v = run_json(&[
-            "forward",
-            "--model",
-            s(model),
-            "--nf4",
-            "--tokens",
-            &tokens,
-            "--out",
-            s(out),
-            "--overwrite",
-        ])?;
-        ensure!(v["nf4"] == true, "{v}");
-        all.extend(
-            MmapedSafetensors::open(out)?
-                .load("logits", Device::Cpu)?
-                .to_vec_f32()?,
-        );
     }
     Ok(all)
 }
