@@ -61,9 +61,10 @@ def load(threads, log):
     return Peft(torch, transformers, peft, threads)
 
 
-def step_seconds(p, batch, seq, steps, warmup=2):
+def step_seconds(p, batch, seq, steps, warmup=2, cpu=None):
     """The median wall time of `steps` training steps after `warmup` untimed ones (the first allocates AdamW's
-    moments)."""
+    moments). When `cpu` is a list, the process's CPU seconds per timed step are appended to it (a measure that
+    other processes on a shared machine disturb less than wall time)."""
     torch, transformers, peft = p.torch, p.transformers, p.peft
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(**CONFIG)
@@ -86,10 +87,13 @@ def step_seconds(p, batch, seq, steps, warmup=2):
     for _ in range(warmup):
         step()
     times = []
+    c0 = time.process_time()
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    if cpu is not None:
+        cpu.append((time.process_time() - c0) / steps)
     return statistics.median(times)
 
 
@@ -104,5 +108,6 @@ if __name__ == "__main__":
     p = load(threads, lambda m: print(m, file=sys.stderr))
     if p is None:
         sys.exit(1)
-    s = step_seconds(p, 8, 128, steps)
-    print(f"{p.describe()}: {s * 1e3:.1f} ms per step, {8 * 128 / s:.0f} tokens/s")
+    cpu = []
+    s = step_seconds(p, 8, 128, steps, cpu=cpu)
+    print(f"{p.describe()}: {s * 1e3:.1f} ms per step (median), {8 * 128 / s:.0f} tokens/s, CPU {cpu[0] * 1e3:.0f} ms per step")
