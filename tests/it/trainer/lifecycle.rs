@@ -554,3 +554,58 @@ fn checkpoints_survive_a_kill_at_any_moment() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn lora_fa_resumes_with_a_still_frozen() -> Result<()> {
+    use rankfold_adapters::lora::{LoraConfig, LoraInit};
+    // PEFT files save LoRA-FA as LoRA; the checkpoint notes the method so that A stays frozen after resume.
+    let fa = || -> Result<PeftModel<TestModel>> {
+        let mut pm = model(false)?;
+        let mut c = LoraConfig::new(TargetModules::AllLinear)
+            .with_rank(3, 6.0)
+            .with_lora_fa(true);
+        c.init_lora_weights = LoraInit::Random;
+        pm.add_adapter("default", Box::new(c))?;
+        Ok(pm)
+    };
+    let files = |pm: &mut PeftModel<TestModel>, d: &Path| -> Result<Vec<u8>> {
+        pm.save_pretrained(d, "default")?;
+        Ok(std::fs::read(d.join("adapter_model.safetensors"))?)
+    };
+    let (da, db) = (out_dir("fa-straight"), out_dir("fa-resumed"));
+    let mut a = Trainer::new(config(&da), fa()?)?;
+    let straight = a.run(|p| batch(p, 5), loss, None)?;
+    let want = files(a.model(), &da.join("final"))?;
+    let mut b = Trainer::new(config(&db), fa()?)?;
+    let first = b.run_until(3, |p| batch(p, 5), loss, None)?;
+    drop(b);
+    let ckpt = latest_checkpoint(&db)?.context("no checkpoint")?;
+    ensure!(
+        checkpoint::TrainerState::read(&ckpt)?.method.as_deref() == Some(checkpoint::LORA_FA),
+        "the checkpoint does not note LoRA-FA"
+    );
+    let mut r = Trainer::resume(config(&db), model(false)?, &ckpt)?;
+    let n_trainable = r.model().parameters().len();
+    let rest = r.run(|p| batch(p, 5), loss, None)?;
+    let mut got = losses(&first.steps);
+    got.extend(losses(&rest.steps));
+    ensure!(
+        got == losses(&straight.steps),
+        "losses: {:?} vs {:?}",
+        got,
+        losses(&straight.steps)
+    );
+    ensure!(
+        files(r.model(), &db.join("final"))? == want,
+        "the adapter files differ after resume"
+    );
+    // Only B trains: one tensor per linear layer of the test model.
+    ensure!(
+        n_trainable == a.model().parameters().len(),
+        "{n_trainable} trainable tensors after resume"
+    );
+    for d in [da, db] {
+        std::fs::remove_dir_all(d)?;
+    }
+    Ok(())
+}

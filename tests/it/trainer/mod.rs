@@ -264,6 +264,7 @@ fn a_failed_checkpoint_leaves_the_last_good_one() -> Result<()> {
         position: 8,
         seed: c.seed,
         config: c.clone(),
+        method: None,
     };
     let r = checkpoint::write(&d, &state, |tmp| {
         std::fs::write(tmp.join("partial"), b"x").map_err(|e| rankfold_train::Error::Io {

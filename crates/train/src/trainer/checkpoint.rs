@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rankfold_adapters::layer::MethodState;
+use rankfold_adapters::lora::LoraConfig;
+use rankfold_adapters::Method;
 use rankfold_adapters::PeftModel;
 use rankfold_tensor::nn::LinearModel;
 use rankfold_tensor::{Device, Tensor};
@@ -47,7 +49,13 @@ pub struct TrainerState {
     pub seed: u64,
     /// The settings of the run that wrote it.
     pub config: TrainConfig,
+    /// The adapter method when its PEFT files cannot name it: `"lora_fa"` (saved as LoRA, with A frozen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
+
+/// [`TrainerState::method`] for LoRA-FA.
+pub const LORA_FA: &str = "lora_fa";
 
 impl TrainerState {
     /// Reads `trainer_state.json` from checkpoint folder `dir`.
@@ -193,14 +201,39 @@ pub fn save_adapter<M: LinearModel>(
     Ok(())
 }
 
-/// Adds adapter `name` to `model` from checkpoint folder `dir`: the PEFT folder, then the method's training
-/// state when the checkpoint has one.
+/// The [`TrainerState::method`] entry for adapter `name` of `model`.
+pub fn method_note<M: LinearModel>(model: &PeftModel<M>, name: &str) -> Result<Option<String>> {
+    Ok(match model.adapter_method(name)?.method() {
+        Method::LoraFa => Some(LORA_FA.to_string()),
+        _ => None,
+    })
+}
+
+/// Adds adapter `name` to `model` from checkpoint folder `dir`: the PEFT folder (as the method `state` notes,
+/// when the files cannot name it), then the method's training state when the checkpoint has one.
 pub fn load_adapter<M: LinearModel>(
     dir: &Path,
     model: &mut PeftModel<M>,
     name: &str,
+    state: &TrainerState,
 ) -> Result<()> {
-    model.load(dir.join(ADAPTER_DIR), name)?;
+    let adir = dir.join(ADAPTER_DIR);
+    match state.method.as_deref() {
+        None => {
+            model.load(&adir, name)?;
+        }
+        Some(LORA_FA) => {
+            let config = rankfold_adapters::peft::read_config(&adir)?;
+            let method = LoraConfig::from_peft_json(&config)?.with_lora_fa(true);
+            model.load_with(&adir, name, Box::new(method))?;
+        }
+        Some(other) => {
+            return Err(Error::Config(format!(
+                "{}: unknown adapter method `{other}`",
+                dir.join(STATE_FILE).display()
+            )))
+        }
+    }
     let path = dir.join(ADAPTER_STATE_FILE);
     if !path.is_file() {
         return Ok(());
@@ -233,6 +266,7 @@ mod tests {
             position: 2 * step as u64,
             seed: 1,
             config: TrainConfig::new(10, 0.1, out),
+            method: None,
         }
     }
 

@@ -233,7 +233,7 @@ impl<M: LinearModel> Trainer<M> {
                 config.seed
             )));
         }
-        checkpoint::load_adapter(dir, &mut model, &config.adapter)?;
+        checkpoint::load_adapter(dir, &mut model, &config.adapter, &state)?;
         let mut t = Trainer::build(config, model)?;
         if state.step > t.config.steps {
             return Err(Error::Config(format!(
@@ -493,6 +493,7 @@ impl<M: LinearModel> Trainer<M> {
             position: self.position,
             seed: self.config.seed,
             config: self.config.clone(),
+            method: checkpoint::method_note(&self.model, &self.config.adapter)?,
         };
         let (model, optimizer) = (&mut self.model, &self.optimizer);
         let adapter = self.config.adapter.clone();
