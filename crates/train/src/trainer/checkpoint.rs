@@ -1,7 +1,8 @@
 //! Checkpoints: `checkpoint-<step>/` under the output folder holds the adapter as a PEFT folder (`adapter/`),
 //! the optimizer state (`optimizer.safetensors`), the adapter method's training state when it keeps one
 //! (`adapter_state.safetensors`: AdaLoRA's importance averages, rank masks and uncut tensors) and
-//! `trainer_state.json` (step, data position, seed, config).
+//! `trainer_state.json` (step, data position, seed, config, and the method where the PEFT files cannot name
+//! it: LoRA-FA, saved as LoRA).
 //!
 //! Durability: a checkpoint is written into a hidden temporary folder next to it (`.tmp-checkpoint-<step>`);
 //! every file in it is fsynced, then the folder itself, then it is renamed into place and the output folder
