@@ -442,6 +442,18 @@ fn base_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
         .collect()
 }
 
+/// The trainer_state.json beside a checkpoint's `adapter/` folder when it notes LoRA-FA (which PEFT files save as
+/// plain LoRA).
+fn lora_fa_note(dir: &Path) -> Option<String> {
+    use rankfold_train::trainer::checkpoint::{ADAPTER_DIR, LORA_FA, STATE_FILE};
+    if dir.file_name()? != ADAPTER_DIR {
+        return None;
+    }
+    let state = dir.parent()?.join(STATE_FILE);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).ok()?).ok()?;
+    (v.get("method")?.as_str()? == LORA_FA).then(|| state.display().to_string())
+}
+
 fn inspect_adapter(dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
     let config = peft::read_config(dir)?;
     let config_path = dir.join(peft::CONFIG_FILE).display().to_string();
@@ -452,6 +464,7 @@ fn inspect_adapter(dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
         .to_string();
     let (file, tensors) = peft::read_tensors(dir)?;
     let modules = group_by_module(&file, tensors)?;
+    let lora_fa = lora_fa_note(dir);
     let in_config = |e: rankfold_adapters::Error| anyhow::anyhow!("{config_path}: {e}");
     let mut layers = Vec::new();
     let (targets, method, mut notes) = match ty.as_str() {
@@ -460,10 +473,19 @@ fn inspect_adapter(dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
             for (m, t) in &modules {
                 layers.push(lora_layer(&file, &cfg, m, t)?);
             }
-            let method = if cfg.use_rslora { "LoRA (rsLoRA scaling α/√r)" } else { "LoRA (scaling α/r)" };
-            let notes = vec![format!("lora_alpha {}, r {}", cfg.lora_alpha, cfg.r),
-                "LoRA-FA adapters are saved as LoRA: the files do not say whether A was frozen".to_string()];
-            (cfg.common.target_modules.clone(), method.to_string(), notes)
+            let scaling = if cfg.use_rslora { "rsLoRA scaling α/√r" } else { "scaling α/r" };
+            let mut notes = vec![format!("lora_alpha {}, r {}", cfg.lora_alpha, cfg.r)];
+            let method = match &lora_fa {
+                Some(state) => {
+                    notes.push(format!("LoRA-FA (A frozen during training), as {state} notes"));
+                    format!("LoRA-FA ({scaling})")
+                }
+                None => {
+                    notes.push("LoRA-FA adapters are saved as LoRA: unless a checkpoint's trainer_state.json notes it, the files do not say whether A was frozen".into());
+                    format!("LoRA ({scaling})")
+                }
+            };
+            (cfg.common.target_modules.clone(), method, notes)
         }
         "ADALORA" => {
             let cfg = AdaLoraConfig::from_peft_json(&config).map_err(in_config)?;
@@ -520,6 +542,7 @@ fn inspect_adapter(dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
         "peft_type": ty,
         "method": method,
         "use_rslora": config.get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false),
+        "lora_fa": ty == "LORA" && lora_fa.is_some(),
         "target_modules": targets,
         "layers": layers.iter().map(LayerReport::to_json).collect::<Vec<_>>(),
         "layer_count": layers.len(),

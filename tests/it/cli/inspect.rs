@@ -225,3 +225,35 @@ fn inspect_update_norms_equal_pytorch_merges_on_every_peft_case() -> Result<()> 
     ensure!(cases >= 15, "only {cases} PEFT cases found");
     Ok(())
 }
+
+/// A checkpoint's `adapter/` folder is reported as LoRA-FA when the trainer_state.json beside it notes it (the
+/// PEFT files alone cannot tell).
+#[test]
+fn inspect_reports_lora_fa_noted_by_a_checkpoint() -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("rankfold-cli-lora-fa-{}", std::process::id()));
+    let adapter = tmp.join("checkpoint-3").join("adapter");
+    std::fs::create_dir_all(&adapter)?;
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("untied/lora").join(f), adapter.join(f))?;
+    }
+    let plain = run_json(&["inspect", s(&adapter)])?;
+    ensure!(plain["lora_fa"] == false, "{plain}");
+    std::fs::write(
+        tmp.join("checkpoint-3/trainer_state.json"),
+        r#"{"step": 3, "method": "lora_fa"}"#,
+    )?;
+    let noted = run_json(&["inspect", s(&adapter)])?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    ensure!(
+        noted["lora_fa"] == true
+            && noted["method"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("LoRA-FA")),
+        "{noted}"
+    );
+    ensure!(
+        noted["layers"] == plain["layers"],
+        "the figures must not change"
+    );
+    Ok(())
+}
