@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// The arguments are parsed once per process, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fine-tune an adapter on a model (flags, or a TOML file with --config).

@@ -195,7 +195,13 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         ),
         (
             "train steps",
-            format!("{} ({} examples)", train["steps"], train["train_examples"]),
+            format!(
+                "{} x {} reviews (from a pool of {})",
+                train["steps"],
+                train["batch_size"].as_u64().unwrap_or(0)
+                    * train["grad_accum"].as_u64().unwrap_or(1),
+                train["train_examples"]
+            ),
         ),
         (
             "train loss",

@@ -160,7 +160,10 @@ fn label_prompt(tok: &dyn Tokenize, words: &[String], chat: &[Message]) -> Optio
 }
 
 /// IMDB reviews as chats: `train_examples` from the train part and `eval_examples` from the test part.
-fn imdb_chats(s: &DataSettings, eval_only: bool) -> Result<(Vec<Vec<Message>>, Vec<Vec<Message>>)> {
+/// Conversations, one list of turns each.
+type Chats = Vec<Vec<Message>>;
+
+fn imdb_chats(s: &DataSettings, eval_only: bool) -> Result<(Chats, Chats)> {
     let train = if eval_only { Some(0) } else { s.train_examples };
     let sizes = SplitSizes {
         train,

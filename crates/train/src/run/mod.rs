@@ -144,6 +144,9 @@ pub fn evaluate(
     })
 }
 
+/// An evaluation observer: (what, examples done, total).
+pub type EvalProgress = Box<dyn FnMut(&str, usize, usize)>;
+
 /// How [`train`] treats the output folder and what it reports to.
 #[derive(Default)]
 pub struct TrainOptions {
@@ -158,7 +161,7 @@ pub struct TrainOptions {
     /// The trainer's progress reporter.
     pub progress: Option<Box<dyn Progress>>,
     /// Called as the final evaluation goes: (what, done, total).
-    pub eval_progress: Option<Box<dyn FnMut(&str, usize, usize)>>,
+    pub eval_progress: Option<EvalProgress>,
 }
 
 impl std::fmt::Debug for TrainOptions {
@@ -184,8 +187,12 @@ pub struct TrainSummary {
     pub first_loss: Option<f64>,
     /// The mean loss of the last (up to) ten steps.
     pub final_loss: Option<f64>,
-    /// Training examples.
+    /// Training examples in the pool the batches are drawn from.
     pub train_examples: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
     /// Tokens the forward passes saw (padding excluded).
     pub tokens: u64,
     /// Tokens per second of training.
@@ -344,6 +351,8 @@ pub fn train(
         first_loss: losses.first().copied(),
         final_loss: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
         train_examples: train.len(),
+        batch_size: prepared.data.batch_size,
+        grad_accum: config.grad_accum,
         tokens,
         tokens_per_s: tokens as f64 / outcome.elapsed_s.max(1e-9),
         train_s: outcome.elapsed_s,
