@@ -16,6 +16,7 @@
 //! | max, min (reductions) | input and output |
 //! | where_cond | the condition |
 //! | softmax, log_softmax, causal_softmax | output y |
+//! | swiglu | gate and up |
 //! | layer_norm, rms_norm | input x, weight, per-row mean and 1/std |
 //! | index_select, embedding, gather | the indices |
 //! | cross_entropy | logits, per-row log-sum-exp, targets |
@@ -70,6 +71,7 @@ pub(crate) enum BackwardOp {
     Concat { dim: usize, sizes: Vec<usize> },
     Softmax { y: Tensor, log: bool },
     CausalSoftmax { y: Tensor, args: cpu::CausalArgs },
+    SwiGlu { gate: Tensor, up: Tensor },
     Norm { x: Tensor, w: Option<Tensor>, mean: Tensor, rstd: Tensor, eps: f64, rms: bool },
     IndexSelect { ids: Arc<Vec<i64>>, dim: usize, size: usize },
     Gather { ids: Arc<Vec<i64>>, dim: usize, dims: Vec<usize> },
@@ -373,6 +375,15 @@ impl BackwardOp {
                     Storage::Cpu(cpu::causal_softmax_bwd((ys.cpu(), y.layout()), (gs.cpu(), g.layout()), args)?)
                 };
                 one(Ok(Tensor::from_op(storage, g.shape().clone(), None)))
+            }
+            BackwardOp::SwiGlu { gate, up } => {
+                let [dg, du] = {
+                    let (gs, us, ds) = (gate.storage(), up.storage(), g.storage());
+                    let (gl, ul, dl) = (gate.layout(), up.layout(), g.layout());
+                    cpu::swiglu_bwd((gs.cpu(), gl), (us.cpu(), ul), (ds.cpu(), dl), [need[0], need[1]])?
+                };
+                let wrap = |s: Option<cpu::CpuStorage>| s.map(|s| Tensor::from_op(Storage::Cpu(s), g.shape().clone(), None));
+                Ok(vec![wrap(dg), wrap(du)])
             }
             BackwardOp::Norm { x, w, mean, rstd, eps, rms } => crate::nn_ops::norm_backward(
                 crate::nn_ops::NormSaved { x, w, mean, rstd, eps, rms },

@@ -1,4 +1,4 @@
-//! Fused neural-network ops: softmax and log-softmax, the causal attention softmax, layer norm and RMS norm,
+//! Fused neural-network ops: softmax and log-softmax, the causal attention softmax, the SwiGLU gate, layer norm and RMS norm,
 //! embedding / index_select, gather, cross-entropy, rotary position embedding, masks and dropout.
 
 use std::sync::Arc;
@@ -108,6 +108,21 @@ impl Tensor {
             None => Ok(y),
             Some(e) => Ok(y.view(y.layout().clone(), Some((BackwardOp::CausalSoftmax { y: y.detach(), args }, e)))),
         }
+    }
+
+    /// SwiGLU's gate `silu(self) · up` for two tensors of one shape, fused: one pass forward, one pass backward,
+    /// and only the two inputs kept for the backward (the unfused pair also keeps `silu(self)`). Bit for bit equal
+    /// to `self.silu()?.mul(up)` and its gradients.
+    pub fn swiglu(&self, up: &Tensor) -> Result<Tensor> {
+        if self.dims() != up.dims() {
+            return Err(Error::ShapeMismatch { op: "swiglu", lhs: self.shape().clone(), rhs: up.shape().clone() });
+        }
+        let storage = {
+            let (gs, us) = (self.storage(), up.storage());
+            Storage::Cpu(cpu::swiglu((gs.cpu(), self.layout()), (us.cpu(), up.layout()))?)
+        };
+        let grad = edges(&[self, up]).map(|e| (BackwardOp::SwiGlu { gate: self.detach(), up: up.detach() }, e));
+        Ok(Tensor::from_op(storage, self.shape().clone(), grad))
     }
 
     fn norm_impl(&self, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64, rms: bool) -> Result<Tensor> {
@@ -324,6 +339,30 @@ mod tests {
         let x = Tensor::zeros((2, 4, 3), DType::F32, Device::Cpu)?;
         let e = x.causal_softmax(1.0, 0).expect_err("4 queries over 3 keys");
         assert!(e.to_string().contains("causal_softmax"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn swiglu_is_silu_times_up_bit_for_bit() -> Result<()> {
+        let mut rng = Rng::new(0x7377_6967);
+        // Sizes below and above the parallel threshold, a strided gate, and each input frozen in turn.
+        for (dims, strided, frozen) in [(vec![3, 7], false, None), (vec![97, 401], true, None), (vec![5, 11], false, Some(0)), (vec![181, 199], false, Some(1))] {
+            let g = rng.normal_tensor(0.0, 3.0, dims.clone(), DType::F32, Device::Cpu)?;
+            let g = if strided { g.t()?.contiguous()?.t()? } else { g };
+            let u = rng.normal_tensor(0.0, 1.0, dims.clone(), DType::F32, Device::Cpu)?;
+            let (g, u) = (g.with_requires_grad(frozen != Some(0)), u.with_requires_grad(frozen != Some(1)));
+            let up = rng.normal_tensor(0.0, 1.0, dims.clone(), DType::F32, Device::Cpu)?;
+            let (got, want) = (g.swiglu(&u)?, g.silu()?.mul(&u)?);
+            assert_eq!(got.to_vec_f32()?, want.to_vec_f32()?, "forward {dims:?}");
+            let gg = got.mul(&up)?.sum_all()?.backward()?;
+            let gw = want.mul(&up)?.sum_all()?.backward()?;
+            for t in [&g, &u] {
+                let (a, b) = (gg.get(t).map(|x| x.to_vec_f32()).transpose()?, gw.get(t).map(|x| x.to_vec_f32()).transpose()?);
+                assert_eq!(a, b, "backward {dims:?} frozen {frozen:?}");
+            }
+        }
+        let e = Tensor::zeros((2, 3), DType::F32, Device::Cpu)?.swiglu(&Tensor::zeros((3, 2), DType::F32, Device::Cpu)?);
+        assert!(e.expect_err("shapes differ").to_string().contains("swiglu"));
         Ok(())
     }
 }

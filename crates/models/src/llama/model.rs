@@ -169,11 +169,11 @@ impl LlamaAttention {
 
 impl LlamaMlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // silu(gate) · up as one fused op (bit for bit the unfused pair, with one pass each way).
         let h = self
             .gate_proj
             .forward(x)?
-            .silu()?
-            .mul(&self.up_proj.forward(x)?)?;
+            .swiglu(&self.up_proj.forward(x)?)?;
         Ok(self.down_proj.forward(&h)?)
     }
 }

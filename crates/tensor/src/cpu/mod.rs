@@ -280,7 +280,7 @@ macro_rules! float_dispatch {
 }
 pub(crate) use float_dispatch;
 
-pub(crate) use elementwise::{BinaryOp, CmpOp, UnaryOp};
+pub(crate) use elementwise::{swiglu, swiglu_bwd, BinaryOp, CmpOp, UnaryOp};
 pub(crate) use index::{concat, rope};
 pub(crate) use reduce::{
     causal_softmax, causal_softmax_bwd, cross_entropy_bwd, cross_entropy_fwd, norm_bwd, norm_fwd, CausalArgs, CeArgs,
