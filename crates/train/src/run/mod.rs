@@ -235,11 +235,12 @@ fn claim_output(out: &Path, opts: &TrainOptions) -> Result<()> {
         return Ok(());
     }
     if !opts.overwrite {
-        return Err(Error::Config(format!(
-            "output folder {} is not empty: pass resume to continue its latest checkpoint, overwrite to replace its \
-             run, or choose another folder",
-            out.display()
-        )));
+        return Err(Error::Spec {
+            origin: out.display().to_string(),
+            message: "the output folder is not empty: resume its latest checkpoint (--resume), replace its run \
+                      (--overwrite), or choose another folder"
+                .into(),
+        });
     }
     for p in entries {
         let name = p
@@ -281,11 +282,9 @@ pub fn train(
     let seed = config.seed;
     let mut pm = PeftModel::new(model, seed);
     let mut trainer = if opts.resume {
-        let dir = latest_checkpoint(&out)?.ok_or_else(|| {
-            Error::Config(format!(
-                "{}: there is no checkpoint to resume from",
-                out.display()
-            ))
+        let dir = latest_checkpoint(&out)?.ok_or_else(|| Error::Spec {
+            origin: out.display().to_string(),
+            message: "there is no checkpoint to resume from".into(),
         })?;
         Trainer::resume(config.clone(), pm, &dir)?
     } else {

@@ -357,7 +357,10 @@ impl RunSpec {
         c.seed = t.seed.unwrap_or(0);
         c.validate().map_err(|e| Error::Spec {
             origin: origin.into(),
-            message: e.to_string(),
+            message: match e {
+                Error::Config(m) => m,
+                other => other.to_string(),
+            },
         })?;
         Ok(c)
     }
