@@ -326,16 +326,31 @@ pub(crate) fn swiglu_bwd(
         let mut dg = if need[0] { vec![T::ZERO; n] } else { Vec::new() };
         let mut du = if need[1] { vec![T::ZERO; n] } else { Vec::new() };
         // The same roundings as the backward of `mul` then `silu`: (d · up) · silu′(x) and d · silu(x).
+        // σ(x) once per element; silu′ = σ·(1 + x·(1 − σ)) and silu = x·σ as `UnaryOp` writes them. One
+        // branch-free loop per case, so that each vectorizes.
         let work = |i0: usize, dg: &mut [T], du: &mut [T]| {
             let len = dg.len().max(du.len());
-            for i in 0..len {
-                let (a, b, e) = (x[i0 + i], y[i0 + i], dv[i0 + i]);
-                if !dg.is_empty() {
-                    dg[i] = e * b * UnaryOp::SiluDeriv.apply(a);
+            let (x, y, dv) = (&x[i0..i0 + len], &y[i0..i0 + len], &dv[i0..i0 + len]);
+            let deriv = |a: T, s: T| s * (T::ONE + a * (T::ONE - s));
+            match (dg.is_empty(), du.is_empty()) {
+                (false, false) => {
+                    for ((((og, ou), &a), &b), &e) in dg.iter_mut().zip(du.iter_mut()).zip(x).zip(y).zip(dv) {
+                        let s = sigmoid(a);
+                        *og = e * b * deriv(a, s);
+                        *ou = e * (a * s);
+                    }
                 }
-                if !du.is_empty() {
-                    du[i] = e * UnaryOp::Silu.apply(a);
+                (false, true) => {
+                    for (((og, &a), &b), &e) in dg.iter_mut().zip(x).zip(y).zip(dv) {
+                        *og = e * b * deriv(a, sigmoid(a));
+                    }
                 }
+                (true, false) => {
+                    for ((ou, &a), &e) in du.iter_mut().zip(x).zip(dv) {
+                        *ou = e * (a * sigmoid(a));
+                    }
+                }
+                (true, true) => {}
             }
         };
         let chunk = PAR_MIN / 2;
