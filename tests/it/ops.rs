@@ -206,3 +206,28 @@ fn gradients_accumulate_across_steps() -> Result<()> {
     assert!(l.backward().unwrap_err().to_string().contains("already"));
     Ok(())
 }
+
+/// index_select reads contiguous views in place (with their offset) and copies strided ones: every case equals a
+/// gather written out from the flat values.
+#[test]
+fn index_select_on_offset_and_strided_views_matches_a_plain_gather() -> Result<()> {
+    let mut rng = Rng::new(77);
+    let (rows, cols) = (13, 7);
+    let base = rng.normal_tensor(0.0, 1.0, vec![rows, cols], DType::F32, Device::Cpu)?;
+    let values = base.to_vec_f32()?;
+    let flat = &values;
+    let ids = vec![4u32, 0, 8, 8, 2];
+    let idt = Tensor::from_vec(ids.clone(), ids.len(), Device::Cpu)?;
+    // Rows 3..12: contiguous with a non-zero offset.
+    let got = base.narrow(0, 3, 9)?.index_select(&idt, 0)?.to_vec_f32()?;
+    let want: Vec<f32> =
+        ids.iter().flat_map(|&j| (0..cols).map(move |c| flat[(3 + j as usize) * cols + c])).collect();
+    assert_eq!(got, want, "offset rows");
+    // The transpose: strided, so copied first; selecting its rows picks columns of the base.
+    let ids = vec![6u32, 1, 1, 3];
+    let idt = Tensor::from_vec(ids.clone(), ids.len(), Device::Cpu)?;
+    let got = base.t()?.index_select(&idt, 0)?.to_vec_f32()?;
+    let want: Vec<f32> = ids.iter().flat_map(|&j| (0..rows).map(move |r| flat[r * cols + j as usize])).collect();
+    assert_eq!(got, want, "strided columns");
+    Ok(())
+}

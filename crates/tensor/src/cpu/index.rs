@@ -34,18 +34,27 @@ impl CpuStorage {
     pub(crate) fn index_select(&self, layout: &Layout, dim: usize, ids: &[i64]) -> Result<CpuStorage> {
         let (outer, size, inner) = split3(layout.dims(), dim);
         check_ids(ids, size, "index_select")?;
-        let x = self.copy_contiguous(layout);
-        fn sel<T: Copy>(v: &[T], outer: usize, size: usize, inner: usize, ids: &[i64]) -> Vec<T> {
+        // A contiguous source (an embedding table) is read in place: copying it first would cost a pass over
+        // the whole table per call, which dominated token-by-token decoding.
+        let copied;
+        let (data, base) = match layout.contiguous_range() {
+            Some(r) => (self.data(), r.start),
+            None => {
+                copied = self.copy_contiguous(layout);
+                (copied.data(), 0)
+            }
+        };
+        fn sel<T: Copy>(v: &[T], base: usize, outer: usize, size: usize, inner: usize, ids: &[i64]) -> Vec<T> {
             let mut out = Vec::with_capacity(outer * ids.len() * inner);
             for o in 0..outer {
                 for &j in ids {
-                    let s = (o * size + j as usize) * inner;
+                    let s = base + (o * size + j as usize) * inner;
                     out.extend_from_slice(&v[s..s + inner]);
                 }
             }
             out
         }
-        Ok(CpuStorage::new(map_same_dtype!(x.data(), v => sel(v, outer, size, inner, ids))))
+        Ok(CpuStorage::new(map_same_dtype!(data, v => sel(v, base, outer, size, inner, ids))))
     }
 
     /// The adjoint of `index_select`: a zero tensor of `size` along `dim` with `src` rows added at `ids`.
