@@ -7,6 +7,7 @@
 pub mod bert;
 mod error;
 pub mod gguf;
+mod hf_config;
 pub mod llama;
 pub mod source;
 pub mod tokenizer;

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::{Error, Result};
+use crate::hf_config::{self, field_err, get_f64, get_usize};
+use crate::Result;
 
 /// The fields of a Hugging Face `BertConfig` the encoder uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,50 +46,17 @@ impl Default for BertConfig {
     }
 }
 
-fn field_err(path: &str, field: &str, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_string(),
-        field: field.to_string(),
-        msg: msg.into(),
-    }
-}
-
-fn get_usize(v: &Value, path: &str, field: &str, default: usize) -> Result<usize> {
-    match v.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| {
-                field_err(
-                    path,
-                    field,
-                    format!("expected a non-negative integer, found {x}"),
-                )
-            }),
-    }
-}
-
 impl BertConfig {
     /// Reads a `config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<BertConfig> {
-        let p = path.as_ref();
-        let shown = p.display().to_string();
-        let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
-            path: shown.clone(),
-            source,
-        })?;
+        let (text, shown) = hf_config::read(path.as_ref())?;
         Self::from_json_str(&text, &shown)
     }
 
     /// Parses the text of a `config.json`; `path` names it in errors. Only what the encoder computes is
     /// accepted: the exact (erf) GELU and absolute position embeddings.
     pub fn from_json_str(text: &str, path: &str) -> Result<BertConfig> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| field_err(path, "(json)", e.to_string()))?;
-        if !v.is_object() {
-            return Err(field_err(path, "(json)", "expected a JSON object"));
-        }
+        let v = hf_config::parse_object(text, path)?;
         let d = BertConfig::default();
         let act = v
             .get("hidden_act")
@@ -113,29 +81,25 @@ impl BertConfig {
             ));
         }
         let cfg = BertConfig {
-            vocab_size: get_usize(&v, path, "vocab_size", d.vocab_size)?,
-            hidden_size: get_usize(&v, path, "hidden_size", d.hidden_size)?,
-            num_hidden_layers: get_usize(&v, path, "num_hidden_layers", d.num_hidden_layers)?,
-            num_attention_heads: get_usize(&v, path, "num_attention_heads", d.num_attention_heads)?,
-            intermediate_size: get_usize(&v, path, "intermediate_size", d.intermediate_size)?,
+            vocab_size: get_usize(&v, path, "vocab_size", Some(d.vocab_size))?,
+            hidden_size: get_usize(&v, path, "hidden_size", Some(d.hidden_size))?,
+            num_hidden_layers: get_usize(&v, path, "num_hidden_layers", Some(d.num_hidden_layers))?,
+            num_attention_heads: get_usize(
+                &v,
+                path,
+                "num_attention_heads",
+                Some(d.num_attention_heads),
+            )?,
+            intermediate_size: get_usize(&v, path, "intermediate_size", Some(d.intermediate_size))?,
             max_position_embeddings: get_usize(
                 &v,
                 path,
                 "max_position_embeddings",
-                d.max_position_embeddings,
+                Some(d.max_position_embeddings),
             )?,
-            type_vocab_size: get_usize(&v, path, "type_vocab_size", d.type_vocab_size)?,
-            layer_norm_eps: match v.get("layer_norm_eps") {
-                None | Some(Value::Null) => d.layer_norm_eps,
-                Some(x) => x.as_f64().ok_or_else(|| {
-                    field_err(
-                        path,
-                        "layer_norm_eps",
-                        format!("expected a number, found {x}"),
-                    )
-                })?,
-            },
-            pad_token_id: get_usize(&v, path, "pad_token_id", 0)? as u32,
+            type_vocab_size: get_usize(&v, path, "type_vocab_size", Some(d.type_vocab_size))?,
+            layer_norm_eps: get_f64(&v, path, "layer_norm_eps", d.layer_norm_eps)?,
+            pad_token_id: get_usize(&v, path, "pad_token_id", Some(0))? as u32,
         };
         cfg.validate(path)?;
         Ok(cfg)

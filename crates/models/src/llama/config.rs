@@ -5,7 +5,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::gguf::llama::LlamaHparams;
-use crate::{Error, Result};
+use crate::hf_config::{self, field_err, get_bool, get_f64, get_usize};
+use crate::Result;
 
 /// The fields of a Hugging Face `LlamaConfig` the decoder uses, with `LlamaConfig`'s defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,67 +39,16 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
 }
 
-fn field_err(path: &str, field: &str, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_string(),
-        field: field.to_string(),
-        msg: msg.into(),
-    }
-}
-
-fn get_usize(obj: &Value, path: &str, field: &str, default: Option<usize>) -> Result<usize> {
-    match obj.get(field) {
-        None | Some(Value::Null) => default.ok_or_else(|| field_err(path, field, "missing")),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| {
-                field_err(
-                    path,
-                    field,
-                    format!("expected a non-negative integer, found {v}"),
-                )
-            }),
-    }
-}
-
-fn get_f64(obj: &Value, path: &str, field: &str, default: f64) -> Result<f64> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| field_err(path, field, format!("expected a number, found {v}"))),
-    }
-}
-
-fn get_bool(obj: &Value, path: &str, field: &str, default: bool) -> Result<bool> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| field_err(path, field, format!("expected a boolean, found {v}"))),
-    }
-}
-
 impl LlamaConfig {
     /// Reads a `config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<LlamaConfig> {
-        let p = path.as_ref();
-        let shown = p.display().to_string();
-        let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
-            path: shown.clone(),
-            source,
-        })?;
+        let (text, shown) = hf_config::read(path.as_ref())?;
         Self::from_json_str(&text, &shown)
     }
 
     /// Parses the text of a `config.json`; `path` names it in errors.
     pub fn from_json_str(text: &str, path: &str) -> Result<LlamaConfig> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| field_err(path, "(json)", e.to_string()))?;
-        if !v.is_object() {
-            return Err(field_err(path, "(json)", "expected a JSON object"));
-        }
+        let v = hf_config::parse_object(text, path)?;
         let act = v
             .get("hidden_act")
             .and_then(Value::as_str)
