@@ -10,6 +10,28 @@ use rankfold_adapters::{peft, PeftModel};
 use rankfold_models::llama::Llama;
 use rankfold_models::source::{load_llama, ModelSource, Nf4Options};
 
+/// The model a command runs on: `--model`, `--nf4` and an optional `--adapter` (flattened into the commands'
+/// arguments).
+#[derive(clap::Args, Debug)]
+pub(crate) struct ModelArgs {
+    /// A Hugging Face model folder (with tokenizer.json) or a GGUF file.
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Quantize the attention and MLP projections to NF4 on load (QLoRA's base).
+    #[arg(long)]
+    pub(crate) nf4: bool,
+    /// A PEFT adapter folder to apply (LoRA, rsLoRA, AdaLoRA or GLoRA).
+    #[arg(long)]
+    pub(crate) adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Loads the model and the adapter, if any.
+    pub(crate) fn load(&self) -> Result<LoadedModel> {
+        load_with_adapter(&self.model, self.nf4, self.adapter.as_deref())
+    }
+}
+
 /// A model ready to run: its source, and the decoder wrapped with the adapter when one was given (a `PeftModel`
 /// without adapters computes the plain model).
 #[derive(Debug)]

@@ -14,15 +14,8 @@ use super::common::{self, path_json};
 /// Arguments of `rankfold forward`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ForwardArgs {
-    /// A Hugging Face model folder or a GGUF file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Quantize the attention and MLP projections to NF4 on load (QLoRA's base).
-    #[arg(long)]
-    nf4: bool,
-    /// A PEFT adapter folder to apply (LoRA, rsLoRA, AdaLoRA or GLoRA).
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    m: common::ModelArgs,
     /// Token ids, comma-separated (e.g. 1,2,3).
     #[arg(long)]
     tokens: String,
@@ -39,12 +32,12 @@ pub(crate) fn run(args: &ForwardArgs, json: bool) -> Result<()> {
     let ids = parse_tokens(&args.tokens)?;
     // Refused before the model is loaded; checked again when the file is put in place.
     common::refuse_existing_file(&args.out, args.overwrite)?;
-    let loaded = common::load_with_adapter(&args.model, args.nf4, args.adapter.as_deref())?;
+    let loaded = args.m.load()?;
     let vocab = loaded.llama().config.vocab_size;
     if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
         bail!(
             "--tokens: id {id} (position {i}) is out of the vocabulary of {} ({vocab} tokens)",
-            args.model.display()
+            args.m.model.display()
         );
     }
     let start = Instant::now();
@@ -65,9 +58,9 @@ pub(crate) fn run(args: &ForwardArgs, json: bool) -> Result<()> {
     );
     let value = json!({
         "command": "forward",
-        "model": path_json(&args.model),
-        "adapter": args.adapter.as_deref().map(path_json),
-        "nf4": args.nf4,
+        "model": path_json(&args.m.model),
+        "adapter": args.m.adapter.as_deref().map(path_json),
+        "nf4": args.m.nf4,
         "out": path_json(&args.out),
         "tokens": n,
         "vocab": vocab,

@@ -2,7 +2,7 @@
 //! the text to stdout as tokens come; `--chat` wraps the prompt in the ChatML template and stops at `<|im_end|>`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -21,15 +21,8 @@ const IM_END: &str = "<|im_end|>";
 /// Arguments of `rankfold generate`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct GenerateArgs {
-    /// A Hugging Face model folder (with tokenizer.json) or a GGUF file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Quantize the attention and MLP projections to NF4 on load (QLoRA's base).
-    #[arg(long)]
-    nf4: bool,
-    /// A PEFT adapter folder to apply.
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    m: common::ModelArgs,
     /// The text to continue (with --chat: the user's message).
     #[arg(long)]
     prompt: String,
@@ -64,10 +57,10 @@ pub(crate) fn run(args: &GenerateArgs, json: bool) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    let loaded = common::load_with_adapter(&args.model, args.nf4, args.adapter.as_deref())?;
+    let loaded = args.m.load()?;
     let source = &loaded.source;
     let tokenizer = load_tokenizer(source)
-        .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
+        .with_context(|| format!("loading the tokenizer of {}", args.m.model.display()))?;
     let llama = loaded.llama();
     let vocab = llama.config.vocab_size;
 
@@ -94,7 +87,7 @@ pub(crate) fn run(args: &GenerateArgs, json: bool) -> Result<()> {
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
         bail!(
             "the tokenizer of {} gives id {id}, outside the model's vocabulary of {vocab}",
-            args.model.display()
+            args.m.model.display()
         );
     }
     let mut stop_tokens = eos_ids(source)?;
@@ -102,7 +95,7 @@ pub(crate) fn run(args: &GenerateArgs, json: bool) -> Result<()> {
         let end = tokenizer.token_to_id(IM_END).with_context(|| {
             format!(
                 "--chat: the tokenizer of {} has no {IM_END} token",
-                args.model.display()
+                args.m.model.display()
             )
         })?;
         stop_tokens.push(end);
@@ -155,9 +148,9 @@ pub(crate) fn run(args: &GenerateArgs, json: bool) -> Result<()> {
     );
     let value = json!({
         "command": "generate",
-        "model": path_json(&args.model),
-        "adapter": args.adapter.as_deref().map(path_json),
-        "nf4": args.nf4,
+        "model": path_json(&args.m.model),
+        "adapter": args.m.adapter.as_deref().map(path_json),
+        "nf4": args.m.nf4,
         "chat": args.chat,
         "prompt_tokens": prompt.len(),
         "prompt_ids": prompt,

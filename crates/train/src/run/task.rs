@@ -29,6 +29,18 @@ pub fn label_rows(batch: &Batch) -> (Vec<u32>, Vec<i64>) {
     (rows, targets)
 }
 
+/// The decoder's final hidden states at the flattened `[b·t]` positions `rows` of `batch` (padding masked out of
+/// attention): `[rows.len(), hidden]`, ready for the LM head.
+fn hidden_rows(model: &Llama, batch: &Batch, rows: Vec<u32>) -> Result<Tensor> {
+    let bt = batch.tensors(Device::Cpu)?;
+    let hidden = model.forward_hidden(&bt.input_ids, Some(&bt.attention_mask))?;
+    let h = model.config.hidden_size;
+    let n = rows.len();
+    Ok(hidden
+        .reshape((batch.batch * batch.seq_len, h))?
+        .index_select(&Tensor::from_vec(rows, n, Device::Cpu)?, 0)?)
+}
+
 /// The mean next-token cross-entropy over the labelled positions of `batch`, with the LM head applied to those
 /// positions only. Padding is masked out of attention. An error when no position has a label.
 pub fn lm_loss(model: &Llama, batch: &Batch) -> Result<Tensor> {
@@ -38,16 +50,8 @@ pub fn lm_loss(model: &Llama, batch: &Batch) -> Result<Tensor> {
             "a batch has no labelled token to take a loss on".into(),
         ));
     }
-    let bt = batch.tensors(Device::Cpu)?;
-    let hidden = model.forward_hidden(&bt.input_ids, Some(&bt.attention_mask))?;
-    let h = *hidden
-        .dims()
-        .last()
-        .expect("hidden states are [b, t, hidden]");
     let n = rows.len();
-    let picked = hidden
-        .reshape((batch.batch * batch.seq_len, h))?
-        .index_select(&Tensor::from_vec(rows, n, Device::Cpu)?, 0)?;
+    let picked = hidden_rows(model, batch, rows)?;
     let logits = model.logits(&picked)?;
     let targets = Tensor::from_vec(targets, n, Device::Cpu)?;
     Ok(logits.cross_entropy(
@@ -263,15 +267,7 @@ pub fn predict_labels(
             .map(|(r, &len)| (r * batch.seq_len + len - 1) as u32)
             .collect();
         let scores = no_grad(|| -> Result<Vec<f32>> {
-            let bt = batch.tensors(Device::Cpu)?;
-            let hidden = model.forward_hidden(&bt.input_ids, Some(&bt.attention_mask))?;
-            let h = *hidden
-                .dims()
-                .last()
-                .expect("hidden states are [b, t, hidden]");
-            let picked = hidden
-                .reshape((batch.batch * batch.seq_len, h))?
-                .index_select(&Tensor::from_vec(rows.clone(), rows.len(), Device::Cpu)?, 0)?;
+            let picked = hidden_rows(model, &batch, rows.clone())?;
             Ok(model
                 .logits(&picked)?
                 .index_select(&cand, 1)?
