@@ -24,6 +24,8 @@ mod gemm;
 mod ptxsim;
 // NF4 against the committed bitsandbytes fixtures bit for bit; fast path vs twin; round trip; bnb files.
 mod nf4;
+// NF4 double quantization at real layer sizes (5k-700k blocks) and torch thread counts vs bitsandbytes digests.
+mod nf4_sizes;
 // kernels/nf4.cu on ptxsim against the NF4 twin: quantize/dequantize/double quantization bit for bit, GEMV, coalescing.
 mod nf4_gpu;
 // Loaders for the PEFT-saved reference adapters in tests/fixtures/peft (LoRA, rsLoRA, AdaLoRA, GLoRA).

@@ -66,8 +66,15 @@ fn dtype_from_torch(s: &str) -> Option<DType> {
 
 impl Nf4Tensor {
     /// Quantizes a contiguous-or-not f32/f16/bf16 CPU tensor in blocks of `blocksize` (bitsandbytes' CPU path,
-    /// bit for bit), with double-quantized scales when `double_quant`.
+    /// bit for bit), with double-quantized scales when `double_quant` (the offset summed in torch's one-thread
+    /// order, `nf4::DEFAULT_TORCH_THREADS`).
     pub fn quantize(t: &Tensor, blocksize: usize, double_quant: bool) -> Result<Nf4Tensor> {
+        Self::quantize_with(t, blocksize, double_quant, nf4::DEFAULT_TORCH_THREADS)
+    }
+
+    /// [`Nf4Tensor::quantize`], with the double-quantization offset summed as torch does with `torch_threads`
+    /// intra-op threads (`nf4::torch_mean`; it matters from 32 768 blocks up).
+    pub fn quantize_with(t: &Tensor, blocksize: usize, double_quant: bool, torch_threads: usize) -> Result<Nf4Tensor> {
         const OP: &str = "nf4_quantize";
         let q = match t.dtype() {
             DType::F32 => fast::quantize(&t.to_vec::<f32>()?, blocksize),
@@ -77,7 +84,7 @@ impl Nf4Tensor {
         }
         .map_err(|e| nf4_err(OP, e))?;
         let scales = if double_quant {
-            Nf4Scales::Double(nf4::double_quantize(&q.absmax))
+            Nf4Scales::Double(nf4::double_quantize_threads(&q.absmax, torch_threads))
         } else {
             Nf4Scales::Plain(q.absmax)
         };

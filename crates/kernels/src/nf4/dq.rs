@@ -54,33 +54,58 @@ fn lut_index(v: f32) -> usize {
     t as usize
 }
 
-/// Below this many elements torch reduces on one thread (its `GRAIN_SIZE`), in the order `torch_serial_sum`
-/// reproduces.
+/// torch's `at::internal::GRAIN_SIZE`: a reduction of fewer elements runs on one thread whatever the thread count.
 const TORCH_GRAIN: usize = 32_768;
-/// Lanes of torch's `Vectorized<float>` in its sum kernel (what its AVX2 and AVX-512 builds both sum with).
+/// Lanes of the `Vectorized<float>` torch's f32 sum kernel adds with (its AVX2 and AVX-512 builds give the same
+/// sums: both were checked against torch 2.15 with `ATEN_CPU_CAPABILITY` set to each).
 const TORCH_LANES: usize = 8;
 
-/// `offset = mean(absmax)` as bitsandbytes computes it, `torch.mean` in f32. Below 32 768 blocks torch sums on
-/// one thread and this reproduces its summation order exactly (`torch_serial_sum`), then divides in f32. Above,
-/// torch splits the sum across its threads, so the result depends on the thread count of whoever quantized; there
-/// this takes the f64 sum divided by the count, rounded once, which lies within an ulp of torch's result in
-/// practice. 0 for an empty slice.
+/// The intra-op thread count whose summation order [`mean_offset`] and [`double_quantize`] reproduce: one thread,
+/// torch's order under `torch.set_num_threads(1)`, and under any thread count below 32 768 blocks.
+pub const DEFAULT_TORCH_THREADS: usize = 1;
+
+/// `offset = mean(absmax)` as bitsandbytes' CPU path computes it (`torch.mean` in f32), in the summation order
+/// of [`DEFAULT_TORCH_THREADS`]; see [`torch_mean`].
 pub fn mean_offset(absmax: &[f32]) -> f32 {
-    let n = absmax.len();
-    if n == 0 {
-        0.0
-    } else if n < TORCH_GRAIN {
-        torch_serial_sum(absmax) / n as f32
-    } else {
-        (absmax.iter().map(|&a| a as f64).sum::<f64>() / n as f64) as f32
-    }
+    torch_mean(absmax, DEFAULT_TORCH_THREADS)
 }
 
-/// torch's single-threaded f32 `sum` of a contiguous vector (ATen's `cascade_sum`): lanes of 8, four independent
-/// accumulators (its `ilp_factor`), and four cascade levels that each take 16 rows before passing the partial
-/// sum up; the leftover lanes and scalars are added at the end, lane by lane. Below 8 elements the same cascade
-/// runs on scalars.
-fn torch_serial_sum(x: &[f32]) -> f32 {
+/// torch's f32 `mean` of a contiguous vector, bit for bit, as computed on the CPU with `threads` intra-op threads
+/// (`torch.get_num_threads()`; 0 counts as 1): the sum of [`torch_sum`] divided by the count in f32. 0 for an
+/// empty slice (torch gives NaN; an empty tensor has no block scales to offset).
+pub fn torch_mean(x: &[f32], threads: usize) -> f32 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    torch_sum(x, threads) / x.len() as f32
+}
+
+/// torch's f32 `sum` of a contiguous vector with `threads` intra-op threads (ATen's `parallel_reduce`).
+///
+/// Below 32 768 elements, or on one thread, it is one serial cascade sum ([`serial_sum`]). Otherwise torch's
+/// two-pass reduction: `tasks = min(threads, ceil(n / 32768))` chunks of `ceil(n / tasks)` elements are summed
+/// serially into a buffer of `threads` zeros, one slot per task, and the buffer is then summed by the same kernel.
+/// The result therefore depends on the thread count above the grain size, as torch's does.
+pub fn torch_sum(x: &[f32], threads: usize) -> f32 {
+    let threads = threads.max(1);
+    let n = x.len();
+    if n < TORCH_GRAIN || threads == 1 {
+        return serial_sum(x);
+    }
+    let tasks = threads.min(n.div_ceil(TORCH_GRAIN));
+    let chunk = n.div_ceil(tasks);
+    let mut buffer = vec![0f32; threads];
+    for (slot, part) in buffer.iter_mut().zip(x.chunks(chunk)) {
+        *slot += serial_sum(part);
+    }
+    serial_sum(&buffer)
+}
+
+/// torch's single-threaded f32 `sum` of a contiguous vector (ATen's `cascade_sum`). From 8 elements up: lanes of
+/// 8 (`vectorized_inner_sum`), summed by four independent accumulators (its `ilp_factor`) through a four-level
+/// cascade ([`multi_row_sum`]); then the scalar tail, then the 8 lanes, are added one by one to a zero. Below 8
+/// elements the same `row_sum` runs on single scalars (`scalar_inner_sum`).
+fn serial_sum(x: &[f32]) -> f32 {
     if x.len() < TORCH_LANES {
         return row_sum::<1>(x, x.len())[0];
     }
@@ -117,12 +142,22 @@ fn add_lanes<const W: usize>(dst: &mut [f32; W], src: &[f32]) {
     }
 }
 
-/// ATen's `multi_row_sum` with four levels of 2^4 rows (the level size for fewer than 2^20 rows, which covers
-/// every serial sum). A row is four groups of `W` lanes, one per accumulator.
+/// ATen's `utils::CeilLog2`: 1 up to 2, else `floor(log2(x − 1)) + 1`.
+fn ceil_log2(x: usize) -> usize {
+    if x <= 2 {
+        1
+    } else {
+        (usize::BITS - (x - 1).leading_zeros()) as usize
+    }
+}
+
+/// ATen's `multi_row_sum`: four cascade levels of `2^p` rows each, `p = max(4, ceil_log2(rows) / 4)`. Level 0
+/// adds `2^p` rows, then passes its sum up to level 1 and restarts; level `j` passes up whenever the row index
+/// is a multiple of `2^(p·(j+1))`. A row is four groups of `W` lanes, one per accumulator.
 fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
     const LEVELS: usize = 4;
-    const POWER: usize = 4;
-    const STEP: usize = 1 << POWER;
+    let power = (ceil_log2(rows) / LEVELS).max(4);
+    let step = 1usize << power;
     let mut acc = [[[0f32; W]; 4]; LEVELS];
     let add_row = |acc: &mut [[f32; W]; 4], row: usize| {
         for (a, group) in acc.iter_mut().zip(x[row * 4 * W..(row + 1) * 4 * W].chunks_exact(W)) {
@@ -130,8 +165,8 @@ fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
         }
     };
     let mut i = 0;
-    while i + STEP <= rows {
-        for _ in 0..STEP {
+    while i + step <= rows {
+        for _ in 0..step {
             add_row(&mut acc[0], i);
             i += 1;
         }
@@ -141,7 +176,7 @@ fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
                 add_lanes(a, b);
                 *b = [0.0; W];
             }
-            if i & ((STEP - 1) << (j * POWER)) != 0 {
+            if i & ((step - 1) << (j * power)) != 0 {
                 break;
             }
         }
@@ -159,9 +194,15 @@ fn multi_row_sum<const W: usize>(x: &[f32], rows: usize) -> [[f32; W]; 4] {
     first
 }
 
-/// Double-quantizes NF4 block scales with `offset = mean_offset(absmax)`.
+/// Double-quantizes NF4 block scales with `offset = mean_offset(absmax)` (torch's order on one thread).
 pub fn double_quantize(absmax: &[f32]) -> DoubleQuant {
     double_quantize_with_offset(absmax, mean_offset(absmax))
+}
+
+/// Double-quantizes NF4 block scales as bitsandbytes' CPU path does under `torch.set_num_threads(threads)`:
+/// the offset is [`torch_mean`] with that thread count (it matters from 32 768 blocks up).
+pub fn double_quantize_threads(absmax: &[f32], threads: usize) -> DoubleQuant {
+    double_quantize_with_offset(absmax, torch_mean(absmax, threads))
 }
 
 /// Double-quantizes NF4 block scales around a given offset: `absmax − offset` (f32) in blocks of 256, each block

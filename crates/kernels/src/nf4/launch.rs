@@ -216,8 +216,8 @@ pub fn double_quantize_with_offset(
 }
 
 /// Double-quantizes on `rt` with `offset = nf4::mean_offset(absmax)` and returns the offset. The mean is taken on
-/// the host (the scales are copied back: 4 bytes per NF4 block) because the twin's f64 mean rounded once is what a
-/// device reduction in another order would not reproduce bit for bit.
+/// the host (the scales are copied back: 4 bytes per NF4 block) because it reproduces torch's CPU summation order
+/// bit for bit, which a device reduction in another order would not.
 pub fn double_quantize(
     rt: &Arc<dyn GpuRuntime>,
     nblocks: usize,

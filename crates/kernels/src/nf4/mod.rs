@@ -22,10 +22,10 @@
 //! blocks of 256 with bitsandbytes' signed 8-bit dynamic map ([`DYNAMIC_MAP_SIGNED_BITS`]), reproducing its CPU
 //! quantizer, which looks the scaled value up in a 65 536-bin table rather than searching for the exact nearest
 //! code. Reconstruction: `absmax = code[q] · nested_absmax[b] + offset`, two f32 roundings. The offset is torch's
-//! f32 mean, reproduced bit for bit below 32 768 blocks (where torch sums on one thread); above, torch's result
-//! depends on its thread count and [`mean_offset`] returns the f64 mean rounded once, within an ulp of it.
-//! Everything downstream of the offset is bit-exact given bitsandbytes' offset: see
-//! [`double_quantize_with_offset`].
+//! f32 mean, reproduced bit for bit ([`torch_mean`]: its cascade summation order, and from 32 768 blocks up its
+//! split of the sum across intra-op threads, so the offset bitsandbytes writes there depends on
+//! `torch.get_num_threads()`). [`double_quantize`] uses torch's one-thread order ([`DEFAULT_TORCH_THREADS`]);
+//! [`double_quantize_threads`] takes the thread count of the run to match.
 //!
 //! Two implementations: [`cpu`] is the plain-loop twin (the reference of the tests and of the CUDA kernels) and
 //! [`fast`] is the multi-threaded path whose inner loops vectorize; they agree bit for bit.
@@ -37,8 +37,8 @@ pub mod fast;
 pub mod launch;
 
 pub use dq::{
-    double_dequantize, double_dequantize_range, double_quantize, double_quantize_with_offset, dynamic_map_signed,
-    mean_offset, DoubleQuant,
+    double_dequantize, double_dequantize_range, double_quantize, double_quantize_threads, double_quantize_with_offset,
+    dynamic_map_signed, mean_offset, torch_mean, torch_sum, DoubleQuant, DEFAULT_TORCH_THREADS,
 };
 pub use dynamic_map::DYNAMIC_MAP_SIGNED_BITS;
 
