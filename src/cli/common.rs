@@ -165,6 +165,27 @@ pub(crate) fn temp_sibling(path: &Path) -> Result<PathBuf> {
     )))
 }
 
+/// Moves the finished folder `tmp` to `dest`: a rename when `dest` is absent or an empty folder; otherwise the old
+/// folder is first renamed aside, then removed once the new one is in place, so at every moment `dest` is either
+/// the old folder or the new one.
+pub(crate) fn replace_dir(tmp: &Path, dest: &Path) -> Result<()> {
+    let moved = |e| format!("moving the new folder into {}: {e}", dest.display());
+    match std::fs::rename(tmp, dest) {
+        Ok(()) => return Ok(()),
+        Err(_) if dest.is_dir() => {}
+        Err(e) => bail!(moved(e)),
+    }
+    let old = temp_sibling(dest)?.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::rename(dest, &old).with_context(|| format!("moving {} aside", dest.display()))?;
+    if let Err(e) = std::fs::rename(tmp, dest) {
+        // Put the old folder back: the caller removes the new one.
+        let _ = std::fs::rename(&old, dest);
+        bail!(moved(e));
+    }
+    std::fs::remove_dir_all(&old).with_context(|| format!("removing the replaced folder {}", old.display()))
+}
+
 /// Prints the command's final summary line: `text` as is, or `value` as one JSON object with `json`.
 pub(crate) fn print_summary(json: bool, text: &str, value: &serde_json::Value) {
     if json {

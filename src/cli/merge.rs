@@ -129,18 +129,28 @@ fn refuse_quantized_folder(source: &ModelSource) -> Result<()> {
 }
 
 /// The dtype the merged weights are written in: the source's for a Hugging Face folder of f32 / f16 / bf16
-/// weights (read from its embedding), f32 for GGUF sources, whose quantized blocks have no such dtype.
+/// weights (read from its embedding, in `model.safetensors` or in the shard the index names for it), f32 for
+/// GGUF sources, whose quantized blocks have no such dtype.
 fn output_dtype(source: &ModelSource) -> Result<DType> {
+    const EMBED: &str = "model.embed_tokens.weight";
     let ModelSource::HfDir(dir) = source else {
         return Ok(DType::F32);
     };
-    let single = dir.join("model.safetensors");
-    if !single.is_file() {
-        // A sharded source: f32 keeps every value exactly.
-        return Ok(DType::F32);
+    let mut file = dir.join("model.safetensors");
+    if !file.is_file() {
+        let index = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", index.display()))?;
+        let shard = v
+            .get("weight_map")
+            .and_then(|m| m.get(EMBED))
+            .and_then(|f| f.as_str())
+            .with_context(|| format!("{}: field `weight_map.{EMBED}` is missing or not a file name", index.display()))?;
+        file = dir.join(shard);
     }
-    let st = MmapedSafetensors::open(&single)?;
-    let (_, dt) = st.info("model.embed_tokens.weight")?;
+    let st = MmapedSafetensors::open(&file)?;
+    let (_, dt) = st.info(EMBED).with_context(|| format!("{}: tensor `{EMBED}`", file.display()))?;
     Ok(match dt {
         DType::F16 | DType::BF16 => dt,
         _ => DType::F32,

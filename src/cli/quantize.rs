@@ -8,6 +8,8 @@ use rankfold_tensor::safetensors::{write_atomic, MmapedSafetensors};
 use rankfold_tensor::{DType, Device, Nf4Tensor, Tensor};
 use regex::Regex;
 
+use super::common;
+
 /// Names the default target set leaves alone: embeddings, norms, and the (often tied) output head.
 const DEFAULT_SKIP: &str = r"(?i)(embed|norm|ln_|\bwte\b|\bwpe\b|lm_head)";
 
@@ -33,6 +35,15 @@ pub(crate) struct QuantizeArgs {
     /// Leave tensors whose name matches this regex unchanged.
     #[arg(long)]
     exclude: Option<String>,
+    /// Sum the block scales for the double-quantization offset in the order torch uses with this many intra-op
+    /// threads (`torch.get_num_threads()` of the bitsandbytes run to reproduce bit for bit; it matters from
+    /// 32 768 blocks up, and any count gives a valid file).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    torch_threads: u16,
+    /// Replace an existing `--out` file or folder (otherwise an existing output is an error; a folder is
+    /// replaced whole, only once the new one is complete).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// What happened to one tensor.
@@ -124,7 +135,7 @@ fn quantize_file(
         let t = st.load(name, Device::Cpu)?;
         let before = shape.elem_count() * dtype.size_in_bytes();
         if targets.wants(name, shape.dims(), dtype) {
-            let q = Nf4Tensor::quantize(&t, a.blocksize, !a.no_double_quant)
+            let q = Nf4Tensor::quantize_with(&t, a.blocksize, !a.no_double_quant, a.torch_threads.into())
                 .with_context(|| format!("{}: tensor `{name}`", input.display()))?;
             let err = rel_rms(&t, &q)?;
             rows.push(Row {
@@ -181,7 +192,8 @@ fn quantized_config(bytes: &[u8], path: &Path, a: &QuantizeArgs, skipped: Vec<St
     Ok(serde_json::to_vec_pretty(&cfg)?)
 }
 
-/// Runs `rankfold quantize`.
+/// Runs `rankfold quantize`. The output is written beside `--out` under a temporary name and renamed into place
+/// once complete, so a failure (a corrupt input, say) leaves no partial output and an existing one untouched.
 pub(crate) fn run(a: &QuantizeArgs, json: bool) -> Result<()> {
     rankfold_kernels_check(a.blocksize)?;
     let targets = Targets::new(a)?;
@@ -195,57 +207,70 @@ pub(crate) fn run(a: &QuantizeArgs, json: bool) -> Result<()> {
     }
     let mut rows = Vec::new();
     if a.input.is_dir() {
-        std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&a.input)
-            .with_context(|| format!("reading folder {}", a.input.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        entries.sort();
-        ensure!(
-            entries
-                .iter()
-                .any(|p| p.extension().is_some_and(|e| e == "safetensors")),
-            "{} holds no .safetensors file",
-            a.input.display()
-        );
-        let mut weight_map = serde_json::Map::new();
-        for p in entries
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        {
-            let name = p.file_name().expect("a listed file has a name");
-            for key in quantize_file(p, &a.output.join(name), a, &targets, &mut rows)? {
-                weight_map.insert(key, serde_json::Value::String(name.to_string_lossy().into_owned()));
-            }
+        if !a.overwrite {
+            common::require_absent_or_empty_dir(&a.output).context("pass --overwrite to replace it")?;
+        } else if a.output.is_file() {
+            bail!("{} is a file; a folder input needs a folder --out", a.output.display());
         }
-        let skipped: Vec<String> = rows
-            .iter()
-            .filter(|r| r.rel_rms.is_none())
-            .filter_map(|r| r.name.strip_suffix(".weight").map(str::to_string))
-            .collect();
-        for p in entries
-            .iter()
-            .filter(|p| p.extension().is_none_or(|e| e != "safetensors"))
-        {
-            let name = p.file_name().expect("a listed file has a name");
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            let bytes = match name.to_str() {
-                Some("config.json") => quantized_config(&bytes, p, a, skipped.clone())?,
-                Some(n) if n.ends_with(".safetensors.index.json") => {
-                    let mut idx: serde_json::Value =
-                        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", p.display()))?;
-                    idx["weight_map"] = serde_json::Value::Object(weight_map.clone());
-                    serde_json::to_vec_pretty(&idx)?
-                }
-                _ => bytes,
-            };
-            write_atomic(&a.output.join(name), &bytes)?;
+        let tmp = common::temp_sibling(&a.output)?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let written = quantize_dir(a, &tmp, &targets, &mut rows).and_then(|()| common::replace_dir(&tmp, &a.output));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
     } else {
+        common::refuse_existing_file(&a.output, a.overwrite)?;
+        ensure!(!a.output.is_dir(), "{} is a folder; a file input needs a file --out", a.output.display());
+        // `Nf4Tensor::save` writes a temporary file and renames it into place.
         quantize_file(&a.input, &a.output, a, &targets, &mut rows)?;
     }
     report(&rows, a, json)
+}
+
+/// Quantizes every .safetensors file of the input folder into `out` (created here) and copies the other files,
+/// with config.json given a `quantization_config` and a shard index given the new key set.
+fn quantize_dir(a: &QuantizeArgs, out: &Path, targets: &Targets, rows: &mut Vec<Row>) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&a.input)
+        .with_context(|| format!("reading folder {}", a.input.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    entries.sort();
+    ensure!(
+        entries.iter().any(|p| p.extension().is_some_and(|e| e == "safetensors")),
+        "{} holds no .safetensors file",
+        a.input.display()
+    );
+    let mut weight_map = serde_json::Map::new();
+    for p in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")) {
+        let name = p.file_name().expect("a listed file has a name");
+        for key in quantize_file(p, &out.join(name), a, targets, rows)? {
+            weight_map.insert(key, serde_json::Value::String(name.to_string_lossy().into_owned()));
+        }
+    }
+    let skipped: Vec<String> = rows
+        .iter()
+        .filter(|r| r.rel_rms.is_none())
+        .filter_map(|r| r.name.strip_suffix(".weight").map(str::to_string))
+        .collect();
+    for p in entries.iter().filter(|p| p.extension().is_none_or(|e| e != "safetensors")) {
+        let name = p.file_name().expect("a listed file has a name");
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let bytes = match name.to_str() {
+            Some("config.json") => quantized_config(&bytes, p, a, skipped.clone())?,
+            Some(n) if n.ends_with(".safetensors.index.json") => {
+                let mut idx: serde_json::Value =
+                    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", p.display()))?;
+                idx["weight_map"] = serde_json::Value::Object(weight_map.clone());
+                serde_json::to_vec_pretty(&idx)?
+            }
+            _ => bytes,
+        };
+        write_atomic(&out.join(name), &bytes)?;
+    }
+    Ok(())
 }
 
 fn rankfold_kernels_check(blocksize: usize) -> Result<()> {

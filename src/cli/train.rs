@@ -275,10 +275,19 @@ fn install_ctrlc(flag: Arc<AtomicBool>) -> Result<()> {
 pub(crate) fn run(args: &TrainArgs, json: bool) -> Result<()> {
     let wall = Instant::now();
     let (spec, origin) = args.spec.spec(args.extra())?;
-    // Settings are checked before the model is read, so a typo costs no loading time.
+    // Settings and the output folder are checked before the model is read, so a typo costs no loading time.
     let config = spec.train_config(&origin)?;
     spec.adapter_method(&origin, config.steps)?;
     spec.data(&origin)?;
+    let mut opts = TrainOptions {
+        resume: args.resume,
+        overwrite: args.overwrite,
+        final_eval: !args.no_final_eval,
+        stop: None,
+        progress: Some(Box::new(TextProgress::stderr(5))),
+        eval_progress: Some(Box::new(eval_counter("eval"))),
+    };
+    run::check_output(&spec, &origin, &opts)?;
     let load = Instant::now();
     let (model, tok) = run::load_model(&spec, &origin)?;
     let checked = CheckedTokenizer::new(&tok);
@@ -291,14 +300,7 @@ pub(crate) fn run(args: &TrainArgs, json: bool) -> Result<()> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrlc(stop.clone())?;
-    let opts = TrainOptions {
-        resume: args.resume,
-        overwrite: args.overwrite,
-        final_eval: !args.no_final_eval,
-        stop: Some(stop),
-        progress: Some(Box::new(TextProgress::stderr(5))),
-        eval_progress: Some(Box::new(eval_counter("eval"))),
-    };
+    opts.stop = Some(stop);
     let s = run::train(&spec, &origin, model, &prepared, opts)?;
     let wall_s = wall.elapsed().as_secs_f64();
     let mut value = serde_json::to_value(&s)?;

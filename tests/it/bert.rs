@@ -96,8 +96,7 @@ fn tiny_wordpiece_matches_hf_tokenizers() -> Result<()> {
 
 #[test]
 fn minilm_tokenizer_matches_hf_tokenizers() -> Result<()> {
-    let Some(path) = crate::common::asset("all-minilm-l6-v2/tokenizer.json") else {
-        eprintln!("skipped: the all-MiniLM-L6-v2 asset is not fetched (cargo xtask assets)");
+    let Some(path) = crate::common::asset("all-minilm-l6-v2/tokenizer.json")? else {
         return Ok(());
     };
     let tok = WordPiece::from_file(&path)?;
@@ -228,8 +227,7 @@ fn bert_errors_name_file_and_tensor() -> Result<()> {
 
 #[test]
 fn minilm_embeddings_match_transformers() -> Result<()> {
-    let Some(cfg) = crate::common::asset("all-minilm-l6-v2/config.json") else {
-        eprintln!("skipped: the all-MiniLM-L6-v2 asset is not fetched (cargo xtask assets)");
+    let Some(cfg) = crate::common::asset("all-minilm-l6-v2/config.json")? else {
         return Ok(());
     };
     let model_dir = cfg.parent().context("asset folder")?;

@@ -16,6 +16,8 @@ use rankfold_tensor::safetensors::{self, MmapedSafetensors};
 use rankfold_tensor::{DType, Device, Tensor};
 use serde_json::Value;
 
+// What quantize and merge do to files: no silent overwrite, no partial output, a sharded source's dtype.
+mod files;
 // Inspect figures against plain loops over the saved tensors.
 mod inspect;
 
@@ -28,14 +30,14 @@ pub(super) fn fixture(rel: &str) -> PathBuf {
 }
 
 /// A fresh scratch folder for one test.
-fn scratch(tag: &str) -> Result<PathBuf> {
+pub(super) fn scratch(tag: &str) -> Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("rankfold-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
 
-fn rankfold(args: &[&str]) -> Result<Output> {
+pub(super) fn rankfold(args: &[&str]) -> Result<Output> {
     Ok(Command::new(env!("CARGO_BIN_EXE_rankfold"))
         .args(args)
         .env("RUST_BACKTRACE", "0")
@@ -585,8 +587,7 @@ fn generate_matches_the_library_greedy_sampled_and_chat() -> Result<()> {
 
 #[test]
 fn generate_chat_on_smollm2_when_fetched() -> Result<()> {
-    let Some(gguf) = crate::common::asset(crate::common::SMOLLM2_GGUF) else {
-        eprintln!("skipped: SmolLM2 GGUF not fetched (cargo xtask assets)");
+    let Some(gguf) = crate::common::asset(crate::common::SMOLLM2_GGUF)? else {
         return Ok(());
     };
     let v = run_json(&[

@@ -1,5 +1,9 @@
 //! Helpers shared by the integration tests: tolerance checks, seeded random data, f64 finite differences.
 
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Mutex, Once};
+
 use anyhow::{ensure, Result};
 use rankfold_tensor::{no_grad, DType, Device, Rng, Tensor};
 
@@ -67,14 +71,61 @@ pub(crate) fn check_grads(inputs: &[(Vec<usize>, Vec<f64>)], f: impl Fn(&[Tensor
     Ok(())
 }
 
-/// The file `rel` under the asset cache of `cargo xtask assets` (`$RANKFOLD_ASSETS`, else
-/// `~/.cache/rankfold/assets`), when it has been fetched; tests that need an asset skip without it.
-pub(crate) fn asset(rel: &str) -> Option<std::path::PathBuf> {
-    let root = std::env::var_os("RANKFOLD_ASSETS").map(std::path::PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/rankfold/assets"))
-    })?;
-    let p = root.join(rel);
-    p.is_file().then_some(p)
+/// The asset cache of `cargo xtask assets`: `$RANKFOLD_ASSETS` when set and not empty, else
+/// `~/.cache/rankfold/assets`.
+fn asset_root() -> Option<PathBuf> {
+    std::env::var_os("RANKFOLD_ASSETS")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rankfold/assets")))
+}
+
+/// Whether this run is CI's (`CI` set to anything but empty, `0` or `false`), where nothing may be skipped.
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// The tests skipped for a missing asset, reported once when the test binary exits.
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Prints the one summary line of the skipped tests (registered with `atexit`, so it comes after libtest's own
+/// summary).
+extern "C" fn report_skips() {
+    let skipped = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+    if !skipped.is_empty() {
+        // A failed write to stderr at exit has nowhere to be reported.
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: {} test(s) skipped because assets are not fetched (run `cargo xtask assets`; under CI they \
+             fail instead): {}",
+            skipped.len(),
+            skipped.join(", ")
+        );
+    }
+}
+
+/// The file `rel` under the asset cache, when it has been fetched. A missing asset is an error under CI (so a
+/// test that cannot run fails rather than passing); elsewhere it gives `None`, the caller returns early, and the
+/// test is named in one summary line when the test binary exits.
+pub(crate) fn asset(rel: &str) -> Result<Option<PathBuf>> {
+    let root = asset_root();
+    if let Some(p) = root.as_ref().map(|r| r.join(rel)).filter(|p| p.is_file()) {
+        return Ok(Some(p));
+    }
+    let shown = root.map_or_else(|| "(no HOME, no RANKFOLD_ASSETS)".into(), |r| r.display().to_string());
+    ensure!(!in_ci(), "asset {rel} is missing under {shown}: CI must fetch it with `cargo xtask assets`");
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: `report_skips` is a plain `extern "C" fn()` that lives for the whole process, takes no
+        // arguments and never unwinds (it only locks a static and writes to stderr, ignoring errors), which is
+        // all `atexit` asks of a handler. A failed registration only loses the summary line.
+        unsafe {
+            libc::atexit(report_skips);
+        }
+    });
+    let test = std::thread::current().name().unwrap_or("(unnamed test)").to_string();
+    SKIPPED.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{test} ({rel})"));
+    Ok(None)
 }
 
 /// The SmolLM2-135M-Instruct GGUF asset.

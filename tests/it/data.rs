@@ -608,10 +608,9 @@ fn imdb_split_synthetic() {
 }
 
 #[test]
-fn imdb_real_file_when_cached() {
-    let Some(path) = crate::common::asset("imdb/reviews.json") else {
-        println!("skipping: imdb/reviews.json is not cached (run `cargo xtask assets`)");
-        return;
+fn imdb_real_file_when_cached() -> anyhow::Result<()> {
+    let Some(path) = crate::common::asset("imdb/reviews.json")? else {
+        return Ok(());
     };
     let s = imdb::load(&path, SplitSizes::default()).unwrap();
     assert_eq!(
@@ -645,6 +644,7 @@ fn imdb_real_file_when_cached() {
         imdb::load(&path, SplitSizes::default()).unwrap().test,
         "the split is fixed"
     );
+    Ok(())
 }
 
 #[test]

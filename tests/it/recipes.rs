@@ -1,7 +1,9 @@
 //! Recipes and runs (`rankfold_train::run`): recipe parsing and its errors, flags over a file; the gathered
 //! causal-LM loss against the plain shifted cross-entropy over full logits (value and adapter gradients, random
 //! labels, padding); label accuracy against per-example unpadded forwards; a train → save → load → eval round
-//! trip on the tiny Llama fixture; and the `rankfold train` binary's error for a bad recipe.
+//! trip on the tiny Llama fixture (training lowers the held-out loss); recipe paths relative to the recipe's
+//! folder; and the `rankfold train` binary's errors for a bad recipe key and a used output folder (before any
+//! model is loaded).
 
 use std::path::{Path, PathBuf};
 
@@ -438,9 +440,10 @@ fn train_then_eval_round_trip_on_the_tiny_llama() -> Result<()> {
         "{:?}",
         report.lm
     );
-    // The adapter changed the model: the base alone scores another loss.
+    // Training lowered the held-out loss below the base model's.
     let base = run::evaluate(&tiny_llama()?, &eval_data, true, &mut |_, _, _| {})?;
-    ensure!(base.lm.map(|l| l.loss) != report.lm.map(|l| l.loss));
+    let (before, after) = (base.lm.context("base loss")?.loss, report.lm.context("trained loss")?.loss);
+    ensure!(after < before, "held-out loss {before} before training, {after} after");
     // A second run into the same folder is refused unless it overwrites.
     let opts = TrainOptions::default();
     let again = run::train(&spec, "e2e.toml", tiny_llama()?, &prepared, opts);
@@ -491,6 +494,70 @@ fn train_binary_names_the_bad_recipe_key() -> Result<()> {
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains("model.path"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn recipe_file_paths_resolve_against_its_folder_and_flag_paths_against_the_working_folder() -> Result<()> {
+    let dir = temp_dir("relative");
+    std::fs::create_dir_all(dir.join("recipes"))?;
+    let recipe = dir.join("recipes/r.toml");
+    let abs = dir.join("abs.jsonl");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[model]\npath = \"m\"\n[adapter]\nconfig = \"a.json\"\n[data]\nformat = \"text\"\npath = \"d.jsonl\"\n\
+             eval_path = {:?}\n[train]\nsteps = 2\noutput_dir = \"../out\"\n",
+            abs.display().to_string()
+        ),
+    )?;
+    let spec = RunSpec::from_file(&recipe)?;
+    let here = dir.join("recipes");
+    ensure!(spec.model.path.as_deref() == Some(here.join("m").as_path()), "{:?}", spec.model.path);
+    ensure!(spec.adapter.config.as_deref() == Some(here.join("a.json").as_path()));
+    ensure!(spec.data.path.as_deref() == Some(here.join("d.jsonl").as_path()));
+    ensure!(spec.data.eval_path.as_deref() == Some(abs.as_path()), "absolute paths are kept");
+    ensure!(spec.train_config("r.toml")?.output_dir == here.join("../out"));
+    let mut flags = RunSpec::default();
+    flags.data.path = Some(PathBuf::from("flag.jsonl"));
+    let merged = spec.overlay(flags);
+    ensure!(merged.data.path.as_deref() == Some(Path::new("flag.jsonl")), "a flag's path is the working folder's");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn train_binary_checks_the_output_folder_before_loading_the_model() -> Result<()> {
+    let dir = temp_dir("outfirst");
+    std::fs::create_dir_all(dir.join("out"))?;
+    std::fs::write(dir.join("out/notes.txt"), "an earlier run's notes")?;
+    std::fs::write(dir.join("d.jsonl"), "{\"text\": \"hello\"}\n")?;
+    let recipe = dir.join("r.toml");
+    std::fs::write(
+        &recipe,
+        "[model]\npath = \"no-such-model\"\n[data]\nformat = \"text\"\npath = \"d.jsonl\"\n[train]\nsteps = 2\n\
+         output_dir = \"out\"\n",
+    )?;
+    let run = |extra: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rankfold"))
+            .args(["train", "--config"])
+            .arg(&recipe)
+            .args(extra)
+            .output()?;
+        ensure!(!out.status.success(), "train succeeded");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The model does not exist, but the used output folder is reported first, and left as it was.
+    let err = run(&[])?;
+    ensure!(err.contains("not empty") && err.contains("--overwrite") && !err.contains("no-such-model"), "{err}");
+    ensure!(std::fs::read_to_string(dir.join("out/notes.txt"))? == "an earlier run's notes");
+    let err = run(&["--resume"])?;
+    ensure!(err.contains("no checkpoint to resume"), "{err}");
+    // With the folder allowed, the missing model is what stops the run.
+    let err = run(&["--overwrite"])?;
+    ensure!(err.contains("no-such-model"), "{err}");
+    ensure!(dir.join("out/notes.txt").is_file(), "--overwrite removes only a run's own files");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -171,7 +171,7 @@ fn errors_are_typed_and_named() -> Result<()> {
     ensure!(e.to_string().contains("n.json"), "{e}");
 
     // MiniLM's WordPiece tokenizer.json is rejected with a clear message when the asset is there.
-    if let Some(p) = crate::common::asset("all-minilm-l6-v2/tokenizer.json") {
+    if let Some(p) = crate::common::asset("all-minilm-l6-v2/tokenizer.json")? {
         let e = Tokenizer::from_file(&p).err().context("MiniLM")?;
         ensure!(e.to_string().contains("not supported"), "{e}");
     }
@@ -181,8 +181,7 @@ fn errors_are_typed_and_named() -> Result<()> {
 
 #[test]
 fn smollm2_gguf_tokenizer_matches_hf_tokenizers() -> Result<()> {
-    let Some(path) = crate::common::asset(crate::common::SMOLLM2_GGUF) else {
-        eprintln!("skipped: the SmolLM2 asset is not fetched (cargo xtask assets)");
+    let Some(path) = crate::common::asset(crate::common::SMOLLM2_GGUF)? else {
         return Ok(());
     };
     let f = GgufFile::open(&path)?;

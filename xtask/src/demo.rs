@@ -115,9 +115,30 @@ fn secs(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |s| format!("{:.0} s", s))
 }
 
+/// Fails when `out` holds files and `overwrite` is off (the training step would refuse it later).
+fn check_out(out: &Path, overwrite: bool) -> Result<()> {
+    let used = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    if used && !overwrite {
+        bail!(
+            "demo: {} is not empty; pass --overwrite to replace the earlier run there, or choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// `cargo xtask demo [--out DIR] [--overwrite] [--steps N] [--eval-examples N]`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let (out, overwrite) = match &o.out {
+        Some(p) => (p.clone(), o.overwrite),
+        // The default folder is the demo's own, under target/: a rerun replaces it.
+        None => (target.join("rankfold-demo"), true),
+    };
+    // A used folder is refused now, not after the downloads, the build and the first evaluation.
+    check_out(&out, overwrite)?;
     let start = Instant::now();
     assets::run(&["smollm2-135m-instruct".to_string(), "imdb".to_string()])?;
     let model = assets::asset_path("smollm2-135m-instruct")?;
@@ -131,16 +152,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("cargo build --release --bin rankfold failed");
     }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let bin = target
         .join("release")
         .join(format!("rankfold{}", std::env::consts::EXE_SUFFIX));
-    let (out, overwrite) = match &o.out {
-        Some(p) => (p.clone(), o.overwrite),
-        // The default folder is the demo's own, under target/: a rerun replaces it.
-        None => (target.join("rankfold-demo"), true),
-    };
     let demo_start = Instant::now();
     let recipe = root.join(RECIPE);
     let mut common = vec![
@@ -260,4 +274,27 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         println!("  {k:<16} {v}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_used_output_folder_is_refused_before_any_work_unless_overwritten() {
+        let dir = std::env::temp_dir().join(format!("rankfold-demo-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(check_out(&dir, false).is_ok(), "an absent folder is fine");
+        std::fs::create_dir_all(&dir).expect("temp folder");
+        assert!(check_out(&dir, false).is_ok(), "an empty folder is fine");
+        std::fs::write(dir.join("metrics.jsonl"), "{}\n").expect("temp file");
+        let e = check_out(&dir, false).expect_err("a used folder must be refused").to_string();
+        assert!(e.contains("--overwrite") && e.contains(&dir.display().to_string()), "{e}");
+        assert!(check_out(&dir, true).is_ok());
+        // The whole command stops there too, before fetching or building anything.
+        let args = ["--out".to_string(), dir.display().to_string()];
+        let e = run(Path::new("/nonexistent-root"), &args).expect_err("refused").to_string();
+        assert!(e.contains("not empty"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

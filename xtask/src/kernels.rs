@@ -107,16 +107,29 @@ pub(crate) fn generate(root: &Path, toolchain: &Toolchain) -> Result<Generated> 
         root.join(PTX_DIR).join("RESOURCES.md"),
         resources_md(&table, (major, minor), toolchain),
     ));
+    // The test kernels' PTX sits beside their sources; it is held to the same freshness, without cubins.
+    for dir in TEST_KERNEL_DIRS {
+        let mut tests = Vec::new();
+        for entry in fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}/"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "cu") {
+                tests.push(path);
+            }
+        }
+        tests.sort();
+        for src in tests {
+            let ptx = compile_ptx(&nvrtc, root, toolchain, &src)?;
+            files.push((src.with_extension("ptx"), ptx));
+        }
+    }
     Ok(Generated { files, spills })
 }
 
-/// Compiles one source: its repository-relative PTX and the ptxas report for each cubin architecture.
-fn compile_one(
-    nvrtc: &Nvrtc,
-    root: &Path,
-    toolchain: &Toolchain,
-    src: &Path,
-) -> Result<(String, Vec<Resources>)> {
+/// Folders of test kernels (`*.cu` with their committed `*.ptx` beside them) that the PTX simulator's tests load.
+const TEST_KERNEL_DIRS: [&str; 2] = ["tests/it/ptxsim", "tests/it/planted"];
+
+/// Compiles one source to repository-relative PTX for compute_80 (checked to be within the pinned PTX ISA).
+fn compile_ptx(nvrtc: &Nvrtc, root: &Path, toolchain: &Toolchain, src: &Path) -> Result<String> {
     let rel = src
         .strip_prefix(root)
         .unwrap_or(src)
@@ -132,6 +145,24 @@ fn compile_one(
         .with_context(|| format!("{rel}: NVRTC returned PTX that is not UTF-8"))?;
     let ptx = relative_file_paths(&ptx, root, &toolchain.root);
     check_ptx_version(&ptx, &rel)?;
+    Ok(ptx)
+}
+
+/// Compiles one source: its repository-relative PTX and the ptxas report for each cubin architecture.
+fn compile_one(
+    nvrtc: &Nvrtc,
+    root: &Path,
+    toolchain: &Toolchain,
+    src: &Path,
+) -> Result<(String, Vec<Resources>)> {
+    let rel = src
+        .strip_prefix(root)
+        .unwrap_or(src)
+        .to_string_lossy()
+        .replace('\\', "/");
+    let ptx = compile_ptx(nvrtc, root, toolchain, src)?;
+    let source = fs::read_to_string(src).with_context(|| format!("reading {rel}"))?;
+    let name = src.to_string_lossy();
     let mut resources = Vec::new();
     for arch in CUBIN_ARCHS {
         let mut options = vec![format!("-arch={arch}")];
@@ -465,10 +496,19 @@ mod tests {
     fn committed_ptx_and_resources_are_fresh_and_spill_free() {
         let toolchain = match toolchain::installed() {
             Ok(Some(t)) => t,
-            _ => {
-                eprintln!(
-                    "skipped: the pinned NVRTC is not installed (run `cargo xtask cuda-toolchain`); \
-                     the committed PTX was not checked for freshness"
+            other => {
+                // CI installs the toolchain (`.ci/run`), so there a missing one is a failure, not a skip.
+                let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"));
+                assert!(
+                    !ci,
+                    "the pinned NVRTC is not installed ({other:?}); CI must run `cargo xtask cuda-toolchain` so \
+                     that the committed PTX is checked for freshness"
+                );
+                // Written to the process's stderr directly, so that libtest's output capture does not hide it.
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    b"note: kernel freshness not checked: the pinned NVRTC is not installed \
+                      (run `cargo xtask cuda-toolchain`)\n",
                 );
                 return;
             }

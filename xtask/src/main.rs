@@ -12,6 +12,8 @@
 //! - `cuda-toolchain`: installs the pinned NVRTC 12.4 and CUDA headers from PyPI wheels (see `toolchain.rs`).
 //! - `kernels [--check]`: compiles `kernels/*.cu` to the committed PTX and `RESOURCES.md` (see `kernels.rs`).
 //! - `gpu-check`: runs the kernel tests and benches on a CUDA GPU, failing when there is none (`gpu_check.rs`).
+//! - `peers-env`: makes the pinned Python environment (PyTorch, transformers, PEFT, bitsandbytes) of the peer
+//!   benches and fixture scripts (see `peers_env.rs`).
 //! - `profile KERNEL [--shape S]`: one kernel on ptxsim with its counters and an H200 roofline (`profile.rs`).
 //! - `tidy`: checks the repository's house rules (see `tidy.rs`); `cargo test -p xtask` runs the same checks.
 
@@ -23,6 +25,7 @@ mod gpu_check;
 mod kernels;
 mod nvrtc;
 mod peers;
+mod peers_env;
 mod profile;
 mod profile_nf4;
 mod tidy;
@@ -68,6 +71,10 @@ commands:
   gpu-check
         Run the kernel tests and benches on CUDA device 0 (fails when there is no GPU) and print
         one time per kernel bench.
+  peers-env
+        Make (once) a Python environment with the pinned peers (torch 2.15.0, transformers 5.24.0, peft 0.21.2,
+        bitsandbytes 0.50.2, numpy, safetensors, threadpoolctl; about 5.5 GB) in $RANKFOLD_PEERS_DIR or
+        ~/.cache/rankfold-peers, for --peers and the fixture scripts; print its python. Idempotent.
   profile KERNEL [--shape S]
         Run one kernel (a name such as gemm_nt_bf16, or a family: gemm, softmax, elementwise) on
         ptxsim with random inputs and print its counters, the minimum traffic and FLOPs, and an H200
@@ -89,6 +96,7 @@ fn main() -> Result<()> {
         "demo" => demo::run(&project_root(), rest),
         "cuda-toolchain" => toolchain::run(rest),
         "kernels" => kernels::run(&project_root(), rest),
+        "peers-env" => peers_env::run(rest),
         "gpu-check" => gpu_check::run(&project_root(), rest),
         "profile" => profile::run(profile::Options::parse(rest)?),
         "tidy" => {

@@ -146,9 +146,7 @@ pub(crate) fn run(root: &Path, measured: &[Measured], quick: bool, threads: usiz
     let Some(python) = find_python(threads) else {
         eprintln!(
             "xtask: note: no Python with numpy found ($RANKFOLD_PEERS_PYTHON, ~/.cache/rankfold-peers/bin/python, \
-             python3); printing rankfold's results without peers. To get them: python3 -m venv \
-             ~/.cache/rankfold-peers && ~/.cache/rankfold-peers/bin/pip install numpy threadpoolctl \
-             (add torch bitsandbytes for the NF4 peers)"
+             python3); printing rankfold's results without peers. To get them: cargo xtask peers-env"
         );
         return Ok(None);
     };
@@ -221,12 +219,13 @@ fn python_command(python: &Path, threads: usize) -> Command {
     cmd
 }
 
-/// The first of $RANKFOLD_PEERS_PYTHON, ~/.cache/rankfold-peers/bin/python and python3 that imports numpy.
+/// The first of $RANKFOLD_PEERS_PYTHON, the python of `cargo xtask peers-env` ($RANKFOLD_PEERS_DIR or
+/// ~/.cache/rankfold-peers) and python3 that imports numpy.
 fn find_python(threads: usize) -> Option<PathBuf> {
     let chosen = std::env::var_os("RANKFOLD_PEERS_PYTHON").map(PathBuf::from);
     let mut candidates: Vec<PathBuf> = chosen.iter().cloned().collect();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cache/rankfold-peers/bin/python"));
+    if let Ok(dir) = crate::peers_env::env_dir() {
+        candidates.push(dir.join("bin/python"));
     }
     candidates.push(PathBuf::from("python3"));
     candidates.into_iter().find(|py| {

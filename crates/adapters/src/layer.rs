@@ -48,6 +48,13 @@ pub trait AdapterLayer: LinearLayer {
     fn set_active(&mut self, name: Option<&str>) -> Result<()>;
     /// Training mode (dropout, search sampling) or evaluation mode.
     fn set_training(&mut self, _on: bool) {}
+    /// The generator the layer's next dropout mask is drawn from (for a training checkpoint, so a resumed run
+    /// draws the masks the uninterrupted run would have); `None` for layers that draw no dropout.
+    fn dropout_rng(&self) -> Option<Rng> {
+        None
+    }
+    /// Restores what [`AdapterLayer::dropout_rng`] gave.
+    fn set_dropout_rng(&mut self, _rng: Rng) {}
     /// Folds adapter `name` into the base weight (and bias); the layer then computes base only for it.
     fn merge(&mut self, name: &str) -> Result<()>;
     /// Takes every merged adapter back out of the base.

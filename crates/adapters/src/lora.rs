@@ -501,6 +501,17 @@ impl LinearLayer for LoraLayer {
 }
 
 impl AdapterLayer for LoraLayer {
+    fn dropout_rng(&self) -> Option<Rng> {
+        let g = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        // Before the first draw the generator is the one the active adapter's seed would start (when it drops).
+        g.clone().or_else(|| {
+            let a = self.adapters.get(self.active.as_deref()?)?;
+            (a.dropout > 0.0).then(|| Rng::new(a.seed))
+        })
+    }
+    fn set_dropout_rng(&mut self, rng: Rng) {
+        *self.rng.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(rng);
+    }
     fn method(&self) -> Method {
         let fa = self
             .active

@@ -337,6 +337,36 @@ impl<M: LinearModel> PeftModel<M> {
         e.method.export_state(name, &layers)
     }
 
+    /// The dropout generator of each layer adapter `name` is on, by module path ([`AdapterLayer::dropout_rng`]),
+    /// in path order: what a training checkpoint saves so that a resumed run draws the same masks.
+    pub fn dropout_rngs(&mut self, name: &str) -> Result<Vec<(String, Rng)>> {
+        let e = find_entry(&self.adapters, name)?;
+        let slots = self.model.linear_slots();
+        let mut v: Vec<(String, Rng)> = entry_layers(e, &slots)
+            .into_iter()
+            .filter_map(|(p, l)| l.dropout_rng().map(|r| (p, r)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
+    }
+
+    /// Restores generators from [`PeftModel::dropout_rngs`]; a path that is not one of adapter `name`'s layers
+    /// is an error naming it.
+    pub fn set_dropout_rngs(&mut self, name: &str, rngs: Vec<(String, Rng)>) -> Result<()> {
+        let e = find_entry(&self.adapters, name)?;
+        let mut slots = self.model.linear_slots();
+        for (path, rng) in rngs {
+            let layer = slots
+                .iter_mut()
+                .filter(|(p, _)| e.paths.contains(p))
+                .find(|(p, _)| *p == path)
+                .and_then(|(_, s)| e.method.as_adapter_mut(s.layer_mut()))
+                .ok_or_else(|| Error::module(&path, format!("adapter `{name}` has no layer here to restore dropout into")))?;
+            layer.set_dropout_rng(rng);
+        }
+        Ok(())
+    }
+
     /// Restores state from [`PeftModel::export_state`] into adapter `name` (loaded from its PEFT files first);
     /// the active adapter's tensors are trainable again afterwards.
     pub fn import_state(&mut self, name: &str, state: crate::layer::MethodState) -> Result<()> {

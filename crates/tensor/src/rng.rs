@@ -25,6 +25,17 @@ impl Rng {
         Rng { s: [next(), next(), next(), next()] }
     }
 
+    /// The generator's whole state, for a checkpoint; [`Rng::from_state`] continues the stream from it.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// The generator at a state from [`Rng::state`]; `None` for the all-zero state, which no seeded generator
+    /// reaches and from which xoshiro would give only zeros.
+    pub fn from_state(s: [u64; 4]) -> Option<Self> {
+        (s != [0; 4]).then_some(Rng { s })
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;

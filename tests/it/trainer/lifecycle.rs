@@ -17,16 +17,16 @@ use rankfold_train::trainer::{
     StepMetrics, TrainConfig, Trainer, METRICS_FILE,
 };
 
-use super::{adapter_values, batch, config, loss, losses, model, out_dir};
+use super::{adapter_values, batch, config, loss, losses, model, model_with_dropout, out_dir};
 
 /// Runs `config` straight, and again with a stop flag that the batch closure sets when it is asked for
 /// micro-batch `stop_at`; then resumes from the checkpoint the stopped run wrote. Returns (straight losses,
 /// stopped + resumed losses, the interruption, whether the adapters match).
-fn stop_and_resume(name: &str, stop_at: u64) -> Result<(Vec<u64>, Vec<u64>, Interrupted, bool)> {
+fn stop_and_resume(name: &str, stop_at: u64, dropout: f64) -> Result<(Vec<u64>, Vec<u64>, Interrupted, bool)> {
     let (da, db) = (out_dir(&format!("{name}-a")), out_dir(&format!("{name}-b")));
     let mut c = config(&da);
     c.checkpoint_every = 0;
-    let mut a = Trainer::new(c.clone(), model(true)?)?;
+    let mut a = Trainer::new(c.clone(), model_with_dropout(true, dropout)?)?;
     let straight = a.run(|p| batch(p, 5), loss, None)?;
     ensure!(
         !straight.is_interrupted() && straight.step == 6,
@@ -36,7 +36,7 @@ fn stop_and_resume(name: &str, stop_at: u64) -> Result<(Vec<u64>, Vec<u64>, Inte
 
     c.output_dir = db.clone();
     let flag = Arc::new(AtomicBool::new(false));
-    let mut b = Trainer::new(c.clone(), model(true)?)?.with_stop_flag(flag.clone());
+    let mut b = Trainer::new(c.clone(), model_with_dropout(true, dropout)?)?.with_stop_flag(flag.clone());
     let setter = flag.clone();
     let first = b.run(
         move |p| {
@@ -90,8 +90,10 @@ fn a_stop_flag_checkpoints_and_resume_continues_bit_for_bit() -> Result<()> {
     // grad_accum is 2: micro-batches 6 and 7 make step 4. A stop seen before micro-batch 7 (the flag is set
     // while 6 is fetched) drops the half-done step 4 and checkpoints step 3 at position 6; a stop set while 7
     // is fetched lets step 4 finish and checkpoints it at position 8.
-    for (stop_at, step, position) in [(6, 3, 6), (7, 4, 8), (0, 0, 0)] {
-        let (want, got, stop, same) = stop_and_resume(&format!("stop{stop_at}"), stop_at)?;
+    // With adapter dropout the checkpoint carries each layer's dropout generator: the resumed run draws the
+    // masks the straight run drew. (Its PEFT folder has no trace of them; a fresh generator would differ.)
+    for (stop_at, step, position, dropout) in [(6, 3, 6, 0.0), (7, 4, 8, 0.0), (0, 0, 0, 0.0), (6, 3, 6, 0.3), (7, 4, 8, 0.3)] {
+        let (want, got, stop, same) = stop_and_resume(&format!("stop{stop_at}-{dropout}"), stop_at, dropout)?;
         ensure!(
             (stop.step, stop.position) == (step, position),
             "stop at {stop_at}: {stop:?}"
@@ -102,7 +104,7 @@ fn a_stop_flag_checkpoints_and_resume_continues_bit_for_bit() -> Result<()> {
         );
         ensure!(
             got == want,
-            "stop at {stop_at}: losses {:?} vs straight {:?}",
+            "stop at {stop_at}, dropout {dropout}: losses {:?} vs straight {:?}",
             got.iter().map(|b| f64::from_bits(*b)).collect::<Vec<_>>(),
             want.iter().map(|b| f64::from_bits(*b)).collect::<Vec<_>>()
         );

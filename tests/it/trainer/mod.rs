@@ -28,10 +28,16 @@ fn out_dir(name: &str) -> PathBuf {
 /// The base model wrapped, with a LoRA adapter "default" on every linear layer (random B, so step 1 already
 /// sees the adapter).
 fn model(with_adapter: bool) -> Result<PeftModel<TestModel>> {
+    model_with_dropout(with_adapter, 0.0)
+}
+
+/// [`model`] with LoRA dropout `p` on the adapter.
+fn model_with_dropout(with_adapter: bool, p: f64) -> Result<PeftModel<TestModel>> {
     let mut pm = PeftModel::new(TestModel::new(TestModelConfig::default(), 11)?, 5);
     if with_adapter {
         let mut c = LoraConfig::new(TargetModules::AllLinear).with_rank(3, 6.0);
         c.init_lora_weights = LoraInit::Random;
+        c.lora_dropout = p;
         pm.add_adapter("default", Box::new(c))?;
     }
     Ok(pm)
@@ -265,6 +271,7 @@ fn a_failed_checkpoint_leaves_the_last_good_one() -> Result<()> {
         seed: c.seed,
         config: c.clone(),
         method: None,
+        dropout_rng: Default::default(),
     };
     let r = checkpoint::write(&d, &state, |tmp| {
         std::fs::write(tmp.join("partial"), b"x").map_err(|e| rankfold_train::Error::Io {

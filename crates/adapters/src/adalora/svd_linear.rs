@@ -140,6 +140,12 @@ impl AdapterLayer for SvdLinear {
     fn method(&self) -> Method {
         Method::AdaLora
     }
+    fn dropout_rng(&self) -> Option<Rng> {
+        Some(self.rng.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    fn set_dropout_rng(&mut self, rng: Rng) {
+        *self.rng.get_mut().unwrap_or_else(|p| p.into_inner()) = rng;
+    }
     fn base(&self) -> &dyn LinearLayer {
         self.base.live()
     }

@@ -219,11 +219,23 @@ pub struct TrainSummary {
     pub warnings: Vec<String>,
 }
 
-/// Removes what an earlier run left in `out` (only the files a run writes), or refuses a folder with files.
-fn claim_output(out: &Path, opts: &TrainOptions) -> Result<()> {
+/// Checks, without changing anything, that a run with `opts` may use the output folder of `spec`: a fresh run
+/// needs it absent or empty unless `opts.overwrite`; a resumed run needs a checkpoint in it. [`train`] makes the
+/// same check; a caller runs it first so that a wrong folder costs no model loading.
+pub fn check_output(spec: &RunSpec, origin: &str, opts: &TrainOptions) -> Result<()> {
+    let out = spec.train_config(origin)?.output_dir;
+    output_entries(&out, opts).map(|_| ())
+}
+
+/// The entries of `out` that [`claim_output`] would consider, after the checks of [`check_output`].
+fn output_entries(out: &Path, opts: &TrainOptions) -> Result<Vec<PathBuf>> {
+    if opts.resume {
+        resume_checkpoint(out)?;
+        return Ok(Vec::new());
+    }
     let entries: Vec<PathBuf> = match std::fs::read_dir(out) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(Error::Io {
                 path: out.to_path_buf(),
@@ -231,10 +243,7 @@ fn claim_output(out: &Path, opts: &TrainOptions) -> Result<()> {
             })
         }
     };
-    if entries.is_empty() || opts.resume {
-        return Ok(());
-    }
-    if !opts.overwrite {
+    if !entries.is_empty() && !opts.overwrite {
         return Err(Error::Spec {
             origin: out.display().to_string(),
             message: "the output folder is not empty: resume its latest checkpoint (--resume), replace its run \
@@ -242,7 +251,20 @@ fn claim_output(out: &Path, opts: &TrainOptions) -> Result<()> {
                 .into(),
         });
     }
-    for p in entries {
+    Ok(entries)
+}
+
+/// The latest checkpoint in `out`, which a resumed run needs.
+fn resume_checkpoint(out: &Path) -> Result<PathBuf> {
+    latest_checkpoint(out)?.ok_or_else(|| Error::Spec {
+        origin: out.display().to_string(),
+        message: "there is no checkpoint to resume from".into(),
+    })
+}
+
+/// Removes what an earlier run left in `out` (only the files a run writes), or refuses a folder with files.
+fn claim_output(out: &Path, opts: &TrainOptions) -> Result<()> {
+    for p in output_entries(out, opts)? {
         let name = p
             .file_name()
             .and_then(|n| n.to_str())
@@ -282,11 +304,7 @@ pub fn train(
     let seed = config.seed;
     let mut pm = PeftModel::new(model, seed);
     let mut trainer = if opts.resume {
-        let dir = latest_checkpoint(&out)?.ok_or_else(|| Error::Spec {
-            origin: out.display().to_string(),
-            message: "there is no checkpoint to resume from".into(),
-        })?;
-        Trainer::resume(config.clone(), pm, &dir)?
+        Trainer::resume(config.clone(), pm, &resume_checkpoint(&out)?)?
     } else {
         pm.add_adapter(ADAPTER, spec.adapter_method(origin, config.steps)?)?;
         Trainer::new(config.clone(), pm)?

@@ -192,15 +192,29 @@ impl RunSpec {
         })
     }
 
-    /// Reads a recipe file; relative paths inside it (model, data, output, adapter config) are taken relative
-    /// to the folder holding the file when they do not exist relative to the working folder.
+    /// Reads a recipe file. Relative paths inside it (`model.path`, `data.path`, `data.eval_path`,
+    /// `adapter.config`, `train.output_dir`) are taken relative to the folder holding the file, so a recipe works
+    /// from any working folder; paths given by flags ([`RunSpec::overlay`]) stay relative to the working folder.
     pub fn from_file(path: impl AsRef<Path>) -> Result<RunSpec> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        RunSpec::from_toml_str(&path.display().to_string(), &text)
+        let mut spec = RunSpec::from_toml_str(&path.display().to_string(), &text)?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for p in [
+            &mut spec.model.path,
+            &mut spec.data.path,
+            &mut spec.data.eval_path,
+            &mut spec.adapter.config,
+            &mut spec.train.output_dir,
+        ] {
+            if let Some(p) = p.as_mut().filter(|p| p.is_relative()) {
+                *p = dir.join(&*p);
+            }
+        }
+        Ok(spec)
     }
 
     /// This spec with every field that `over` gives replaced by `over`'s value (flags over a recipe).

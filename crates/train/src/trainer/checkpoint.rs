@@ -1,8 +1,8 @@
 //! Checkpoints: `checkpoint-<step>/` under the output folder holds the adapter as a PEFT folder (`adapter/`),
 //! the optimizer state (`optimizer.safetensors`), the adapter method's training state when it keeps one
 //! (`adapter_state.safetensors`: AdaLoRA's importance averages, rank masks and uncut tensors) and
-//! `trainer_state.json` (step, data position, seed, config, and the method where the PEFT files cannot name
-//! it: LoRA-FA, saved as LoRA).
+//! `trainer_state.json` (step, data position, seed, config, the method where the PEFT files cannot name it:
+//! LoRA-FA, saved as LoRA, and each adapted layer's dropout generator).
 //!
 //! Durability: a checkpoint is written into a hidden temporary folder next to it (`.tmp-checkpoint-<step>`);
 //! every file in it is fsynced, then the folder itself, then it is renamed into place and the output folder
@@ -11,7 +11,7 @@
 //! [`latest_checkpoint`] ignores and the next write of that step removes. Replacing a checkpoint of the same
 //! step moves the old one aside (`.old-checkpoint-<step>`) before the rename and deletes it afterwards.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use rankfold_adapters::layer::MethodState;
@@ -19,7 +19,7 @@ use rankfold_adapters::lora::LoraConfig;
 use rankfold_adapters::Method;
 use rankfold_adapters::PeftModel;
 use rankfold_tensor::nn::LinearModel;
-use rankfold_tensor::{Device, Tensor};
+use rankfold_tensor::{Device, Rng, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
@@ -53,6 +53,45 @@ pub struct TrainerState {
     /// The adapter method when its PEFT files cannot name it: `"lora_fa"` (saved as LoRA, with A frozen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Each adapted layer's dropout generator by module path, as 64 hex digits (its four state words), so a
+    /// resumed run draws the dropout masks the uninterrupted run would have drawn.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropout_rng: BTreeMap<String, String>,
+}
+
+/// [`TrainerState::dropout_rng`] of adapter `name` of `model`.
+pub fn dropout_note<M: LinearModel>(model: &mut PeftModel<M>, name: &str) -> Result<BTreeMap<String, String>> {
+    Ok(model
+        .dropout_rngs(name)?
+        .into_iter()
+        .map(|(path, rng)| (path, rng.state().iter().map(|w| format!("{w:016x}")).collect()))
+        .collect())
+}
+
+/// Restores the dropout generators that `state` (read from checkpoint `dir`) notes into adapter `name`.
+fn restore_dropout<M: LinearModel>(
+    dir: &Path,
+    model: &mut PeftModel<M>,
+    name: &str,
+    state: &TrainerState,
+) -> Result<()> {
+    let mut rngs = Vec::with_capacity(state.dropout_rng.len());
+    for (path, hex) in &state.dropout_rng {
+        let words: Option<Vec<u64>> = (hex.len() == 64 && hex.is_ascii())
+            .then(|| (0..4).map(|i| u64::from_str_radix(&hex[16 * i..16 * (i + 1)], 16).ok()).collect())
+            .flatten();
+        let rng = words
+            .and_then(|w| Rng::from_state([w[0], w[1], w[2], w[3]]))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: field `dropout_rng.{path}` is not 64 hex digits of a generator state",
+                    dir.join(STATE_FILE).display()
+                ))
+            })?;
+        rngs.push((path.clone(), rng));
+    }
+    model.set_dropout_rngs(name, rngs)?;
+    Ok(())
 }
 
 /// [`TrainerState::method`] for LoRA-FA.
@@ -235,6 +274,7 @@ pub fn load_adapter<M: LinearModel>(
             )))
         }
     }
+    restore_dropout(dir, model, name, state)?;
     let path = dir.join(ADAPTER_STATE_FILE);
     if !path.is_file() {
         return Ok(());
@@ -268,6 +308,7 @@ mod tests {
             seed: 1,
             config: TrainConfig::new(10, 0.1, out),
             method: None,
+            dropout_rng: BTreeMap::new(),
         }
     }
 

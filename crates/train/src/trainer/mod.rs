@@ -12,9 +12,10 @@
 //!
 //! Randomness: each micro-batch gets its own generator, `Rng::new` of the run seed mixed with the position, so
 //! the random state at any point is a function of (seed, position) and a checkpoint needs nothing more to
-//! restore it. The adapters' own generators (e.g. LoRA dropout masks drawn inside `PeftModel`) are not part of
-//! that state: a run with adapter dropout resumes correctly but not bit for bit. State an adapter method keeps
-//! across steps (AdaLoRA's importance averages and rank masks) is saved in the checkpoint and restored.
+//! restore it. The adapters' own generators (the LoRA and AdaLoRA dropout masks drawn inside `PeftModel`) are
+//! saved in the checkpoint ([`TrainerState::dropout_rng`]) and rewound with a step that is cut short, so a run
+//! with adapter dropout resumes bit for bit too. State an adapter method keeps across steps (AdaLoRA's
+//! importance averages and rank masks) is saved in the checkpoint and restored.
 //!
 //! Stopping: the library installs no signal handler. The caller hands the trainer an `Arc<AtomicBool>`
 //! ([`Trainer::with_stop_flag`]) and sets it (the `rankfold` binary does so from its Ctrl-C handler). The flag
@@ -418,6 +419,8 @@ impl<M: LinearModel> Trainer<M> {
         let lr = self.schedule.lr_at(self.step, self.config.lr);
         let n = self.config.grad_accum;
         let first = self.position;
+        // A step cut short rewinds the adapters' dropout generators too, so its masks are drawn again on resume.
+        let dropout = self.model.dropout_rngs(&self.config.adapter)?;
         let mut grads = GradStore::new();
         let mut total = 0.0;
         let mut tokens = Some(0u64);
@@ -425,6 +428,7 @@ impl<M: LinearModel> Trainer<M> {
             if i > 0 && self.stop_requested() {
                 // The partial step is dropped whole: nothing of it has touched the adapter or the optimizer.
                 self.position = first;
+                self.model.set_dropout_rngs(&self.config.adapter, dropout)?;
                 return Ok(StepEnd::Stopped);
             }
             let b = batch(self.position)?;
@@ -440,6 +444,7 @@ impl<M: LinearModel> Trainer<M> {
             let v = l.to_scalar()?;
             if !v.is_finite() {
                 self.position = first;
+                self.model.set_dropout_rngs(&self.config.adapter, dropout)?;
                 return Err(Error::Config(format!(
                     "step {}: the loss of micro-batch {} is {v}",
                     self.step + 1,
@@ -494,6 +499,7 @@ impl<M: LinearModel> Trainer<M> {
             seed: self.config.seed,
             config: self.config.clone(),
             method: checkpoint::method_note(&self.model, &self.config.adapter)?,
+            dropout_rng: checkpoint::dropout_note(&mut self.model, &self.config.adapter)?,
         };
         let (model, optimizer) = (&mut self.model, &self.optimizer);
         let adapter = self.config.adapter.clone();
