@@ -20,6 +20,8 @@ use serde_json::Value;
 mod files;
 // Inspect figures against plain loops over the saved tensors.
 mod inspect;
+// train and eval as a user runs them: the JSON summary, and Ctrl-C then --resume.
+mod train;
 
 pub(super) const METHODS: [&str; 4] = ["lora", "rslora", "adalora", "glora"];
 
@@ -190,11 +192,16 @@ fn merge_then_forward_reproduces_pytorch_merged_logits() -> Result<()> {
             .collect();
         ensure!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
         let (rows, want) = io(&dir, "merged_logits")?;
-        check_close(
-            &format!("{method} merged"),
-            &forward_rows(&merged, None, &rows, &out)?,
-            &want,
-        )?;
+        let ours = forward_rows(&merged, None, &rows, &out)?;
+        check_close(&format!("{method} merged"), &ours, &want)?;
+        // transformers loaded rankfold's merged folder (`llama_fixtures.py transformers-merged`) and gave PEFT's
+        // merged logits to within f32 rounding; rankfold reads what it writes as transformers did.
+        let hf: Vec<f32> = MmapedSafetensors::open(dir.join("transformers_merged.safetensors"))?
+            .load("logits", Device::Cpu)?
+            .to_vec()?;
+        let worst = hf.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+        ensure!(hf.len() == want.len() && worst <= 1e-5, "{method}: transformers vs PEFT merged: {worst}");
+        check_close(&format!("{method} merged vs transformers"), &ours, &hf)?;
         // The folder loads in the library too.
         let m = Llama::from_hf_dir(&merged, DType::F32, Device::Cpu)?;
         ensure!(
@@ -251,7 +258,7 @@ fn tiny_tokenizer_json() -> String {
 }
 
 /// A copy of the untied fixture with the tiny tokenizer and a generation_config.json beside it.
-fn model_with_tokenizer(tmp: &Path) -> Result<PathBuf> {
+pub(super) fn model_with_tokenizer(tmp: &Path) -> Result<PathBuf> {
     let d = tmp.join("model");
     std::fs::create_dir_all(&d)?;
     for f in ["config.json", "model.safetensors"] {

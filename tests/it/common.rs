@@ -14,12 +14,28 @@ pub(crate) struct Tol {
     pub(crate) abs: f64,
 }
 
+/// Fails unless every element of `got` is within `tol` of `want`'s; a non-finite `want` must be matched exactly in
+/// kind (NaN by NaN, +∞ by +∞, −∞ by −∞), and a non-finite `got` against a finite `want` fails.
 pub(crate) fn assert_close(got: &[f64], want: &[f64], tol: Tol, what: &str) -> Result<()> {
     ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        ensure!((g - w).abs() <= tol.abs + tol.rel * w.abs(), "{what}: element {i}: got {g}, want {w} (tol {tol:?})");
+        ensure!(same_kind(g, w), "{what}: element {i}: got {g}, want {w}");
+        if w.is_finite() {
+            ensure!((g - w).abs() <= tol.abs + tol.rel * w.abs(), "{what}: element {i}: got {g}, want {w} (tol {tol:?})");
+        }
     }
     Ok(())
+}
+
+/// Whether `g` and `w` are both finite, both NaN, or the same infinity.
+pub(crate) fn same_kind(g: f64, w: f64) -> bool {
+    if w.is_nan() || g.is_nan() {
+        w.is_nan() && g.is_nan()
+    } else if w.is_infinite() || g.is_infinite() {
+        g == w
+    } else {
+        true
+    }
 }
 
 /// Uniform values in [lo, hi) from a seeded generator.

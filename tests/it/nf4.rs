@@ -447,3 +447,19 @@ fn portable_fast_path_equals_twin() -> Result<()> {
     fast::set_portable_only(false);
     r
 }
+
+#[test]
+fn a_double_quantized_weight_costs_about_0_52_bytes_per_weight() -> Result<()> {
+    use rankfold_tensor::{Nf4Tensor, Tensor};
+    // Half a byte of codes, one 8-bit scale code per 64 weights, one f32 per 256 scales and the fixed maps:
+    // 0.5 + 1/64 + 4/(64·256) + (4·256 + 4 + 64)/n. Plain f32 scales cost 4/64 instead of 1/64.
+    let (rows, cols) = (1024, 1536);
+    let n = (rows * cols) as f64;
+    let w = Tensor::from_vec(sample::<f32>(9, rows * cols), (rows, cols), Device::Cpu)?;
+    let double = Nf4Tensor::quantize(&w, 64, true)?.storage_bytes() as f64 / n;
+    let want = 0.5 + 1.0 / 64.0 + 4.0 / (64.0 * 256.0) + (4.0 * 256.0 + 4.0 + 64.0) / n;
+    ensure!((double - want).abs() < 1e-9 && double < 0.52, "{double} bytes per weight, want {want}");
+    let plain = Nf4Tensor::quantize(&w, 64, false)?.storage_bytes() as f64 / n;
+    ensure!((plain - (0.5 + 4.0 / 64.0 + 64.0 / n)).abs() < 1e-9, "{plain} bytes per weight with f32 scales");
+    Ok(())
+}

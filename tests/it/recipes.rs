@@ -562,6 +562,35 @@ fn train_binary_checks_the_output_folder_before_loading_the_model() -> Result<()
     Ok(())
 }
 
+#[test]
+fn the_demo_recipe_parses_and_docs_training_md_shows_it_as_it_is() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = root.join("recipes/smollm2-imdb-qlora.toml");
+    let spec = RunSpec::from_file(&file)?;
+    let origin = file.display().to_string();
+    // Model and data come from flags; everything else is checked as `rankfold train` checks it.
+    let mut flags = RunSpec::default();
+    flags.model.path = Some(PathBuf::from("model.gguf"));
+    flags.data.path = Some(PathBuf::from("reviews.json"));
+    flags.train.output_dir = Some(PathBuf::from("out"));
+    let full = spec.clone().overlay(flags);
+    let config = full.train_config(&origin)?;
+    full.adapter_method(&origin, config.steps)?;
+    let data = full.data(&origin)?;
+    ensure!(config.steps == 80 && data.eval_examples == 500 && full.model(&origin)?.1.is_some());
+    // The TOML block in docs/training.md is the file's content without its header comments.
+    let doc = std::fs::read_to_string(root.join("docs/training.md"))?;
+    let block = doc.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).context("no toml block")?;
+    let body: String = std::fs::read_to_string(&file)?
+        .lines()
+        .skip_while(|l| l.starts_with('#') || l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    ensure!(block == body, "docs/training.md's recipe differs from {}", file.display());
+    ensure!(RunSpec::from_toml_str("doc", block)? == spec, "the documented recipe parses to another spec");
+    Ok(())
+}
+
 /// A progress observer that sets the stop flag once step `at` is done (as Ctrl-C would).
 struct StopAt {
     flag: std::sync::Arc<std::sync::atomic::AtomicBool>,

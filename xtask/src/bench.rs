@@ -154,7 +154,7 @@ pub(crate) fn run(root: &Path, o: Options) -> Result<()> {
         }
     );
 
-    for r in &memory {
+    if let Some(r) = &memory {
         println!("{}  {}  {}: {:.1} {}", r.name, r.shape, r.metric, r.value, r.unit);
     }
 

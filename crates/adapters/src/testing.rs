@@ -172,9 +172,12 @@ pub fn assert_close(a: &Tensor, b: &Tensor, abs: f64, rel: f64, what: &str) {
         b.to_vec::<f64>().expect("f64 read"),
     );
     for (i, (x, y)) in av.iter().zip(&bv).enumerate() {
-        assert!(
-            (x - y).abs() <= abs + rel * y.abs(),
-            "{what}: element {i}: {x} vs {y}"
-        );
+        // Non-finite values must match in kind: NaN with NaN, +∞ with +∞, −∞ with −∞.
+        let close = if x.is_finite() && y.is_finite() {
+            (x - y).abs() <= abs + rel * y.abs()
+        } else {
+            (x.is_nan() && y.is_nan()) || x == y
+        };
+        assert!(close, "{what}: element {i}: {x} vs {y}");
     }
 }

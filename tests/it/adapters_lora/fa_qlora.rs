@@ -12,6 +12,11 @@ use rankfold_tensor::{DType, Device, Nf4Tensor, Rng, Tensor};
 
 use super::{lora, randn};
 
+/// The values of a tensor as f64.
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).and_then(|t| t.to_vec::<f64>()).expect("a float tensor converts to f64")
+}
+
 /// A stack of square layers with SiLU between them, each a `LinearSlot` at `layers.<i>.proj`.
 #[derive(Debug)]
 struct Stack(Vec<LinearSlot>);
@@ -373,6 +378,7 @@ fn qlora_in_bf16_tracks_f32() {
     .unwrap();
     let x = randn(&mut rng, &[6, 70]);
     let mut outs = Vec::new();
+    let mut f32_parts = None;
     for (l, dt) in [
         (lin16, DType::BF16),
         (
@@ -416,7 +422,34 @@ fn qlora_in_bf16_tracks_f32() {
             .unwrap();
         assert_eq!(grads.len(), 2);
         outs.push(y.to_dtype(DType::F32).unwrap());
+        if dt == DType::F32 {
+            let p = pm.parameters();
+            let get = |k: &str| p.iter().find(|(n, _)| n.contains(k)).map(|(_, t)| f64s(t)).unwrap();
+            f32_parts = Some((get("lora_A"), get("lora_B")));
+        }
     }
     // bf16 keeps 8 bits of mantissa: agree to a few parts in a hundred of the output scale.
-    assert_close(&outs[0], &outs[1], 0.05, 0.02, "bf16 vs f32 QLoRA");
+    // The bound of the bf16 arithmetic, per output element: every operand (x, the dequantized weight, A, B), the
+    // intermediate x·Aᵀ and each output (base product, branch, their sum) is rounded to bf16 once, each rounding a
+    // relative error of at most u = 2⁻⁸; the f32 path rounds nothing that large. So |y16 − y32| ≤ 6u·(Σ|x||Ŵ| + |b|
+    // + s·Σ_r (Σ_k|x||A|)·|B|) + 2u·|y32|, which a dropped bias or adapter term exceeds.
+    let (a, b) = f32_parts.unwrap();
+    let w = f64s(&Nf4Tensor::quantize(&lin.weight().to_dtype(DType::BF16).unwrap(), 64, true)
+        .unwrap()
+        .dequantize(DType::F32)
+        .unwrap());
+    let bias = f64s(lin.bias().unwrap());
+    let (xv, y16, y32) = (f64s(&x), f64s(&outs[0]), f64s(&outs[1]));
+    let (u, s, r) = (1.0 / 256.0, 8.0 / 4.0, 4);
+    for i in 0..6 {
+        for j in 0..33 {
+            let base: f64 = (0..70).map(|k| (xv[i * 70 + k] * w[j * 70 + k]).abs()).sum::<f64>() + bias[j].abs();
+            let branch: f64 = (0..r)
+                .map(|q| (0..70).map(|k| (xv[i * 70 + k] * a[q * 70 + k]).abs()).sum::<f64>() * b[j * r + q].abs())
+                .sum();
+            let (got, want) = (y16[i * 33 + j], y32[i * 33 + j]);
+            let bound = 6.0 * u * (base + s * branch) + 2.0 * u * want.abs();
+            assert!((got - want).abs() <= bound, "bf16 vs f32 QLoRA y[{i},{j}]: {got} vs {want}, bound {bound}");
+        }
+    }
 }

@@ -1,0 +1,141 @@
+//! `rankfold train` and `rankfold eval` as a user runs them, on the tiny Llama fixture with a byte-level
+//! tokenizer: the JSON summary's fields against the files the run wrote (and `eval` with the saved adapter giving
+//! the run's final accuracy), and Ctrl-C (a real SIGINT) writing a checkpoint from which `--resume` reaches the
+//! uninterrupted run's losses bit for bit.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{ensure, Context, Result};
+use rankfold_tensor::Rng;
+use serde_json::Value;
+
+use super::{model_with_tokenizer, run_json, s, scratch};
+
+/// `n` chat records: a string of `a`s and `b`s, answered "yes" when `a` is the majority.
+fn chat_data(path: &Path, n: usize) -> Result<()> {
+    let mut rng = Rng::new(31);
+    let mut out = String::new();
+    for _ in 0..n {
+        let len = 6 + rng.below(20) as usize;
+        let text: String = (0..len).map(|_| if rng.uniform() < 0.5 { 'a' } else { 'b' }).collect();
+        let yes = 2 * text.matches('a').count() > len;
+        let answer = if yes { "yes" } else { "no" };
+        let rec = serde_json::json!({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]});
+        out.push_str(&format!("{rec}\n"));
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+/// The per-step losses in a run's metrics.jsonl, as bit patterns.
+fn losses(metrics: &Path) -> Result<Vec<u64>> {
+    let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let m: Value = serde_json::from_str(line)?;
+        if let Some(l) = m.get("loss").and_then(Value::as_f64) {
+            v.push(l.to_bits());
+        }
+    }
+    Ok(v)
+}
+
+/// The flags every run here shares: model, data, labels, sizes.
+fn common<'a>(model: &'a Path, data: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--model", s(model), "--data", s(data), "--format", "messages", "--labels", "yes,no", "--eval-examples", "6",
+        "--batch-size", "4", "--max-len", "64",
+    ]
+}
+
+#[test]
+fn train_json_summary_names_what_the_run_wrote_and_eval_reproduces_its_accuracy() -> Result<()> {
+    let tmp = scratch("train-json")?;
+    let model = model_with_tokenizer(&tmp)?;
+    let data = tmp.join("chat.jsonl");
+    chat_data(&data, 30)?;
+    let out = tmp.join("run");
+    let mut args = vec!["train"];
+    args.extend(common(&model, &data));
+    args.extend(["-r", "4", "--steps", "3", "--lr", "0.01", "--out", s(&out)]);
+    let v = run_json(&args)?;
+    ensure!(v["command"] == "train" && v["steps"] == 3 && v["total_steps"] == 3 && v["interrupted"] == false, "{v}");
+    ensure!(v["first_loss"].as_f64().is_some_and(f64::is_finite) && v["tokens"].as_u64().is_some_and(|t| t > 0));
+    ensure!(v["train_examples"] == 24 && v["batch_size"] == 4, "{v}");
+    let adapter = out.join("adapter");
+    ensure!(v["adapter"] == adapter.display().to_string() && adapter.join("adapter_config.json").is_file(), "{v}");
+    ensure!(v["metrics"] == out.join("metrics.jsonl").display().to_string(), "{v}");
+    ensure!(losses(&out.join("metrics.jsonl"))?.len() == 3, "one loss line per step");
+    ensure!(v["plot"].as_str().is_some_and(|p| Path::new(p).is_file()), "{v}");
+    let acc = &v["eval"]["accuracy"];
+    ensure!(acc["examples"] == 6, "{v}");
+    // The saved adapter evaluates to the run's final accuracy.
+    let mut args = vec!["eval"];
+    args.extend(common(&model, &data));
+    args.extend(["--adapter", s(&adapter)]);
+    let e = run_json(&args)?;
+    ensure!(e["command"] == "eval" && e["accuracy"] == *acc, "eval {e} vs the run's {acc}");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_resume_reaches_the_straight_runs_losses() -> Result<()> {
+    let tmp = scratch("train-sigint")?;
+    let model = model_with_tokenizer(&tmp)?;
+    let data = tmp.join("chat.jsonl");
+    chat_data(&data, 120)?;
+    let run_args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = vec!["train".into()];
+        a.extend(common(&model, &data).into_iter().map(String::from));
+        let out = s(out).to_string();
+        a.extend(["--steps", "60", "--grad-accum", "2", "--lr", "0.01", "--dropout", "0.1", "--no-final-eval", "--out"]
+            .into_iter()
+            .map(String::from));
+        a.push(out);
+        a
+    };
+    let straight = tmp.join("straight");
+    let a = run_args(&straight);
+    run_json(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let want = losses(&straight.join("metrics.jsonl"))?;
+    ensure!(want.len() == 60);
+
+    // The same run, sent SIGINT once its first progress line is out.
+    let stopped = tmp.join("stopped");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rankfold"))
+        .args(run_args(&stopped))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut err = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        ensure!(err.read_line(&mut line)? > 0, "the run ended before a step line: {seen}");
+        seen.push_str(&line);
+        if line.contains("step ") {
+            break;
+        }
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
+    ensure!(kill.success(), "kill -INT failed");
+    let rest: Vec<String> = err.lines().map_while(Result::ok).collect();
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "exit {:?}: {}", out.status, rest.join("\n"));
+    ensure!(stdout.contains("(stopped; resume with --resume)") && stdout.contains("checkpoint"), "{stdout}");
+    let done = losses(&stopped.join("metrics.jsonl"))?;
+    ensure!(!done.is_empty() && done.len() < 60, "{} steps before the stop", done.len());
+    ensure!(done[..] == want[..done.len()], "the steps before the stop differ from the straight run's");
+
+    let mut a = run_args(&stopped);
+    a.push("--resume".into());
+    run_json(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let got = losses(&stopped.join("metrics.jsonl"))?;
+    ensure!(got == want, "stopped + resumed losses differ from the straight run's");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
