@@ -59,7 +59,8 @@ struct Args {
 }
 
 fn assets() -> Result<PathBuf> {
-    let root = match std::env::var_os("RANKFOLD_ASSETS") {
+    // As `cargo xtask assets`: `$RANKFOLD_ASSETS` when set and not empty, else ~/.cache/rankfold/assets.
+    let root = match std::env::var_os("RANKFOLD_ASSETS").filter(|r| !r.is_empty()) {
         Some(r) => PathBuf::from(r),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
             .join(".cache/rankfold/assets"),

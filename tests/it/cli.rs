@@ -87,19 +87,9 @@ fn io(dir: &Path, key: &str) -> Result<(Vec<Vec<u32>>, Vec<f32>)> {
     Ok((rows, st.load(key, Device::Cpu)?.to_vec_f32()?))
 }
 
-/// |got − want| ≤ 1e-4 · max(|want|, 1) everywhere.
+/// |got − want| ≤ 1e-4 · max(|want|, 1) everywhere, non-finite values matching in kind.
 fn check_close(what: &str, got: &[f32], want: &[f32]) -> Result<()> {
-    ensure!(
-        got.len() == want.len(),
-        "{what}: {} values, want {}",
-        got.len(),
-        want.len()
-    );
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
-        .fold(0f32, f32::max);
+    let worst = crate::common::worst_rel(got, want, 1.0, what)?;
     ensure!(worst <= 1e-4, "{what}: worst relative difference {worst}");
     Ok(())
 }
@@ -199,8 +189,8 @@ fn merge_then_forward_reproduces_pytorch_merged_logits() -> Result<()> {
         let hf: Vec<f32> = MmapedSafetensors::open(dir.join("transformers_merged.safetensors"))?
             .load("logits", Device::Cpu)?
             .to_vec()?;
-        let worst = hf.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
-        ensure!(hf.len() == want.len() && worst <= 1e-5, "{method}: transformers vs PEFT merged: {worst}");
+        let worst = crate::common::worst_rel(&hf, &want, 1.0, "transformers vs PEFT merged")?;
+        ensure!(worst <= 1e-5, "{method}: transformers vs PEFT merged: {worst}");
         check_close(&format!("{method} merged vs transformers"), &ours, &hf)?;
         // The folder loads in the library too.
         let m = Llama::from_hf_dir(&merged, DType::F32, Device::Cpu)?;

@@ -27,6 +27,35 @@ pub(crate) fn assert_close(got: &[f64], want: &[f64], tol: Tol, what: &str) -> R
     Ok(())
 }
 
+/// The largest `|got − want| / max(|want|, floor)`, after checking the lengths and that every non-finite element
+/// matches in kind, so a NaN can never hide behind a maximum (`f32::max` ignores NaN).
+pub(crate) fn worst_rel<T: Copy + Into<f64>>(got: &[T], want: &[T], floor: f64, what: &str) -> Result<f64> {
+    ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
+    let mut worst = 0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w): (f64, f64) = (g.into(), w.into());
+        ensure!(same_kind(g, w), "{what}: element {i}: got {g}, want {w}");
+        if w.is_finite() {
+            worst = worst.max((g - w).abs() / w.abs().max(floor));
+        }
+    }
+    Ok(worst)
+}
+
+/// The largest `|got − want|`, with [`worst_rel`]'s checks.
+pub(crate) fn worst_abs<T: Copy + Into<f64>>(got: &[T], want: &[T], what: &str) -> Result<f64> {
+    ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
+    let mut worst = 0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w): (f64, f64) = (g.into(), w.into());
+        ensure!(same_kind(g, w), "{what}: element {i}: got {g}, want {w}");
+        if w.is_finite() {
+            worst = worst.max((g - w).abs());
+        }
+    }
+    Ok(worst)
+}
+
 /// Whether `g` and `w` are both finite, both NaN, or the same infinity.
 pub(crate) fn same_kind(g: f64, w: f64) -> bool {
     if w.is_nan() || g.is_nan() {

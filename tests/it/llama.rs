@@ -33,11 +33,7 @@ fn io(dir: &Path, key: &str) -> Result<(Tensor, Vec<f32>)> {
 
 fn assert_close(what: &str, got: &Tensor, want: &[f32]) -> Result<()> {
     ensure!(got.dims() == [2, 7, 97], "{what}: shape {:?}", got.dims());
-    let got = got.to_vec_f32()?;
-    let mut worst = 0f32;
-    for (g, w) in got.iter().zip(want) {
-        worst = worst.max((g - w).abs() / w.abs().max(1.0));
-    }
+    let worst = crate::common::worst_rel(&got.to_vec_f32()?, want, 1.0, what)?;
     ensure!(worst <= 1e-4, "{what}: worst relative difference {worst}");
     Ok(())
 }
@@ -100,11 +96,7 @@ fn kv_cache_steps_reproduce_the_full_forward() -> Result<()> {
     }
     ensure!(cache.len() == 7);
     let got: Vec<f32> = got.concat();
-    let worst = got
-        .iter()
-        .zip(&full)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = crate::common::worst_abs(&got, &full, "cached logits")?;
     ensure!(
         worst <= 1e-4,
         "cached logits differ from the full forward by {worst}"
@@ -463,11 +455,7 @@ fn bf16_weights_track_the_f32_logits() -> Result<()> {
     let got = got.to_vec_f32()?;
     // bf16 keeps 8 significant bits: compare against the logits' overall scale.
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = crate::common::worst_abs(&got, &want, "bf16 logits")? as f32;
     ensure!(
         worst <= 0.05 * scale,
         "bf16 logits differ by {worst} (scale {scale})"

@@ -232,10 +232,7 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         b.dims()
     );
     let (a, b) = (a.to_vec::<f64>()?, b.to_vec::<f64>()?);
-    Ok(a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max))
+    crate::common::worst_abs(&a, &b, "max_abs_diff")
 }
 
 #[test]

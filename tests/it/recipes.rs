@@ -453,6 +453,8 @@ fn train_then_eval_round_trip_on_the_tiny_llama() -> Result<()> {
             .is_err_and(|e| e.to_string().contains("not empty")),
         "{again:?}"
     );
+    // --overwrite removes the earlier run's files only: a file of the user's in the folder stays.
+    std::fs::write(out.join("notes.txt"), "mine")?;
     let opts = TrainOptions {
         overwrite: true,
         ..TrainOptions::default()
@@ -462,6 +464,9 @@ fn train_then_eval_round_trip_on_the_tiny_llama() -> Result<()> {
         s2.first_loss == s.first_loss,
         "the same seed gives the same first loss"
     );
+    ensure!(std::fs::read_to_string(out.join("notes.txt"))? == "mine", "--overwrite touched a user's file");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    ensure!(metrics.lines().filter(|l| l.contains("\"loss\"")).count() == 4, "the old metrics were not replaced");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -554,10 +559,10 @@ fn train_binary_checks_the_output_folder_before_loading_the_model() -> Result<()
     ensure!(std::fs::read_to_string(dir.join("out/notes.txt"))? == "an earlier run's notes");
     let err = run(&["--resume"])?;
     ensure!(err.contains("no checkpoint to resume"), "{err}");
-    // With the folder allowed, the missing model is what stops the run.
+    // With the folder allowed, the missing model is what stops the run, before anything is removed.
     let err = run(&["--overwrite"])?;
     ensure!(err.contains("no-such-model"), "{err}");
-    ensure!(dir.join("out/notes.txt").is_file(), "--overwrite removes only a run's own files");
+    ensure!(dir.join("out/notes.txt").is_file());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

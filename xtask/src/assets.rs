@@ -58,7 +58,7 @@ const fn pin(member: &'static str, dest: &'static str, size: u64, sha256: &'stat
     }
 }
 
-/// The demo assets (DESIGN.md §5); hashes were taken from the registries' files on 2026-11-29.
+/// The demo assets (docs/reference.md, "Demo assets"); hashes were taken from the registries' files on 2026-11-29.
 const ASSETS: [Asset; 3] = [
     Asset {
         name: "smollm2-135m-instruct",

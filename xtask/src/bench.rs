@@ -69,7 +69,7 @@ impl Options {
     }
 }
 
-/// One result row; its JSON form `{name, shape, metric, value, unit}` is a stable interface (DESIGN.md §6).
+/// One result row; its JSON form `{name, shape, metric, value, unit}` is a stable interface (docs/conventions.md).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Row {
     pub(crate) name: String,

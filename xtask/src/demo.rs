@@ -115,6 +115,13 @@ fn secs(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |s| format!("{:.0} s", s))
 }
 
+/// `path` relative to the working folder when it lies inside it (as the README shows the demo's paths).
+fn shown(path: &str) -> String {
+    let cwd = std::env::current_dir().ok();
+    cwd.and_then(|d| Path::new(path).strip_prefix(d).ok().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| path.to_string())
+}
+
 /// Fails when `out` holds files and `overwrite` is off (the training step would refuse it later).
 fn check_out(out: &Path, overwrite: bool) -> Result<()> {
     let used = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
@@ -257,15 +264,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 mib(&train["peak_rss_bytes"])
             ),
         ),
-        ("adapter", adapter),
-        (
-            "metrics",
-            train["metrics"].as_str().unwrap_or("-").to_string(),
-        ),
-        (
-            "loss plot",
-            train["plot"].as_str().unwrap_or("-").to_string(),
-        ),
+        ("adapter", shown(&adapter)),
+        ("metrics", shown(train["metrics"].as_str().unwrap_or("-"))),
+        ("loss plot", shown(train["plot"].as_str().unwrap_or("-"))),
     ];
     println!(
         "\nrankfold demo: SmolLM2-135M-Instruct (GGUF -> NF4) + LoRA, IMDB sentiment as a chat"

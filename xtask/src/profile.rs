@@ -25,7 +25,7 @@ use rankfold_kernels::softmax::{self, SoftmaxShape};
 use rankfold_kernels::{CudaRuntime, GpuBuffer, GpuRuntime, KernelId, Launch, PtxModule};
 use rankfold_ptxsim::{Counters, SimRuntime};
 
-/// H200 figures the roofline uses (REFERENCE.md §4 and the issue): HBM3e bandwidth and dense peaks.
+/// H200 figures the roofline uses (docs/reference.md, "Performance anchors"): HBM3e bandwidth and dense peaks.
 const H200_BYTES_PER_S: f64 = 4.3e12;
 const H200_BF16_FLOPS: f64 = 790e12;
 const H200_F32_FLOPS: f64 = 67e12;

