@@ -14,6 +14,8 @@ mod io;
 mod train;
 // The runtimes GPU-path kernel tests loop over (ptxsim; CUDA with RANKFOLD_GPU_CHECK=1) and shared comparisons.
 mod gpu;
+// AdamW8bit bit for bit against bitsandbytes' CPU AdamW8bit (fixtures), state size, save/load, non-finite gradients.
+mod optim8;
 // kernels/elementwise.cu against its CPU twin: every op, f32/bf16, strided and broadcast views.
 mod elementwise;
 // kernels/softmax.cu against its CPU twin: forward and backward, awkward row lengths, ±1e4 logits.

@@ -1,13 +1,9 @@
 //! Double quantization of NF4 block scales: the mean offset, bitsandbytes' blockwise 8-bit quantizer with the
-//! signed dynamic map (its 65 536-bin lookup table reproduced exactly), and the inverse.
-
-use std::sync::OnceLock;
+//! signed dynamic map (`crate::blockwise8`, its 65 536-bin lookup table reproduced exactly), and the inverse.
 
 use super::{check_len, shape_err, DYNAMIC_MAP_SIGNED_BITS, NESTED_BLOCKSIZE};
+use crate::blockwise8::DynamicMap;
 use crate::Result;
-
-/// Bins of bitsandbytes' CPU 8-bit quantization table over `[-1, 1]`.
-const LUT_SIZE: usize = 65_536;
 
 /// Double-quantized block scales.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,35 +19,6 @@ pub struct DoubleQuant {
 /// The signed dynamic map as f32 values.
 pub fn dynamic_map_signed() -> [f32; 256] {
     DYNAMIC_MAP_SIGNED_BITS.map(f32::from_bits)
-}
-
-/// The quantization table: bin `i` stands for `-1 + 2i/65535` (f32 arithmetic) and holds the index of the first
-/// code whose upper midpoint `0.5·(c[j] + c[j+1])` is not below it.
-fn lut() -> &'static [u8; LUT_SIZE] {
-    static LUT: OnceLock<Box<[u8; LUT_SIZE]>> = OnceLock::new();
-    LUT.get_or_init(|| {
-        let code = dynamic_map_signed();
-        let mids: Vec<f32> = code.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
-        let mut lut = Box::new([0u8; LUT_SIZE]);
-        let mut j = 0usize;
-        for (i, slot) in lut.iter_mut().enumerate() {
-            let val = -1.0f32 + (2.0f32 * i as f32) / (LUT_SIZE - 1) as f32;
-            while j < mids.len() && mids[j] < val {
-                j += 1;
-            }
-            *slot = j as u8;
-        }
-        lut
-    })
-}
-
-/// The table bin of a scaled value: `trunc(((v + 1)·0.5)·65535 + 0.5)` after clamping `v` to `[-1, 1]`, each
-/// step rounded to f32 (bitsandbytes' AVX2 sequence, no fused multiply-add).
-#[inline]
-fn lut_index(v: f32) -> usize {
-    let v = v.clamp(-1.0, 1.0);
-    let t = ((v + 1.0) * 0.5) * (LUT_SIZE - 1) as f32 + 0.5;
-    t as usize
 }
 
 /// torch's `at::internal::GRAIN_SIZE`: a reduction of fewer elements runs on one thread whatever the thread count.
@@ -208,30 +175,15 @@ pub fn double_quantize_threads(absmax: &[f32], threads: usize) -> DoubleQuant {
 /// Double-quantizes NF4 block scales around a given offset: `absmax − offset` (f32) in blocks of 256, each block
 /// scaled by `1/max|·|` and looked up in bitsandbytes' table; an all-zero block gets codes 0 and scale 0.
 pub fn double_quantize_with_offset(absmax: &[f32], offset: f32) -> DoubleQuant {
-    let lut = lut();
+    let map = DynamicMap::signed();
     let n = absmax.len();
     let mut codes = vec![0u8; n];
     let mut nested_absmax = Vec::with_capacity(n.div_ceil(NESTED_BLOCKSIZE));
-    for (b, (block, out)) in absmax
-        .chunks(NESTED_BLOCKSIZE)
-        .zip(codes.chunks_mut(NESTED_BLOCKSIZE))
-        .enumerate()
-    {
-        // bitsandbytes ignores NaN lanes when taking the block maximum.
-        let am = block
-            .iter()
-            .map(|&a| (a - offset).abs())
-            .filter(|a| !a.is_nan())
-            .fold(0f32, f32::max);
-        nested_absmax.push(am);
-        debug_assert_eq!(nested_absmax.len(), b + 1);
-        if am == 0.0 {
-            continue;
-        }
-        let inv = 1.0 / am;
-        for (o, &a) in out.iter_mut().zip(block) {
-            *o = lut[lut_index((a - offset) * inv)];
-        }
+    let mut shifted = Vec::with_capacity(NESTED_BLOCKSIZE);
+    for (block, out) in absmax.chunks(NESTED_BLOCKSIZE).zip(codes.chunks_mut(NESTED_BLOCKSIZE)) {
+        shifted.clear();
+        shifted.extend(block.iter().map(|&a| a - offset));
+        nested_absmax.push(crate::blockwise8::quantize_block(&shifted, map, out));
     }
     DoubleQuant {
         offset,
@@ -280,17 +232,6 @@ pub fn double_dequantize_range(dq: &DoubleQuant, first: usize, out: &mut [f32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn table_is_monotone_and_spans_the_map() {
-        let l = lut();
-        assert_eq!(l[0], 0);
-        assert_eq!(l[LUT_SIZE - 1], 255);
-        assert!(l.windows(2).all(|w| w[0] <= w[1]));
-        let code = dynamic_map_signed();
-        assert!(code.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(code[255], 1.0);
-    }
 
     #[test]
     fn round_trip_error_is_small() {

@@ -214,7 +214,7 @@ impl Optimizer for AdamW {
 }
 
 /// A step count stored as a one-element tensor: a non-negative integer.
-fn read_step(op: &'static str, key: &str, t: &Tensor) -> Result<u64> {
+pub(crate) fn read_step(op: &'static str, key: &str, t: &Tensor) -> Result<u64> {
     let bad = |msg: String| Error::Parameter { op, name: key.into(), msg };
     if t.elem_count() != 1 {
         return Err(bad(format!("a step count has one element, got shape {}", t.shape())));

@@ -1,4 +1,4 @@
-//! Optimizers ([`Sgd`], [`AdamW`]) behind the [`Optimizer`] trait, learning-rate schedules ([`LrSchedule`]) and
+//! Optimizers ([`Sgd`], [`AdamW`], [`AdamW8bit`]) behind the [`Optimizer`] trait, learning-rate schedules ([`LrSchedule`]) and
 //! gradient clipping ([`clip_grad_norm`]).
 //!
 //! An optimizer owns named parameter handles (`Vec<(String, Tensor)>`, e.g. from `Linear::parameters`) and
@@ -13,11 +13,13 @@
 //! `step`, `momentum_buffer`), with the learning rate in the header metadata.
 
 mod adamw;
+mod adamw8bit;
 mod clip;
 mod schedule;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use adamw8bit::{AdamW8bit, AdamW8bitConfig};
 pub use clip::{clip_grad_norm, grad_norm};
 pub use schedule::LrSchedule;
 pub use sgd::{Sgd, SgdConfig};
@@ -112,6 +114,12 @@ impl StateBuf {
     }
     pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.data
+    }
+    pub(crate) fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.data.len()
     }
     /// A copy as an F32 tensor of `like`'s shape.
     pub(crate) fn to_tensor(&self, like: &Tensor) -> Result<Tensor> {
