@@ -172,6 +172,15 @@ pub(crate) struct TrainArgs {
     /// Gradient-norm clip (0: none).
     #[arg(long, value_name = "X")]
     clip_norm: Option<f64>,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, value_name = "X")]
+    weight_decay: Option<f64>,
+    /// The cosine schedule's floor as a share of the learning rate.
+    #[arg(long, value_name = "X")]
+    min_lr_ratio: Option<f64>,
+    /// The optimizer: adamw_torch, adamw_8bit, paged_adamw_32bit or paged_adamw_8bit.
+    #[arg(long, value_name = "NAME")]
+    optim: Option<rankfold_train::trainer::OptimName>,
     /// Evaluate the LM loss every N steps.
     #[arg(long, value_name = "N")]
     eval_every: Option<usize>,
@@ -215,6 +224,9 @@ impl TrainArgs {
                 warmup: self.warmup,
                 grad_accum: self.grad_accum,
                 clip_norm: self.clip_norm,
+                weight_decay: self.weight_decay,
+                min_lr_ratio: self.min_lr_ratio,
+                optim: self.optim,
                 eval_every: self.eval_every,
                 checkpoint_every: self.checkpoint_every,
                 seed: self.seed,

@@ -3,9 +3,10 @@
 //! learning rates in the metrics follow an independently written warmup-cosine, checkpoints are atomic, the
 //! config round-trips through JSON and names the bad field, and AdaLoRA's step matches a hand-written loop.
 //! The run lifecycle (stop flag, AdaLoRA resume, throughput metrics, progress, the loss plot) is in
-//! [`lifecycle`].
+//! [`lifecycle`]; the optimizers (`adamw_torch`, `adamw_8bit`, the paged names) in [`optim`].
 
 mod lifecycle;
+mod optim;
 
 use std::path::{Path, PathBuf};
 

@@ -174,6 +174,8 @@ pub struct TrainSpec {
     pub seed: Option<u64>,
     /// The output folder (required).
     pub output_dir: Option<PathBuf>,
+    /// The optimizer: `adamw_torch`, `adamw_8bit`, `paged_adamw_32bit` or `paged_adamw_8bit` (adamw_torch).
+    pub optim: Option<crate::trainer::OptimName>,
 }
 
 /// Overwrites each field of `$base` that `$over` gives.
@@ -225,7 +227,7 @@ impl RunSpec {
         overlay!(self.data, over.data; format, path, eval_path, max_len, max_chars, train_examples,
             eval_examples, batch_size, eval_batch_size, pack, system, labels);
         overlay!(self.train, over.train; steps, lr, warmup, min_lr_ratio, weight_decay, grad_accum, clip_norm,
-            eval_every, checkpoint_every, seed, output_dir);
+            eval_every, checkpoint_every, seed, output_dir, optim);
         self
     }
 
@@ -369,6 +371,7 @@ impl RunSpec {
         c.eval_every = t.eval_every.unwrap_or(0);
         c.checkpoint_every = t.checkpoint_every.unwrap_or(0);
         c.seed = t.seed.unwrap_or(0);
+        c.optim = t.optim.unwrap_or_default();
         c.validate().map_err(|e| Error::Spec {
             origin: origin.into(),
             message: match e {

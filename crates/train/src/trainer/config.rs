@@ -45,6 +45,60 @@ pub struct TrainConfig {
     /// The adapter that is trained and saved.
     #[serde(default = "default_adapter")]
     pub adapter: String,
+    /// The optimizer (Hugging Face Trainer's names; `adamw_torch` when absent).
+    #[serde(default)]
+    pub optim: OptimName,
+}
+
+/// The optimizers a run can use, by Hugging Face Trainer's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OptimName {
+    /// PyTorch's AdamW: f32 moments (8 bytes of state per parameter).
+    #[default]
+    #[serde(rename = "adamw_torch")]
+    AdamwTorch,
+    /// bitsandbytes' AdamW8bit: 8-bit blockwise moments (about 2 bytes per parameter).
+    #[serde(rename = "adamw_8bit")]
+    Adamw8bit,
+    /// bitsandbytes' paged 32-bit AdamW. On the CPU the state already lives in host memory, so this is
+    /// `adamw_torch`'s state layout with bitsandbytes' update (its 32-bit path).
+    #[serde(rename = "paged_adamw_32bit")]
+    PagedAdamw32bit,
+    /// bitsandbytes' paged AdamW8bit. On the CPU the same as `adamw_8bit`.
+    #[serde(rename = "paged_adamw_8bit")]
+    PagedAdamw8bit,
+}
+
+impl OptimName {
+    /// Every name, in the order above.
+    pub const ALL: [OptimName; 4] =
+        [OptimName::AdamwTorch, OptimName::Adamw8bit, OptimName::PagedAdamw32bit, OptimName::PagedAdamw8bit];
+
+    /// The name as recipes and flags write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimName::AdamwTorch => "adamw_torch",
+            OptimName::Adamw8bit => "adamw_8bit",
+            OptimName::PagedAdamw32bit => "paged_adamw_32bit",
+            OptimName::PagedAdamw8bit => "paged_adamw_8bit",
+        }
+    }
+}
+
+impl std::fmt::Display for OptimName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OptimName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        OptimName::ALL.into_iter().find(|o| o.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = OptimName::ALL.iter().map(|o| o.as_str()).collect();
+            Error::Config(format!("unknown optimizer `{s}`; one of {}", names.join(", ")))
+        })
+    }
 }
 
 fn one() -> usize {
@@ -71,6 +125,7 @@ impl TrainConfig {
             seed: 0,
             output_dir: output_dir.into(),
             adapter: default_adapter(),
+            optim: OptimName::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The trainer core: [`Trainer`] runs a [`PeftModel`]-wrapped model through optimizer steps with a
-//! caller-supplied loss closure — AdamW on the adapter parameters with a warmup-cosine schedule, gradient
+//! caller-supplied loss closure — AdamW (f32 or bitsandbytes' 8-bit state, [`OptimName`]) on the adapter
+//! parameters with a warmup-cosine schedule, gradient
 //! accumulation, global-norm clipping, the adapter's regularization loss and per-step hook (AdaLoRA's rank
 //! allocator runs there without the caller doing anything), evaluation every N steps through the caller's
 //! closure, JSONL metrics with throughput and peak memory ([`metrics`]), a progress reporter ([`progress`]),
@@ -42,12 +43,33 @@ use std::time::Instant;
 use rankfold_adapters::PeftModel;
 use rankfold_tensor::nn::LinearModel;
 use rankfold_tensor::optim::{
-    clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule, Optimizer,
+    clip_grad_norm, grad_norm, AdamW, AdamW8bit, AdamW8bitConfig, AdamWConfig, LrSchedule, Optimizer,
 };
 use rankfold_tensor::{Device, GradStore, Rng};
 
 pub use checkpoint::{latest_checkpoint, TrainerState};
-pub use config::TrainConfig;
+pub use config::{OptimName, TrainConfig};
+
+/// The optimizer `name` over `params` with learning rate `lr` and decoupled weight decay `wd` (the other
+/// hyperparameters at their defaults: β = (0.9, 0.999), ε = 1e-8).
+fn make_optimizer(
+    name: OptimName,
+    params: Vec<(String, rankfold_tensor::Tensor)>,
+    lr: f64,
+    wd: f64,
+) -> Result<Box<dyn Optimizer + Send>> {
+    let eight = AdamW8bitConfig { lr, weight_decay: wd, ..AdamW8bitConfig::default() };
+    Ok(match name {
+        OptimName::AdamwTorch => {
+            Box::new(AdamW::new(params, AdamWConfig { lr, weight_decay: wd, ..AdamWConfig::default() })?)
+        }
+        OptimName::Adamw8bit | OptimName::PagedAdamw8bit => Box::new(AdamW8bit::new(params, eight)?),
+        // bitsandbytes' 32-bit update for every tensor: the 8-bit threshold is never reached.
+        OptimName::PagedAdamw32bit => {
+            Box::new(AdamW8bit::new(params, AdamW8bitConfig { min_8bit_size: usize::MAX, ..eight })?)
+        }
+    })
+}
 pub use metrics::{read_metrics, StepLoss, StepMetrics, METRICS_FILE};
 pub use plot::{plot_loss, plot_metrics_file, PLOT_FILE};
 pub use progress::{NoProgress, Progress, TextProgress};
@@ -108,7 +130,7 @@ impl RunOutcome {
 pub struct Trainer<M: LinearModel> {
     config: TrainConfig,
     model: PeftModel<M>,
-    optimizer: AdamW,
+    optimizer: Box<dyn Optimizer + Send>,
     params: Vec<(String, rankfold_tensor::Tensor)>,
     schedule: LrSchedule,
     step: usize,
@@ -179,12 +201,7 @@ impl<M: LinearModel> Trainer<M> {
                 config.adapter
             )));
         };
-        let adamw = AdamWConfig {
-            lr: config.lr,
-            weight_decay: config.weight_decay,
-            ..AdamWConfig::default()
-        };
-        let optimizer = AdamW::new(params.clone(), adamw)?;
+        let optimizer = make_optimizer(config.optim, params.clone(), config.lr, config.weight_decay)?;
         let schedule = LrSchedule::WarmupCosine {
             warmup: config.warmup,
             total: config.steps,
