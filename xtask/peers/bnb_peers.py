@@ -1,4 +1,5 @@
-"""bitsandbytes peers for `cargo xtask bench --peers`: CPU NF4 quantize and dequantize, timed in-process.
+"""bitsandbytes peers for `cargo xtask bench --peers`: CPU NF4 quantize and dequantize, and one AdamW8bit step,
+timed in-process.
 
 numpy_peers.py imports this module and hands it the "nf4" workloads:
     {"kind": "nf4", "name": "nf4/quantize" | "nf4/dequantize", "shape": "<dtype>/<n>",
@@ -104,3 +105,18 @@ def nf4(b, w, quick, median_seconds, rotate_bytes):
         return None
     # One call of either op over 16 M values takes tens to hundreds of milliseconds on two threads.
     return median_seconds(call, 1, 0.1 if quick else 0.5, 3 if quick else 7)
+
+
+def adamw8bit(b, w, quick, median_seconds):
+    """Median seconds of one `bnb.optim.AdamW8bit` step on the CPU over `tensors` f32 tensors [rows, cols] with
+    uniform values and gradients (as benches/optim.rs), its states allocated by a first step."""
+    torch = b.torch
+    g = torch.Generator().manual_seed(0)
+    params = []
+    for _ in range(w["tensors"]):
+        p = (torch.rand(w["rows"], w["cols"], generator=g) * 2 - 1).requires_grad_(True)
+        p.grad = (torch.rand(w["rows"], w["cols"], generator=g) * 2 - 1) * 1e-2
+        params.append(p)
+    opt = b.bnb.optim.AdamW8bit(params)
+    opt.step()
+    return median_seconds(lambda _: opt.step(), 1, 0.2 if quick else 1.0, 3 if quick else 5)

@@ -150,14 +150,17 @@ def main():
     peft = False
     results = []
     for w in req["workloads"]:
-        if w["kind"] == "nf4":
+        if w["kind"] in ("nf4", "adamw8bit"):
             if bnb is False:
                 bnb = bnb_peers.load(req["threads"], log)
                 if bnb is not None:
                     log(bnb.describe())
             if bnb is None:
                 continue
-            seconds = bnb_peers.nf4(bnb, w, req["quick"], median_seconds, ROTATE_BYTES)
+            if w["kind"] == "nf4":
+                seconds = bnb_peers.nf4(bnb, w, req["quick"], median_seconds, ROTATE_BYTES)
+            else:
+                seconds = bnb_peers.adamw8bit(bnb, w, req["quick"], median_seconds)
             if seconds is None:
                 log(f"skipping {w['name']} {w['shape']}: bitsandbytes has no such op or dtype")
                 continue

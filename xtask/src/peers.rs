@@ -34,6 +34,8 @@ enum Workload {
     Gemm { name: String, shape: String, m: u64, n: u64, k: u64 },
     /// One AdamW step over `tensors` f32 tensors of `rows`·`cols` parameters each.
     Adamw { name: String, shape: String, tensors: u64, rows: u64, cols: u64 },
+    /// The same step with bitsandbytes' AdamW8bit (8-bit blockwise state) on the CPU.
+    Adamw8bit { name: String, shape: String, tensors: u64, rows: u64, cols: u64 },
     /// NF4 `op` ("quantize" or "dequantize") of `n` values of `dtype` in blocks of `blocksize`, no double quant.
     Nf4 { name: String, shape: String, op: String, dtype: String, n: u64, blocksize: u64 },
     /// One LoRA training step of benches/train_step.rs on `batch` rows of `seq` tokens, in PyTorch + PEFT.
@@ -138,8 +140,8 @@ pub(crate) fn run(root: &Path, measured: &[Measured], quick: bool, threads: usiz
     let workloads: Vec<Workload> = measured.iter().filter_map(workload).collect();
     if workloads.is_empty() {
         eprintln!(
-            "xtask: no measured bench has a peer (the peers cover matmul, adamw, nf4 quantize/dequantize and \
-             train_step)"
+            "xtask: no measured bench has a peer (the peers cover matmul, adamw (numpy; bitsandbytes for 8bit), \
+             nf4 quantize/dequantize and train_step)"
         );
         return Ok(None);
     }
@@ -185,6 +187,10 @@ fn workload(m: &Measured) -> Option<Workload> {
         // The adamw bench names its parameters TENSORSxROWSxCOLS.
         "adamw/f32" => match dims()?[..] {
             [tensors, rows, cols] => Some(Workload::Adamw { name, shape, tensors, rows, cols }),
+            _ => None,
+        },
+        "adamw/8bit" => match dims()?[..] {
+            [tensors, rows, cols] => Some(Workload::Adamw8bit { name, shape, tensors, rows, cols }),
             _ => None,
         },
         // The nf4 bench names its rows nf4/OP with the shape DTYPE/N; memcpy and gemv have no peer.
@@ -260,6 +266,7 @@ mod tests {
             r#"{"kind":"gemm","name":"matmul/f32","shape":"1024x8x576","m":1024,"n":8,"k":576}"#
         );
         assert!(json("adamw/f32", "16x1024x1024").contains(r#""kind":"adamw""#));
+        assert!(json("adamw/8bit", "16x1024x1024").contains(r#""kind":"adamw8bit""#));
         assert_eq!(json("softmax/f32", "4096x1024"), "null");
         assert_eq!(json("matmul/f32", "8x8"), "null");
         assert_eq!(

@@ -133,7 +133,7 @@ fn cu_header_problems(text: &str, root: &Path) -> Vec<String> {
     let header =
         text.trim_start().strip_prefix("/*").and_then(|rest| rest.split_once("*/")).map(|(h, _)| h).unwrap_or("");
     if header.is_empty() {
-        return vec!["does not open with a `/* … */` header (docs/conventions.md, "Kernels")".into()];
+        return vec!["does not open with a `/* … */` header (docs/conventions.md, Kernels)".into()];
     }
     let lines: Vec<&str> = header.lines().map(|l| l.trim_start_matches([' ', '\t', '*'])).collect();
     let mut problems = Vec::new();
