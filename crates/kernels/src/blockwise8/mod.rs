@@ -68,16 +68,33 @@ impl DynamicMap {
     pub fn encode(&self, v: f32) -> u8 {
         let v = v.clamp(-1.0, 1.0);
         let t = ((v + 1.0) * 0.5) * (LUT_SIZE - 1) as f32 + 0.5;
-        self.lut[t as usize]
+        // t lies in [0.5, 65535.5], so the mask changes nothing; it lets the compiler drop the bounds check.
+        self.lut[(t as u32 & (LUT_SIZE as u32 - 1)) as usize]
     }
 }
 
-/// `max |x|` over a block, NaN lanes ignored (as bitsandbytes' CPU quantizer takes it).
+/// `max |x|` over a block, NaN lanes ignored (as bitsandbytes' CPU quantizer takes it). Eight running maxima
+/// (a comparison that is false for NaN keeps the old one) make the loop vectorize; the maximum of non-NaN values
+/// does not depend on the order, so the result is the plain running maximum's.
+#[inline]
 pub fn block_absmax(x: &[f32]) -> f32 {
-    x.iter().map(|v| v.abs()).filter(|a| !a.is_nan()).fold(0f32, f32::max)
+    let mut lanes = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            let a = v.abs();
+            *l = if a > *l { a } else { *l };
+        }
+    }
+    for &v in chunks.remainder() {
+        let a = v.abs();
+        lanes[0] = if a > lanes[0] { a } else { lanes[0] };
+    }
+    lanes.into_iter().fold(0f32, |m, l| if l > m { l } else { m })
 }
 
 /// Quantizes one block of at most `blocksize` values into `codes`; returns its absmax.
+#[inline]
 pub fn quantize_block(x: &[f32], map: &DynamicMap, codes: &mut [u8]) -> f32 {
     let am = block_absmax(x);
     if am == 0.0 {

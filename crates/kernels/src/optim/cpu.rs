@@ -16,22 +16,24 @@ pub struct Adam8State<'a> {
     pub absmax2: &'a mut [f32],
 }
 
-fn check(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
+pub(super) fn check(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
     if have != need {
         return Err(Error::Shape { op, msg: format!("`{what}` has {have} elements, need {need}") });
     }
     Ok(())
 }
 
-/// The moments of one element after its gradient `g` (unchanged for a non-finite `g`).
-#[inline]
+/// The moments of one element after its gradient `g` (unchanged for a non-finite `g`; both values are computed
+/// and one is selected, so the loops stay branch-free).
+#[inline(always)]
 fn moments(m: f32, v: f32, g: f32, k: &AdamConsts) -> (f32, f32) {
-    if !g.is_finite() {
-        return (m, v);
+    let m1 = g.mul_add(k.one_minus_b1, m * k.b1);
+    let v1 = (k.one_minus_b2 * g).mul_add(g, v * k.b2);
+    if g.is_finite() {
+        (m1, v1)
+    } else {
+        (m, v)
     }
-    let m = g.mul_add(k.one_minus_b1, m * k.b1);
-    let v = (k.one_minus_b2 * g).mul_add(g, v * k.b2);
-    (m, v)
 }
 
 /// One 8-bit AdamW step over `p [n]` with gradient `g [n]`: dequantize each block's moments, update the
@@ -44,6 +46,13 @@ pub fn adamw8bit(p: &mut [f32], g: &[f32], st: Adam8State<'_>, k: &AdamConsts) -
     check(OP, "state2", st.state2.len(), n)?;
     check(OP, "absmax1", st.absmax1.len(), n.div_ceil(BLOCKSIZE))?;
     check(OP, "absmax2", st.absmax2.len(), n.div_ceil(BLOCKSIZE))?;
+    adamw8bit_blocks(p, g, st, k);
+    Ok(())
+}
+
+/// The blocks of [`adamw8bit`], lengths checked by the caller (also the body of the fast path's builds).
+#[inline(always)]
+pub(super) fn adamw8bit_blocks(p: &mut [f32], g: &[f32], st: Adam8State<'_>, k: &AdamConsts) {
     let (map1, map2) = (DynamicMap::signed(), DynamicMap::unsigned());
     let (mut m, mut v) = ([0f32; BLOCKSIZE], [0f32; BLOCKSIZE]);
     let blocks = p
@@ -57,21 +66,17 @@ pub fn adamw8bit(p: &mut [f32], g: &[f32], st: Adam8State<'_>, k: &AdamConsts) -
             let (m0, v0) = (map1.code()[q1[i] as usize] * *a1, map2.code()[q2[i] as usize] * *a2);
             (m[i], v[i]) = moments(m0, v0, gb[i], k);
         }
+        let decay = k.decay.unwrap_or(1.0);
         for i in 0..len {
-            if !gb[i].is_finite() {
-                continue;
-            }
             let denom = v[i].sqrt() / k.c2 + k.eps;
-            let mut x = pb[i];
-            if let Some(d) = k.decay {
-                x *= d;
-            }
-            pb[i] = x + k.neg_lr_over_c1 * m[i] / denom;
+            // Without weight decay the multiply by 1.0 is exact, as skipping it is.
+            let x = pb[i] * decay;
+            let new = x + k.neg_lr_over_c1 * m[i] / denom;
+            pb[i] = if gb[i].is_finite() { new } else { pb[i] };
         }
         *a1 = quantize_block(&m[..len], map1, q1);
         *a2 = quantize_block(&v[..len], map2, q2);
     }
-    Ok(())
 }
 
 /// One 32-bit AdamW step as bitsandbytes does it below `min_8bit_size`: `m [n]`, `v [n]` in f32.
@@ -81,19 +86,23 @@ pub fn adamw32(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamC
     check(OP, "g", g.len(), n)?;
     check(OP, "m", m.len(), n)?;
     check(OP, "v", v.len(), n)?;
-    for i in 0..n {
-        if !g[i].is_finite() {
-            continue;
-        }
-        (m[i], v[i]) = moments(m[i], v[i], g[i], k);
-        let mut x = p[i];
-        if let Some(d) = k.decay {
-            x *= d;
-        }
-        let update = m[i] / (v[i].sqrt() + k.eps_c2);
-        p[i] = update.mul_add(k.step_size, x);
-    }
+    adamw32_elems(p, g, m, v, k);
     Ok(())
+}
+
+/// The loop of [`adamw32`], lengths checked by the caller.
+#[inline(always)]
+pub(super) fn adamw32_elems(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamConsts) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let decay = k.decay.unwrap_or(1.0);
+    for i in 0..n {
+        (m[i], v[i]) = moments(m[i], v[i], g[i], k);
+        let x = p[i] * decay;
+        let update = m[i] / (v[i].sqrt() + k.eps_c2);
+        let new = update.mul_add(k.step_size, x);
+        p[i] = if g[i].is_finite() { new } else { p[i] };
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! Weight decay: the CPU backend applies it before the step (as here); the CUDA kernel after it.
 
 pub mod cpu;
+pub mod fast;
 
 /// Elements per quantization block of the 8-bit states.
 pub const BLOCKSIZE: usize = 256;

@@ -7,12 +7,13 @@
 //! Layout: p `[n]` contiguous (updated in place; bf16/f16/f64 through an f32 copy rounded back), state1/state2
 //! `[n]` u8, absmax1/absmax2 `[n.div_ceil(256)]` f32, or m/v `[n]` f32.
 //! Traffic: read p, g, two codes, write p and two codes: 10 B per f32 parameter, plus a table lookup per code.
-//! Kernel: `rankfold_kernels::optim::cpu`, over chunks of 64 blocks on rayon's pool.
+//! Kernel: `rankfold_kernels::optim::fast` (the twins of `optim::cpu` built for AVX-512 or AVX2 + FMA, bit for bit),
+//! over chunks of 64 blocks on rayon's pool.
 //! Reference: `tests/it/optim8.rs` against `tests/fixtures/optim_fixtures.py` (bitsandbytes 0.50.2).
 
 use std::collections::HashMap;
 
-use rankfold_kernels::optim::{cpu, AdamConsts, AdamParams, BLOCKSIZE, MIN_8BIT_SIZE};
+use rankfold_kernels::optim::{cpu, fast, AdamConsts, AdamParams, BLOCKSIZE, MIN_8BIT_SIZE};
 use rayon::prelude::*;
 
 use super::{check_nonneg, check_state_keys, make_slots, state_key, update_each, Optimizer, Slot, StateBuf, CHUNK};
@@ -145,7 +146,7 @@ fn quant_update(p: &mut [f32], g: &[f32], s1: &mut [u8], s2: &mut [u8], a1: &mut
     const BLOCKS: usize = CHUNK / BLOCKSIZE;
     let run = |p: &mut [f32], g: &[f32], s1: &mut [u8], s2: &mut [u8], a1: &mut [f32], a2: &mut [f32]| {
         let st = cpu::Adam8State { state1: s1, state2: s2, absmax1: a1, absmax2: a2 };
-        cpu::adamw8bit(p, g, st, k).expect("the chunks of one parameter have matching lengths");
+        fast::adamw8bit(p, g, st, k).expect("the chunks of one parameter have matching lengths");
     };
     if p.len() <= CHUNK {
         return run(p, g, s1, s2, a1, a2);
@@ -183,7 +184,7 @@ impl Optimizer for AdamW8bit {
                 *step += 1;
                 let k = AdamConsts::new(&h, *step);
                 super::par_chunks4(p, g, m.as_mut_slice(), v.as_mut_slice(), |p, g, m, v| {
-                    cpu::adamw32(p, g, m, v, &k).expect("the chunks of one parameter have matching lengths")
+                    fast::adamw32(p, g, m, v, &k).expect("the chunks of one parameter have matching lengths")
                 });
             }
             State::Quant { step, state1, state2, absmax1, absmax2 } => {
