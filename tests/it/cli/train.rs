@@ -139,3 +139,27 @@ fn ctrl_c_checkpoints_and_resume_reaches_the_straight_runs_losses() -> Result<()
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
+
+#[test]
+fn the_same_run_gives_the_same_losses_in_two_processes_and_with_one_or_two_threads() -> Result<()> {
+    let tmp = scratch("train-determinism")?;
+    let model = model_with_tokenizer(&tmp)?;
+    let data = tmp.join("chat.jsonl");
+    chat_data(&data, 40)?;
+    let mut curves = Vec::new();
+    for (i, threads) in ["1", "2", "2"].into_iter().enumerate() {
+        let out = tmp.join(format!("run{i}"));
+        let mut args: Vec<String> = vec!["--json".into(), "train".into()];
+        args.extend(common(&model, &data).into_iter().map(String::from));
+        args.extend(["--steps", "8", "--lr", "0.01", "--dropout", "0.1", "--grad-accum", "2", "--no-final-eval", "--out"].map(String::from));
+        args.push(s(&out).into());
+        let o = Command::new(env!("CARGO_BIN_EXE_rankfold")).args(&args).env("RAYON_NUM_THREADS", threads).output()?;
+        ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        curves.push(losses(&out.join("metrics.jsonl"))?);
+    }
+    ensure!(curves[0].len() == 8, "{} steps", curves[0].len());
+    ensure!(curves[1] == curves[2], "two processes with 2 threads gave different losses");
+    ensure!(curves[0] == curves[1], "1 and 2 threads gave different losses");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

@@ -550,6 +550,9 @@ fn checkpoints_survive_a_kill_at_any_moment() -> Result<()> {
             next.steps,
             &straight.steps[st.step..]
         );
+        // The killed run may have logged steps past its checkpoint; after the resume every step is logged once.
+        let logged: Vec<usize> = read_metrics(&d.join(METRICS_FILE))?.iter().filter(|m| m.loss.is_some()).map(|m| m.step).collect();
+        ensure!(logged == (1..=st.step + 1).collect::<Vec<_>>(), "round {round}: metrics steps {logged:?}");
         for d in [d, ds] {
             std::fs::remove_dir_all(d)?;
         }
@@ -607,6 +610,29 @@ fn lora_fa_resumes_with_a_still_frozen() -> Result<()> {
         "{n_trainable} trainable tensors after resume"
     );
     for d in [da, db] {
+        std::fs::remove_dir_all(d)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_resume_after_a_kill_past_the_last_checkpoint_logs_every_step_once() -> Result<()> {
+    // A run that got to step 5 with its last checkpoint at step 4 (as if killed right after step 5), resumed.
+    let (d, ds) = (out_dir("relog"), out_dir("relog-straight"));
+    let mut c = config(&d);
+    (c.steps, c.checkpoint_every) = (8, 2);
+    Trainer::new(c.clone(), model(true)?)?.run_until(5, |p| batch(p, 5), loss, None)?;
+    let before: Vec<usize> = read_metrics(&d.join(METRICS_FILE))?.iter().map(|m| m.step).collect();
+    ensure!(before == [1, 2, 3, 4, 5], "{before:?}");
+    let mut r = Trainer::resume(c.clone(), model(false)?, &d.join("checkpoint-4"))?;
+    r.run(|p| batch(p, 5), loss, None)?;
+    let got = read_metrics(&d.join(METRICS_FILE))?;
+    let steps: Vec<usize> = got.iter().map(|m| m.step).collect();
+    ensure!(steps == (1..=8).collect::<Vec<_>>(), "{steps:?}");
+    c.output_dir = ds.clone();
+    let straight = Trainer::new(c, model(true)?)?.run(|p| batch(p, 5), loss, None)?;
+    ensure!(losses(&got) == losses(&straight.steps), "the logged losses differ from the straight run's");
+    for d in [d, ds] {
         std::fs::remove_dir_all(d)?;
     }
     Ok(())

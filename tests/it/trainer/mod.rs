@@ -3,8 +3,10 @@
 //! learning rates in the metrics follow an independently written warmup-cosine, checkpoints are atomic, the
 //! config round-trips through JSON and names the bad field, and AdaLoRA's step matches a hand-written loop.
 //! The run lifecycle (stop flag, AdaLoRA resume, throughput metrics, progress, the loss plot) is in
-//! [`lifecycle`]; the optimizers (`adamw_torch`, `adamw_8bit`, the paged names) in [`optim`].
+//! [`lifecycle`]; the optimizers (`adamw_torch`, `adamw_8bit`, the paged names) in [`optim`]; the same run
+//! on one and two threads in [`determinism`].
 
+mod determinism;
 mod lifecycle;
 mod optim;
 

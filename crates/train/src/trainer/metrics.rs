@@ -83,6 +83,31 @@ impl From<Tensor> for StepLoss {
     }
 }
 
+/// Removes the lines of steps after `step` from the metrics file at `path` (absent: nothing to do), writing the
+/// kept lines to a temporary file that replaces it, so a crash leaves the old file or the new one. Lines without
+/// a step, or that are not JSON, are kept as they are.
+pub(crate) fn truncate_after(path: &Path, step: usize) -> Result<()> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let later = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+            .is_some_and(|s| s > step as u64)
+    };
+    if !text.lines().any(later) {
+        return Ok(());
+    }
+    let kept: String = text.lines().filter(|l| !later(l)).map(|l| format!("{l}\n")).collect();
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
 /// Reads a metrics file written by the trainer. Blank lines are skipped; a line that is not a metrics object
 /// is an [`Error::Json`] naming the file and line.
 pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {

@@ -240,7 +240,9 @@ impl<M: LinearModel> Trainer<M> {
     /// into which the checkpoint's adapter is loaded (with the method's saved state, e.g. AdaLoRA's allocator);
     /// the optimizer state, step and data position are restored. `config` may change fields that do not
     /// affect the math already done (output folder, eval and checkpoint cadence); the step count and schedule
-    /// come from `config` too. New metrics lines are appended to the output folder's metrics file.
+    /// come from `config` too. New metrics lines are appended to the output folder's metrics file, after the
+    /// lines of steps past the checkpoint are removed from it (a run killed after its last checkpoint logged
+    /// steps that the resumed run repeats), so every step appears once.
     pub fn resume(config: TrainConfig, mut model: PeftModel<M>, dir: &Path) -> Result<Self> {
         let state = TrainerState::read(dir)?;
         if state.seed != config.seed {
@@ -252,6 +254,7 @@ impl<M: LinearModel> Trainer<M> {
             )));
         }
         checkpoint::load_adapter(dir, &mut model, &config.adapter, &state)?;
+        metrics::truncate_after(&config.output_dir.join(METRICS_FILE), state.step)?;
         let mut t = Trainer::build(config, model)?;
         if state.step > t.config.steps {
             return Err(Error::Config(format!(
