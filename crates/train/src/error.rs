@@ -80,6 +80,14 @@ pub enum Error {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// A checkpoint's files do not match the digests its trainer state recorded (or are missing).
+    #[error("{path}: the checkpoint is damaged: {msg}")]
+    Checkpoint {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// Which file, and how.
+        msg: String,
+    },
 }
 
 /// Result with this crate's [`Error`].

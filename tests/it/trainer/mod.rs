@@ -4,9 +4,10 @@
 //! config round-trips through JSON and names the bad field, and AdaLoRA's step matches a hand-written loop.
 //! The run lifecycle (stop flag, AdaLoRA resume, throughput metrics, progress, the loss plot) is in
 //! [`lifecycle`]; the optimizers (`adamw_torch`, `adamw_8bit`, the paged names) in [`optim`]; the same run
-//! on one and two threads in [`determinism`].
+//! on one and two threads in [`determinism`]; damaged checkpoints in [`integrity`].
 
 mod determinism;
+mod integrity;
 mod lifecycle;
 mod optim;
 
@@ -275,6 +276,7 @@ fn a_failed_checkpoint_leaves_the_last_good_one() -> Result<()> {
         config: c.clone(),
         method: None,
         dropout_rng: Default::default(),
+        files: Default::default(),
     };
     let r = checkpoint::write(&d, &state, |tmp| {
         std::fs::write(tmp.join("partial"), b"x").map_err(|e| rankfold_train::Error::Io {

@@ -28,7 +28,7 @@ pub use spec::{DataFormat, DataSettings, MethodName, RunSpec};
 pub use task::{label_accuracy, lm_eval, lm_loss, Accuracy, LabelExample, LabelTask, LmEval};
 
 use crate::data::{Loader, PadSide, Padding, Tokenize};
-use crate::trainer::{latest_checkpoint, Progress, StepLoss, Trainer, METRICS_FILE, PLOT_FILE};
+use crate::trainer::{integrity, Progress, StepLoss, Trainer, METRICS_FILE, PLOT_FILE};
 use crate::{Error, Result};
 
 /// The name of the adapter a run trains.
@@ -254,11 +254,20 @@ fn output_entries(out: &Path, opts: &TrainOptions) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// The latest checkpoint in `out`, which a resumed run needs.
+/// The newest checkpoint in `out` whose files check out, which a resumed run needs; a damaged newer one is
+/// skipped with a warning on stderr naming it and the file.
 fn resume_checkpoint(out: &Path) -> Result<PathBuf> {
-    latest_checkpoint(out)?.ok_or_else(|| Error::Spec {
+    let (found, skipped) = integrity::latest_good_checkpoint(out)?;
+    for s in &skipped {
+        eprintln!("warning: {s}");
+    }
+    found.ok_or_else(|| Error::Spec {
         origin: out.display().to_string(),
-        message: "there is no checkpoint to resume from".into(),
+        message: if skipped.is_empty() {
+            "there is no checkpoint to resume from".into()
+        } else {
+            format!("no checkpoint checks out to resume from: {}", skipped.join("; "))
+        },
     })
 }
 

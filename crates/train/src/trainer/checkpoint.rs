@@ -37,7 +37,7 @@ pub const ADAPTER_STATE_FILE: &str = "adapter_state.safetensors";
 /// The safetensors metadata key of the method state's JSON part.
 const STATE_META_KEY: &str = "rankfold.method_state";
 
-const PREFIX: &str = "checkpoint-";
+pub(crate) const PREFIX: &str = "checkpoint-";
 
 /// Where a run stood when a checkpoint was written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,10 @@ pub struct TrainerState {
     /// resumed run draws the dropout masks the uninterrupted run would have drawn.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropout_rng: BTreeMap<String, String>,
+    /// The sha256 of every other file of the checkpoint, by relative path, checked before a resume
+    /// ([`super::integrity::verify`]); filled in by [`write`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
 }
 
 /// [`TrainerState::dropout_rng`] of adapter `name` of `model`.
@@ -134,8 +138,9 @@ pub fn write(
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     fill(&tmp)?;
+    let state = TrainerState { files: super::integrity::digests(&tmp)?, ..state.clone() };
     let state_path = tmp.join(STATE_FILE);
-    let text = serde_json::to_string_pretty(state).map_err(|e| {
+    let text = serde_json::to_string_pretty(&state).map_err(|e| {
         Error::Config(format!(
             "{}: cannot encode the trainer state: {e}",
             state_path.display()
@@ -309,6 +314,7 @@ mod tests {
             config: TrainConfig::new(10, 0.1, out),
             method: None,
             dropout_rng: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
     }
 

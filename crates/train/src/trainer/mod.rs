@@ -29,6 +29,7 @@
 
 pub mod checkpoint;
 mod config;
+pub mod integrity;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
@@ -244,7 +245,8 @@ impl<M: LinearModel> Trainer<M> {
     /// lines of steps past the checkpoint are removed from it (a run killed after its last checkpoint logged
     /// steps that the resumed run repeats), so every step appears once.
     pub fn resume(config: TrainConfig, mut model: PeftModel<M>, dir: &Path) -> Result<Self> {
-        let state = TrainerState::read(dir)?;
+        // The files are checked against the digests the state recorded before any of them is loaded.
+        let state = integrity::verify(dir)?;
         if state.seed != config.seed {
             return Err(Error::Config(format!(
                 "{}: checkpoint seed {} differs from the configured seed {}",
@@ -520,6 +522,8 @@ impl<M: LinearModel> Trainer<M> {
             config: self.config.clone(),
             method: checkpoint::method_note(&self.model, &self.config.adapter)?,
             dropout_rng: checkpoint::dropout_note(&mut self.model, &self.config.adapter)?,
+            // `checkpoint::write` records the digests of the files once they are written.
+            files: Default::default(),
         };
         let (model, optimizer) = (&mut self.model, &self.optimizer);
         let adapter = self.config.adapter.clone();
