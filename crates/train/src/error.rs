@@ -80,6 +80,22 @@ pub enum Error {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// Too many steps in a row had a non-finite loss or gradient norm; a checkpoint was written first.
+    #[error(
+        "{count} steps in a row up to step {step} were skipped ({reason}); stopped after writing {}: lower the \
+         learning rate, clip the gradients or check the data, then resume",
+        checkpoint.display()
+    )]
+    Diverged {
+        /// Skipped steps in a row.
+        count: usize,
+        /// The last of them.
+        step: usize,
+        /// Why the last one was skipped.
+        reason: String,
+        /// The checkpoint written before stopping.
+        checkpoint: PathBuf,
+    },
     /// A checkpoint's files do not match the digests its trainer state recorded (or are missing).
     #[error("{path}: the checkpoint is damaged: {msg}")]
     Checkpoint {

@@ -4,9 +4,10 @@
 //! config round-trips through JSON and names the bad field, and AdaLoRA's step matches a hand-written loop.
 //! The run lifecycle (stop flag, AdaLoRA resume, throughput metrics, progress, the loss plot) is in
 //! [`lifecycle`]; the optimizers (`adamw_torch`, `adamw_8bit`, the paged names) in [`optim`]; the same run
-//! on one and two threads in [`determinism`]; damaged checkpoints in [`integrity`].
+//! on one and two threads in [`determinism`]; damaged checkpoints in [`integrity`]; non-finite steps in [`faults`].
 
 mod determinism;
+mod faults;
 mod integrity;
 mod lifecycle;
 mod optim;
@@ -276,6 +277,7 @@ fn a_failed_checkpoint_leaves_the_last_good_one() -> Result<()> {
         config: c.clone(),
         method: None,
         dropout_rng: Default::default(),
+        bad_in_row: 0,
         files: Default::default(),
     };
     let r = checkpoint::write(&d, &state, |tmp| {

@@ -57,6 +57,9 @@ pub struct TrainerState {
     /// resumed run draws the dropout masks the uninterrupted run would have drawn.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dropout_rng: BTreeMap<String, String>,
+    /// Skipped steps (non-finite loss or gradient) in a row at this step.
+    #[serde(default)]
+    pub bad_in_row: usize,
     /// The sha256 of every other file of the checkpoint, by relative path, checked before a resume
     /// ([`super::integrity::verify`]); filled in by [`write`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -314,6 +317,7 @@ mod tests {
             config: TrainConfig::new(10, 0.1, out),
             method: None,
             dropout_rng: BTreeMap::new(),
+            bad_in_row: 0,
             files: BTreeMap::new(),
         }
     }

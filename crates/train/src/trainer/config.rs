@@ -48,6 +48,15 @@ pub struct TrainConfig {
     /// The optimizer (Hugging Face Trainer's names; `adamw_torch` when absent).
     #[serde(default)]
     pub optim: OptimName,
+    /// A step whose loss or gradient norm is not finite is skipped (the optimizer does not step; its metrics
+    /// line says why); after more than this many such steps in a row the run writes a checkpoint and stops
+    /// with [`crate::Error::Diverged`] (default 3).
+    #[serde(default = "three")]
+    pub max_bad_steps: usize,
+}
+
+fn three() -> usize {
+    3
 }
 
 /// The optimizers a run can use, by Hugging Face Trainer's names.
@@ -126,6 +135,7 @@ impl TrainConfig {
             output_dir: output_dir.into(),
             adapter: default_adapter(),
             optim: OptimName::default(),
+            max_bad_steps: three(),
         }
     }
 

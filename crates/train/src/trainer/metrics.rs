@@ -47,12 +47,15 @@ pub struct StepMetrics {
     /// The process-wide peak of tensor storage on the model's device so far, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_mem_bytes: Option<u64>,
+    /// Why the step was skipped (a non-finite loss or gradient norm); such a line has no loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl StepMetrics {
-    /// Whether this is a training line (it has a loss).
+    /// Whether this is a training line (it has a loss, or says why its step was skipped).
     pub fn is_train(&self) -> bool {
-        self.loss.is_some()
+        self.loss.is_some() || self.skipped.is_some()
     }
 }
 

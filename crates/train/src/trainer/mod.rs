@@ -142,6 +142,8 @@ pub struct Trainer<M: LinearModel> {
     progress: Option<Box<dyn Progress>>,
     /// The step and path of the newest checkpoint this trainer wrote or resumed from.
     last_checkpoint: Option<(usize, PathBuf)>,
+    /// Skipped steps (non-finite loss or gradient norm) in a row.
+    bad_in_row: usize,
 }
 
 impl<M: LinearModel> std::fmt::Debug for Trainer<M> {
@@ -233,6 +235,7 @@ impl<M: LinearModel> Trainer<M> {
             device,
             stop: None,
             progress: None,
+            bad_in_row: 0,
             last_checkpoint: None,
         })
     }
@@ -271,6 +274,7 @@ impl<M: LinearModel> Trainer<M> {
         t.step = state.step;
         t.position = state.position;
         t.last_checkpoint = Some((state.step, dir.to_path_buf()));
+        t.bad_in_row = state.bad_in_row;
         Ok(t)
     }
 
@@ -361,7 +365,18 @@ impl<M: LinearModel> Trainer<M> {
             if let Some(p) = self.progress.as_mut() {
                 p.on_step(&m, total);
             }
+            let skipped = m.skipped.clone();
             out.steps.push(m);
+            match skipped {
+                None => self.bad_in_row = 0,
+                Some(reason) => {
+                    self.bad_in_row += 1;
+                    if self.bad_in_row > self.config.max_bad_steps {
+                        let checkpoint = self.save_checkpoint()?;
+                        return Err(Error::Diverged { count: self.bad_in_row, step: self.step, reason, checkpoint });
+                    }
+                }
+            }
             if self.config.eval_every > 0 && self.step % self.config.eval_every == 0 {
                 if let Some(f) = eval.as_mut() {
                     self.model.set_training(false)?;
@@ -465,13 +480,9 @@ impl<M: LinearModel> Trainer<M> {
             }
             let v = l.to_scalar()?;
             if !v.is_finite() {
-                self.position = first;
-                self.model.set_dropout_rngs(&self.config.adapter, dropout)?;
-                return Err(Error::Config(format!(
-                    "step {}: the loss of micro-batch {} is {v}",
-                    self.step + 1,
-                    first + i as u64
-                )));
+                // The step is skipped: its micro-batches are consumed, nothing reaches the optimizer.
+                let reason = format!("loss {v} in micro-batch {}", first + i as u64);
+                return Ok(StepEnd::Done(self.skip(first, reason, lr, tokens, run_started)));
             }
             total += v;
             l.affine(1.0 / n as f64, 0.0)?.backward_into(&mut grads)?;
@@ -481,6 +492,10 @@ impl<M: LinearModel> Trainer<M> {
             Some(c) => clip_grad_norm(&mut grads, &self.params, c)?,
             None => grad_norm(&grads, &self.params)?,
         };
+        if !norm.is_finite() {
+            let reason = format!("gradient norm {norm}");
+            return Ok(StepEnd::Done(self.skip(first, reason, lr, tokens, run_started)));
+        }
         self.optimizer.set_learning_rate(lr);
         self.optimizer.step(&grads)?;
         self.model.on_step(self.step, &grads)?;
@@ -496,7 +511,23 @@ impl<M: LinearModel> Trainer<M> {
             tokens_per_s: tokens.filter(|_| dt > 0.0).map(|t| t as f64 / dt),
             elapsed_s: Some(run_started.elapsed().as_secs_f64()),
             peak_mem_bytes: Some(rankfold_tensor::memory::stats(self.device).peak_bytes as u64),
+            skipped: None,
         }))
+    }
+
+    /// Ends a step that started at micro-batch `first` as skipped: all its micro-batches count as consumed (so
+    /// positions stay aligned with steps), the step counts, and the adapter and optimizer are untouched.
+    fn skip(&mut self, first: u64, reason: String, lr: f64, tokens: Option<u64>, run_started: Instant) -> StepMetrics {
+        self.position = first + self.config.grad_accum as u64;
+        self.step += 1;
+        StepMetrics {
+            step: self.step,
+            lr: Some(lr),
+            tokens,
+            elapsed_s: Some(run_started.elapsed().as_secs_f64()),
+            skipped: Some(reason),
+            ..StepMetrics::default()
+        }
     }
 
     /// Appends one metrics line. The line and its newline go out in one write, so a process killed here
@@ -522,6 +553,7 @@ impl<M: LinearModel> Trainer<M> {
             config: self.config.clone(),
             method: checkpoint::method_note(&self.model, &self.config.adapter)?,
             dropout_rng: checkpoint::dropout_note(&mut self.model, &self.config.adapter)?,
+            bad_in_row: self.bad_in_row,
             // `checkpoint::write` records the digests of the files once they are written.
             files: Default::default(),
         };

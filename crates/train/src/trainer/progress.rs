@@ -170,6 +170,9 @@ pub fn render_line(m: &StepMetrics, total: usize, eta_s: Option<f64>, eval: Opti
     if let Some(l) = m.loss {
         s.push_str(&format!(" loss {l:.4}"));
     }
+    if let Some(r) = &m.skipped {
+        s.push_str(&format!(" skipped ({r})"));
+    }
     if let Some(v) = eval {
         s.push_str(&format!(" eval {v:.4}"));
     }
