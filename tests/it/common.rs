@@ -30,27 +30,23 @@ pub(crate) fn assert_close(got: &[f64], want: &[f64], tol: Tol, what: &str) -> R
 /// The largest `|got − want| / max(|want|, floor)`, after checking the lengths and that every non-finite element
 /// matches in kind, so a NaN can never hide behind a maximum (`f32::max` ignores NaN).
 pub(crate) fn worst_rel<T: Copy + Into<f64>>(got: &[T], want: &[T], floor: f64, what: &str) -> Result<f64> {
-    ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
-    let mut worst = 0f64;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let (g, w): (f64, f64) = (g.into(), w.into());
-        ensure!(same_kind(g, w), "{what}: element {i}: got {g}, want {w}");
-        if w.is_finite() {
-            worst = worst.max((g - w).abs() / w.abs().max(floor));
-        }
-    }
-    Ok(worst)
+    worst_by(got, want, what, |d, w| d / w.abs().max(floor))
 }
 
 /// The largest `|got − want|`, with [`worst_rel`]'s checks.
 pub(crate) fn worst_abs<T: Copy + Into<f64>>(got: &[T], want: &[T], what: &str) -> Result<f64> {
+    worst_by(got, want, what, |d, _| d)
+}
+
+/// The largest `measure(|got − want|, want)` over the finite elements, with [`worst_rel`]'s checks.
+fn worst_by<T: Copy + Into<f64>>(got: &[T], want: &[T], what: &str, measure: impl Fn(f64, f64) -> f64) -> Result<f64> {
     ensure!(got.len() == want.len(), "{what}: {} values, want {}", got.len(), want.len());
     let mut worst = 0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let (g, w): (f64, f64) = (g.into(), w.into());
         ensure!(same_kind(g, w), "{what}: element {i}: got {g}, want {w}");
         if w.is_finite() {
-            worst = worst.max((g - w).abs());
+            worst = worst.max(measure((g - w).abs(), w));
         }
     }
     Ok(worst)
@@ -114,6 +110,21 @@ pub(crate) fn check_grads(inputs: &[(Vec<usize>, Vec<f64>)], f: impl Fn(&[Tensor
         }
     }
     Ok(())
+}
+
+/// SplitMix64's output function (the fixture scripts' `splitmix64`).
+pub(crate) fn splitmix64(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The bell-shaped integer of element `i` of the fixture scripts' exact generators: the sum of the four 16-bit
+/// fields of `splitmix64(seed·2^32 + i)` minus 131070, and the hash itself.
+pub(crate) fn exact_draw(seed: u64, i: u64) -> (i64, u64) {
+    let h = splitmix64((seed << 32).wrapping_add(i));
+    ((0..4).map(|k| ((h >> (16 * k)) & 0xFFFF) as i64).sum::<i64>() - 131_070, h)
 }
 
 /// The asset cache of `cargo xtask assets`: `$RANKFOLD_ASSETS` when set and not empty, else

@@ -13,13 +13,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// SplitMix64's output function.
-fn splitmix64(z: u64) -> u64 {
-    let mut z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::common::exact_draw;
 
 /// The fixture generator's `layer_weights`: element `i` hashes `seed·2^32 + i`; the sum of its four 16-bit
 /// fields minus 131070, times 1..5 by row, times 16 when the top byte is 0, times 2^-22 — exact in f32.
@@ -27,8 +21,7 @@ fn layer_weights(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
     (0..rows * cols)
         .into_par_iter()
         .map(|i| {
-            let h = splitmix64((seed << 32).wrapping_add(i as u64));
-            let s: i64 = (0..4).map(|k| ((h >> (16 * k)) & 0xFFFF) as i64).sum::<i64>() - 131_070;
+            let (s, h) = exact_draw(seed, i as u64);
             let row_scale = 1 + ((i / cols) % 5) as i64;
             let outlier = if h >> 56 == 0 { 16 } else { 1 };
             ((s * row_scale * outlier) as f64 * 2f64.powi(-22)) as f32
@@ -126,7 +119,7 @@ fn double_quantization_matches_bitsandbytes_at_real_layer_sizes_and_thread_count
 fn torch_sum_splits_across_threads_only_from_the_grain_size() -> Result<()> {
     // Below 32 768 elements every thread count takes the serial order; above, two threads sum two halves
     // serially and add the two partial sums. Either way the sum is close to the exact one.
-    let x: Vec<f32> = (0..100_000u64).map(|i| (splitmix64(i) >> 40) as f32 * 1e-7 + 0.01).collect();
+    let x: Vec<f32> = (0..100_000u64).map(|i| (crate::common::splitmix64(i) >> 40) as f32 * 1e-7 + 0.01).collect();
     for t in [2, 3, 8] {
         ensure!(nf4::torch_sum(&x[..32_767], t).to_bits() == nf4::torch_sum(&x[..32_767], 1).to_bits());
     }

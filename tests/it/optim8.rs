@@ -14,23 +14,9 @@ use rankfold_tensor::{DType, Device, GradStore, Tensor};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// SplitMix64's output function.
-fn splitmix64(z: u64) -> u64 {
-    let mut z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The fixture script's `values`: exact f32s from `seed`.
 fn values(seed: u64, n: usize, shift: i32) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let h = splitmix64((seed << 32).wrapping_add(i));
-            let s: i64 = (0..4).map(|k| ((h >> (16 * k)) & 0xFFFF) as i64).sum::<i64>() - 131_070;
-            (s as f64 * 2f64.powi(-shift)) as f32
-        })
-        .collect()
+    (0..n as u64).map(|i| (crate::common::exact_draw(seed, i).0 as f64 * 2f64.powi(-shift)) as f32).collect()
 }
 
 /// The fixture script's `grad`: elements 256..512 are zero.

@@ -16,7 +16,7 @@ pub struct Adam8State<'a> {
     pub absmax2: &'a mut [f32],
 }
 
-pub(super) fn check(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
+fn check(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
     if have != need {
         return Err(Error::Shape { op, msg: format!("`{what}` has {have} elements, need {need}") });
     }
@@ -39,15 +39,27 @@ fn moments(m: f32, v: f32, g: f32, k: &AdamConsts) -> (f32, f32) {
 /// One 8-bit AdamW step over `p [n]` with gradient `g [n]`: dequantize each block's moments, update the
 /// moments and the parameters, requantize. `k` comes from [`AdamConsts::new`] for this step.
 pub fn adamw8bit(p: &mut [f32], g: &[f32], st: Adam8State<'_>, k: &AdamConsts) -> Result<()> {
-    const OP: &str = "optim::cpu::adamw8bit";
-    let n = p.len();
-    check(OP, "g", g.len(), n)?;
-    check(OP, "state1", st.state1.len(), n)?;
-    check(OP, "state2", st.state2.len(), n)?;
-    check(OP, "absmax1", st.absmax1.len(), n.div_ceil(BLOCKSIZE))?;
-    check(OP, "absmax2", st.absmax2.len(), n.div_ceil(BLOCKSIZE))?;
+    check8("optim::cpu::adamw8bit", p, g, &st)?;
     adamw8bit_blocks(p, g, st, k);
     Ok(())
+}
+
+/// Checks the lengths of an 8-bit step's arrays against `p`'s.
+pub(super) fn check8(op: &'static str, p: &[f32], g: &[f32], st: &Adam8State<'_>) -> Result<()> {
+    let n = p.len();
+    check(op, "g", g.len(), n)?;
+    check(op, "state1", st.state1.len(), n)?;
+    check(op, "state2", st.state2.len(), n)?;
+    check(op, "absmax1", st.absmax1.len(), n.div_ceil(BLOCKSIZE))?;
+    check(op, "absmax2", st.absmax2.len(), n.div_ceil(BLOCKSIZE))
+}
+
+/// Checks the lengths of a 32-bit step's arrays against `p`'s.
+pub(super) fn check32(op: &'static str, p: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> Result<()> {
+    let n = p.len();
+    check(op, "g", g.len(), n)?;
+    check(op, "m", m.len(), n)?;
+    check(op, "v", v.len(), n)
 }
 
 /// The blocks of [`adamw8bit`], lengths checked by the caller (also the body of the fast path's builds).
@@ -81,11 +93,7 @@ pub(super) fn adamw8bit_blocks(p: &mut [f32], g: &[f32], st: Adam8State<'_>, k: 
 
 /// One 32-bit AdamW step as bitsandbytes does it below `min_8bit_size`: `m [n]`, `v [n]` in f32.
 pub fn adamw32(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamConsts) -> Result<()> {
-    const OP: &str = "optim::cpu::adamw32";
-    let n = p.len();
-    check(OP, "g", g.len(), n)?;
-    check(OP, "m", m.len(), n)?;
-    check(OP, "v", v.len(), n)?;
+    check32("optim::cpu::adamw32", p, g, m, v)?;
     adamw32_elems(p, g, m, v, k);
     Ok(())
 }

@@ -4,8 +4,8 @@
 //! in every build), so the results are bit-identical to the twins'; only the instructions differ: hardware FMA
 //! instead of a libm call, vector loads, square roots and divisions where the loops allow.
 
-use super::cpu::{adamw32_elems, adamw8bit_blocks, check, Adam8State};
-use super::{AdamConsts, BLOCKSIZE};
+use super::cpu::{adamw32_elems, adamw8bit_blocks, check32, check8, Adam8State};
+use super::AdamConsts;
 use crate::Result;
 
 /// Which instruction set the fast path runs on this CPU: `"avx512"`, `"avx2+fma"` or `"portable"`.
@@ -52,31 +52,21 @@ macro_rules! dispatch {
 
 /// [`super::cpu::adamw8bit`], bit for bit, on the best instruction set.
 pub fn adamw8bit(p: &mut [f32], g: &[f32], st: Adam8State<'_>, k: &AdamConsts) -> Result<()> {
-    const OP: &str = "optim::fast::adamw8bit";
-    let n = p.len();
-    check(OP, "g", g.len(), n)?;
-    check(OP, "state1", st.state1.len(), n)?;
-    check(OP, "state2", st.state2.len(), n)?;
-    check(OP, "absmax1", st.absmax1.len(), n.div_ceil(BLOCKSIZE))?;
-    check(OP, "absmax2", st.absmax2.len(), n.div_ceil(BLOCKSIZE))?;
+    check8("optim::fast::adamw8bit", p, g, &st)?;
     dispatch!(adamw8bit_blocks(p, g, st, k));
     Ok(())
 }
 
 /// [`super::cpu::adamw32`], bit for bit, on the best instruction set.
 pub fn adamw32(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamConsts) -> Result<()> {
-    const OP: &str = "optim::fast::adamw32";
-    let n = p.len();
-    check(OP, "g", g.len(), n)?;
-    check(OP, "m", m.len(), n)?;
-    check(OP, "v", v.len(), n)?;
+    check32("optim::fast::adamw32", p, g, m, v)?;
     dispatch!(adamw32_elems(p, g, m, v, k));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{cpu, AdamParams};
+    use super::super::{cpu, AdamParams, BLOCKSIZE};
     use super::*;
 
     #[test]

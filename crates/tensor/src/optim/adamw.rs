@@ -43,15 +43,7 @@ impl Default for AdamWConfig {
 impl AdamWConfig {
     /// Checks the ranges PyTorch checks: lr, eps and weight decay non-negative, betas in [0, 1).
     pub fn validate(&self) -> Result<()> {
-        check_nonneg("AdamW", "lr", self.lr)?;
-        check_nonneg("AdamW", "eps", self.eps)?;
-        check_nonneg("AdamW", "weight_decay", self.weight_decay)?;
-        for (what, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(Error::invalid("AdamW", format!("{what} = {b} is outside [0, 1)")));
-            }
-        }
-        Ok(())
+        check_adam("AdamW", self.lr, self.eps, self.weight_decay, [self.beta1, self.beta2])
     }
 }
 
@@ -211,6 +203,20 @@ impl Optimizer for AdamW {
         }
         Ok(())
     }
+}
+
+/// Checks Adam's hyperparameters for optimizer `op`: lr, eps and weight decay finite and non-negative, betas in
+/// [0, 1).
+pub(crate) fn check_adam(op: &'static str, lr: f64, eps: f64, weight_decay: f64, betas: [f64; 2]) -> Result<()> {
+    check_nonneg(op, "lr", lr)?;
+    check_nonneg(op, "eps", eps)?;
+    check_nonneg(op, "weight_decay", weight_decay)?;
+    for (what, b) in ["beta1", "beta2"].into_iter().zip(betas) {
+        if !(0.0..1.0).contains(&b) {
+            return Err(Error::invalid(op, format!("{what} = {b} is outside [0, 1)")));
+        }
+    }
+    Ok(())
 }
 
 /// A step count stored as a one-element tensor: a non-negative integer.

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use rankfold_kernels::optim::{cpu, fast, AdamConsts, AdamParams, BLOCKSIZE, MIN_8BIT_SIZE};
 use rayon::prelude::*;
 
-use super::{check_nonneg, check_state_keys, make_slots, state_key, update_each, Optimizer, Slot, StateBuf, CHUNK};
+use super::{check_state_keys, make_slots, state_key, update_each, Optimizer, Slot, StateBuf, CHUNK};
 use crate::memory::MemoryCharge;
 use crate::{DType, Device, Error, GradStore, Result, Tensor};
 
@@ -46,15 +46,7 @@ impl Default for AdamW8bitConfig {
 impl AdamW8bitConfig {
     /// Checks lr, eps and weight decay non-negative and the betas in [0, 1).
     pub fn validate(&self) -> Result<()> {
-        check_nonneg("AdamW8bit", "lr", self.lr)?;
-        check_nonneg("AdamW8bit", "eps", self.eps)?;
-        check_nonneg("AdamW8bit", "weight_decay", self.weight_decay)?;
-        for (what, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(Error::invalid("AdamW8bit", format!("{what} = {b} is outside [0, 1)")));
-            }
-        }
-        Ok(())
+        super::adamw::check_adam("AdamW8bit", self.lr, self.eps, self.weight_decay, [self.beta1, self.beta2])
     }
 
     fn params(&self) -> AdamParams {
