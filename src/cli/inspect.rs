@@ -454,6 +454,39 @@ fn lora_fa_note(dir: &Path) -> Option<String> {
     (v.get("method")?.as_str()? == LORA_FA).then(|| state.display().to_string())
 }
 
+/// The optimizer of the checkpoint whose `adapter/` folder `dir` is: its name (the trainer state's `optim`),
+/// the bytes of its state file's tensors, and how many parameter elements that state covers (the elements of the
+/// first-moment tensors).
+struct OptimizerReport {
+    name: String,
+    state_bytes: usize,
+    params: usize,
+}
+
+fn checkpoint_optimizer(dir: &Path) -> Result<Option<OptimizerReport>> {
+    use rankfold_train::trainer::checkpoint::{ADAPTER_DIR, OPTIMIZER_FILE, STATE_FILE};
+    let Some(ckpt) = dir.parent().filter(|_| dir.file_name().is_some_and(|n| n == ADAPTER_DIR)) else {
+        return Ok(None);
+    };
+    let (state, file) = (ckpt.join(STATE_FILE), ckpt.join(OPTIMIZER_FILE));
+    if !state.is_file() || !file.is_file() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state)?)
+        .with_context(|| format!("{}: not JSON", state.display()))?;
+    let name = v["config"]["optim"].as_str().unwrap_or("adamw_torch").to_string();
+    let st = MmapedSafetensors::open(&file)?;
+    let (mut state_bytes, mut params) = (0, 0);
+    for n in st.names() {
+        let (shape, dtype) = st.info(&n)?;
+        state_bytes += shape.elem_count() * dtype.size_in_bytes();
+        if n.ends_with(".exp_avg") || n.ends_with(".state1") {
+            params += shape.elem_count();
+        }
+    }
+    Ok(Some(OptimizerReport { name, state_bytes, params }))
+}
+
 fn inspect_adapter(dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
     let config = peft::read_config(dir)?;
     let config_path = dir.join(peft::CONFIG_FILE).display().to_string();
@@ -524,6 +557,16 @@ fn inspect_adapter(dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
     if modules.is_empty() {
         notes.push(format!("{file} holds no adapter tensor"));
     }
+    let optimizer = checkpoint_optimizer(dir)?;
+    if let Some(o) = &optimizer {
+        notes.push(format!(
+            "optimizer {}: {} bytes of state for {} parameters ({:.2} bytes each)",
+            o.name,
+            o.state_bytes,
+            o.params,
+            o.state_bytes as f64 / o.params.max(1) as f64
+        ));
+    }
     let targets = targets.map_or_else(|| "(none)".to_string(), |t| t.to_string());
     let total: usize = layers.iter().map(|l| l.params).sum();
     let total_norm = layers
@@ -548,6 +591,9 @@ fn inspect_adapter(dir: &Path, model: Option<&Path>, json: bool) -> Result<()> {
         "layer_count": layers.len(),
         "total_params": total,
         "total_delta_norm": layers.iter().all(|l| l.delta_norm.is_some()).then_some(total_norm),
+        "optimizer": optimizer.as_ref().map(|o| json!({
+            "name": o.name, "state_bytes": o.state_bytes, "params": o.params,
+        })),
     });
     common::print_summary(json, &text, &value);
     Ok(())

@@ -1,7 +1,8 @@
 //! `rankfold train` and `rankfold eval` as a user runs them, on the tiny Llama fixture with a byte-level
 //! tokenizer: the JSON summary's fields against the files the run wrote (and `eval` with the saved adapter giving
-//! the run's final accuracy), and Ctrl-C (a real SIGINT) writing a checkpoint from which `--resume` reaches the
-//! uninterrupted run's losses bit for bit.
+//! the run's final accuracy), Ctrl-C (a real SIGINT) writing a checkpoint from which `--resume` reaches the
+//! uninterrupted run's losses bit for bit, the same losses across processes and thread counts, and `inspect` of a
+//! checkpoint reporting its optimizer and state bytes.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -160,6 +161,36 @@ fn the_same_run_gives_the_same_losses_in_two_processes_and_with_one_or_two_threa
     ensure!(curves[0].len() == 8, "{} steps", curves[0].len());
     ensure!(curves[1] == curves[2], "two processes with 2 threads gave different losses");
     ensure!(curves[0] == curves[1], "1 and 2 threads gave different losses");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+#[test]
+fn inspect_of_a_checkpoint_reports_its_optimizer_and_state_bytes() -> Result<()> {
+    let tmp = scratch("train-inspect-optim")?;
+    let model = model_with_tokenizer(&tmp)?;
+    let data = tmp.join("chat.jsonl");
+    chat_data(&data, 30)?;
+    let mut want_per = Vec::new();
+    for optim in ["adamw_torch", "adamw_8bit"] {
+        let out = tmp.join(optim);
+        let mut args = vec!["train"];
+        args.extend(common(&model, &data));
+        // Rank 64 on every projection: q_proj's A [64, 64] has 4096 elements, 8-bit under adamw_8bit.
+        args.extend(["-r", "64", "--steps", "2", "--checkpoint-every", "2", "--no-final-eval", "--optim", optim, "--out", s(&out)]);
+        run_json(&args)?;
+        let ckpt = out.join("checkpoint-2");
+        let v = run_json(&["inspect", s(&ckpt.join("adapter"))])?;
+        let o = &v["optimizer"];
+        ensure!(o["name"] == optim, "{v}");
+        // The bytes are the state file's tensors, by an independent read.
+        let st = rankfold_tensor::safetensors::MmapedSafetensors::open(ckpt.join("optimizer.safetensors"))?;
+        let bytes: usize = st.names().iter().map(|n| st.info(n).map(|(s, d)| s.elem_count() * d.size_in_bytes())).sum::<rankfold_tensor::Result<usize>>()?;
+        ensure!(o["state_bytes"] == bytes && o["params"] == v["total_params"], "{v}");
+        want_per.push(bytes as f64 / v["total_params"].as_f64().context("total_params")?);
+    }
+    // f32 moments cost 8 bytes a parameter; the 8-bit state costs less wherever a tensor reaches 4096 elements.
+    ensure!(want_per[0] > 8.0 && want_per[0] < 8.1 && want_per[1] < want_per[0] - 1.0, "{want_per:?}");
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
