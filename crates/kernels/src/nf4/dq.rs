@@ -49,9 +49,10 @@ pub fn torch_mean(x: &[f32], threads: usize) -> f32 {
 
 /// torch's f32 `sum` of a contiguous vector with `threads` intra-op threads (ATen's `parallel_reduce`).
 ///
-/// Below 32 768 elements, or on one thread, it is one serial cascade sum ([`serial_sum`]). Otherwise torch's
-/// two-pass reduction: `tasks = min(threads, ceil(n / 32768))` chunks of `ceil(n / tasks)` elements are summed
-/// serially into a buffer of `threads` zeros, one slot per task, and the buffer is then summed by the same kernel.
+/// Below 32 768 elements, or on one thread, it is one serial cascade sum (ATen's `cascade_sum`: lanes of 8, four
+/// accumulators, four cascade levels). Otherwise torch's two-pass reduction: `tasks = min(threads, ceil(n / 32768))`
+/// chunks of `ceil(n / tasks)` elements are summed serially into a buffer of `threads` zeros, one slot per task,
+/// and the buffer is then summed by the same kernel.
 /// The result therefore depends on the thread count above the grain size, as torch's does.
 pub fn torch_sum(x: &[f32], threads: usize) -> f32 {
     let threads = threads.max(1);

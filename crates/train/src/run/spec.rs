@@ -1,7 +1,8 @@
 //! [`RunSpec`]: everything a training or evaluation run needs — the model, the adapter, the data and the trainer
 //! settings — read from a recipe TOML file (`[model]`, `[adapter]`, `[data]`, `[train]` tables) and overridden
-//! field by field from command-line flags. Every field is optional while specs are merged; [`RunSpec::resolve`]
-//! fills the defaults, checks the values and names the offending key (`adapter.r`, `data.format`, …).
+//! field by field from command-line flags. Every field is optional while specs are merged; the accessors
+//! ([`RunSpec::train_config`], [`RunSpec::data`], [`RunSpec::adapter_method`], [`RunSpec::model`]) fill the
+//! defaults, check the values and name the offending key (`adapter.r`, `data.format`, …).
 //! Unknown keys are errors that name the key.
 
 use std::path::{Path, PathBuf};

@@ -61,7 +61,7 @@ pub struct TrainerState {
     #[serde(default)]
     pub bad_in_row: usize,
     /// The sha256 of every other file of the checkpoint, by relative path, checked before a resume
-    /// ([`super::integrity::verify`]); filled in by [`write`].
+    /// ([`super::integrity::verify`]); filled in by [`write()`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
 }
