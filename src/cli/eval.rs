@@ -53,7 +53,13 @@ pub(crate) fn run(args: &EvalArgs, json: bool) -> Result<()> {
         pm.model(),
         &prepared,
         args.with_loss,
-        &mut eval_counter("eval"),
+        &mut {
+            let mut counter = eval_counter("eval");
+            move |what: &str, done: usize, total: usize| {
+                counter(what, done, total);
+                true
+            }
+        },
     )?;
     let wall_s = wall.elapsed().as_secs_f64();
     let mut value = serde_json::to_value(&report)?;

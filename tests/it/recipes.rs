@@ -316,9 +316,13 @@ fn label_accuracy_matches_unpadded_forwards() -> Result<()> {
     };
     let mut calls = 0;
     let got = predict_labels(&model, &task, &examples, &padding, 5, &mut |_, _| {
-        calls += 1
+        calls += 1;
+        true
     })?;
     ensure!(calls == 5, "one progress call per batch, got {calls}");
+    // A progress callback that says stop ends the evaluation after that batch.
+    let stopped = predict_labels(&model, &task, &examples, &padding, 5, &mut |done, _| done < 10);
+    ensure!(matches!(stopped, Err(rankfold_train::Error::Interrupted { done: 10, .. })), "{stopped:?}");
     // The reference: each prompt alone (no padding, no mask), full logits at its last position.
     let mut want = Vec::new();
     for e in &examples {
@@ -336,7 +340,7 @@ fn label_accuracy_matches_unpadded_forwards() -> Result<()> {
         want.iter().collect::<std::collections::HashSet<_>>().len() > 1,
         "the random model should not answer one class only"
     );
-    let acc = label_accuracy(&model, &task, &examples, &padding, 4, &mut |_, _| {})?;
+    let acc = label_accuracy(&model, &task, &examples, &padding, 4, &mut |_, _| true)?;
     let correct = want
         .iter()
         .zip(&examples)
@@ -421,7 +425,7 @@ fn train_then_eval_round_trip_on_the_tiny_llama() -> Result<()> {
     pm.load(&adapter, "default")?;
     pm.set_training(false)?;
     let eval_data = run::prepare(&spec, "e2e.toml", &char_tok, Some(2), true)?;
-    let report = run::evaluate(pm.model(), &eval_data, true, &mut |_, _, _| {})?;
+    let report = run::evaluate(pm.model(), &eval_data, true, &mut |_, _, _| true)?;
     ensure!(
         report.accuracy.as_ref() == Some(&trained),
         "{:?} vs {trained:?}",
@@ -441,7 +445,7 @@ fn train_then_eval_round_trip_on_the_tiny_llama() -> Result<()> {
         report.lm
     );
     // Training lowered the held-out loss below the base model's.
-    let base = run::evaluate(&tiny_llama()?, &eval_data, true, &mut |_, _, _| {})?;
+    let base = run::evaluate(&tiny_llama()?, &eval_data, true, &mut |_, _, _| true)?;
     let (before, after) = (base.lm.context("base loss")?.loss, report.lm.context("trained loss")?.loss);
     ensure!(after < before, "held-out loss {before} before training, {after} after");
     // A second run into the same folder is refused unless it overwrites.
@@ -678,6 +682,59 @@ fn stopped_run_resumes_to_the_straight_runs_losses() -> Result<()> {
         a.len() == 5 && a == b,
         "straight {a:?} vs stopped and resumed {b:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn the_stop_flag_cuts_a_running_evaluation_short() -> Result<()> {
+    let dir = temp_dir("evalstop");
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("chat.jsonl");
+    write_chat_data(&data, 40, 6)?;
+    let recipe = |out: &Path| {
+        format!(
+            "[adapter]\nr = 2\n[data]\nformat = \"messages\"\npath = {:?}\neval_examples = 12\nbatch_size = 3\n\
+             eval_batch_size = 2\nmax_len = 48\n[train]\nsteps = 4\nlr = 5e-3\neval_every = 1\noutput_dir = {:?}\n",
+            data.display().to_string(),
+            out.display().to_string()
+        )
+    };
+    // The flag is set after step 2: the evaluation that follows stops at its first batch, and the run stops at
+    // step 2 with a checkpoint, its eval lines only for step 1.
+    let out = dir.join("periodic");
+    let spec = RunSpec::from_toml_str("e.toml", &recipe(&out))?;
+    let prepared = run::prepare(&spec, "e.toml", &char_tok, Some(2), false)?;
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = TrainOptions {
+        stop: Some(flag.clone()),
+        progress: Some(Box::new(StopAt { flag, at: 2 })),
+        ..TrainOptions::default()
+    };
+    let s = run::train(&spec, "e.toml", tiny_llama()?, &prepared, opts)?;
+    ensure!(s.interrupted && s.steps == 2 && s.checkpoint.is_some(), "{s:?}");
+    let m = rankfold_train::trainer::read_metrics(&out.join("metrics.jsonl"))?;
+    let evals: Vec<usize> = m.iter().filter(|l| l.eval_loss.is_some()).map(|l| l.step).collect();
+    ensure!(evals == [1], "eval lines at steps {evals:?}");
+    // The flag set during the final evaluation: the run keeps its adapter and says the evaluation was cut short.
+    let out = dir.join("final");
+    let spec = RunSpec::from_toml_str("f.toml", &recipe(&out).replace("eval_every = 1", "eval_every = 0"))?;
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let setter = flag.clone();
+    let mut calls = 0;
+    let opts = TrainOptions {
+        stop: Some(flag),
+        final_eval: true,
+        eval_progress: Some(Box::new(move |_: &str, _: usize, _: usize| {
+            calls += 1;
+            setter.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(calls == 1, "the evaluation went on after the flag was set");
+        })),
+        ..TrainOptions::default()
+    };
+    let s = run::train(&spec, "f.toml", tiny_llama()?, &prepared, opts)?;
+    ensure!(!s.interrupted && s.adapter.is_some() && s.eval.is_none(), "{s:?}");
+    ensure!(s.warnings.iter().any(|w| w.contains("final evaluation was not finished")), "{:?}", s.warnings);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -80,6 +80,14 @@ pub enum Error {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// An evaluation was stopped by its caller (the progress callback asked to stop, e.g. after Ctrl-C).
+    #[error("the evaluation was stopped after {done} of {total} examples")]
+    Interrupted {
+        /// Examples evaluated before the stop.
+        done: usize,
+        /// Examples it would have evaluated.
+        total: usize,
+    },
     /// Too many steps in a row had a non-finite loss or gradient norm; a checkpoint was written first.
     #[error(
         "{count} steps in a row up to step {step} were skipped ({reason}); stopped after writing {}: lower the \

@@ -99,12 +99,13 @@ pub struct EvalReport {
 }
 
 /// Evaluates `model` on the prepared evaluation data: the label accuracy when the data has labels (and the LM
-/// loss too when `with_loss`), the LM loss otherwise. `progress(what, done, total)` follows each batch.
+/// loss too when `with_loss`), the LM loss otherwise. `progress(what, done, total)` follows each batch and returns
+/// whether to go on: false stops the evaluation with [`Error::Interrupted`].
 pub fn evaluate(
     model: &Llama,
     prepared: &Prepared,
     with_loss: bool,
-    progress: &mut dyn FnMut(&str, usize, usize),
+    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
 ) -> Result<EvalReport> {
     let start = Instant::now();
     let padding = prepared.padding();
@@ -319,6 +320,9 @@ pub fn train(
         Trainer::new(config.clone(), pm)?
     };
     let report = trainer.model().trainable_report();
+    // Evaluations check the stop flag after every batch, so Ctrl-C during a long one takes effect at once.
+    let stop = opts.stop.clone();
+    let go_on = || !stop.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
     if let Some(flag) = opts.stop.take() {
         trainer = trainer.with_stop_flag(flag);
     }
@@ -357,7 +361,7 @@ pub fn train(
             eval_examples,
             &eval_padding,
             eval_bs,
-            &mut |_, _| {},
+            &mut |_, _| go_on(),
         )?
         .loss)
     };
@@ -404,17 +408,20 @@ pub fn train(
                 .is_some_and(|(_, e)| !e.is_empty());
         if opts.final_eval && has_eval {
             trainer.model().set_training(false)?;
-            let mut noop = |_: &str, _: usize, _: usize| {};
-            let progress: &mut dyn FnMut(&str, usize, usize) = match opts.eval_progress.as_mut() {
-                Some(p) => p.as_mut(),
-                None => &mut noop,
+            let mut observer = opts.eval_progress.take();
+            let mut progress = |what: &str, done: usize, total: usize| {
+                if let Some(p) = observer.as_mut() {
+                    p(what, done, total);
+                }
+                go_on()
             };
-            summary.eval = Some(evaluate(
-                trainer.model().model(),
-                prepared,
-                false,
-                progress,
-            )?);
+            match evaluate(trainer.model().model(), prepared, false, &mut progress) {
+                Ok(r) => summary.eval = Some(r),
+                Err(e @ Error::Interrupted { .. }) => {
+                    summary.warnings.push(format!("the final evaluation was not finished: {e}"))
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     summary.peak_mem_bytes = memory::stats(Device::Cpu).peak_bytes as u64;

@@ -77,13 +77,14 @@ pub struct LmEval {
 }
 
 /// The LM loss over `examples` (without an autograd graph), in batches of `batch_size` after sorting by length
-/// so padding stays small; `progress(done, total)` is called after each batch.
+/// so padding stays small; `progress(done, total)` is called after each batch and returns whether to go on (false
+/// ends the evaluation with [`Error::Interrupted`]).
 pub fn lm_eval(
     model: &Llama,
     examples: &[Example],
     padding: &Padding,
     batch_size: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<LmEval> {
     let examples: Vec<&Example> = examples.iter().filter(|e| e.trained_tokens() > 0).collect();
     if examples.is_empty() {
@@ -105,7 +106,9 @@ pub fn lm_eval(
             tokens += count;
         }
         done += chunk.len();
-        progress(done, examples.len());
+        if !progress(done, examples.len()) {
+            return Err(Error::Interrupted { done, total: examples.len() });
+        }
     }
     let loss = sum / tokens.max(1) as f64;
     Ok(LmEval {
@@ -230,7 +233,7 @@ pub fn predict_labels(
     examples: &[LabelExample],
     padding: &Padding,
     batch_size: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Vec<usize>> {
     if padding.side != PadSide::Right {
         return Err(Error::Config("label prediction pads on the right".into()));
@@ -278,7 +281,9 @@ pub fn predict_labels(
             out[i] = argmax(&scores[r * k..(r + 1) * k]);
         }
         done += chunk.len();
-        progress(done, examples.len());
+        if !progress(done, examples.len()) {
+            return Err(Error::Interrupted { done, total: examples.len() });
+        }
     }
     Ok(out)
 }
@@ -330,7 +335,7 @@ pub fn label_accuracy(
     examples: &[LabelExample],
     padding: &Padding,
     batch_size: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Accuracy> {
     if let Some(e) = examples.iter().find(|e| e.label >= task.words.len()) {
         return Err(Error::Config(format!(

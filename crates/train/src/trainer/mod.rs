@@ -382,6 +382,11 @@ impl<M: LinearModel> Trainer<M> {
                     self.model.set_training(false)?;
                     let v = f(&mut self.model);
                     self.model.set_training(true)?;
+                    // An evaluation cut short by the stop flag ends the run like a stop between steps.
+                    if matches!(v, Err(Error::Interrupted { .. })) && self.stop_requested() {
+                        out.interrupted = Some(self.interrupt(&mut out)?);
+                        break;
+                    }
                     let v = v?;
                     let m = StepMetrics {
                         step: self.step,
