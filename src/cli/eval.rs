@@ -1,5 +1,5 @@
 //! `rankfold eval`: evaluates a model, with or without a PEFT adapter, on a data set given by flags or by a
-//! recipe's [model] and [data] tables: the mean loss and perplexity over labelled tokens, and for
+//! recipe's `[model]` and `[data]` tables: the mean loss and perplexity over labelled tokens, and for
 //! classification posed as a chat (imdb-chat, or `--labels` on chat data) the label accuracy with per-class
 //! counts. A counter of examples done runs on stderr; the summary line is JSON with `--json`.
 

@@ -383,7 +383,7 @@ fn glora_layer(
 }
 
 /// A GLoRA layer's [out, in] from its tensors' shapes, when they tell: A/B hold [out, in] (`zeros`), [out, r]·[r, in]
-/// or [out, 1]; C holds [in, r], [in, 1]; D/E hold [out].
+/// or `[out, 1]`; C holds `[in, r]`, `[in, 1]`; D/E hold `[out]`.
 fn glora_dims(t: &HashMap<String, Tensor>) -> Option<(usize, usize)> {
     let dim = |k: &str, i: usize| t.get(k).and_then(|x| x.dims().get(i).copied());
     let out_f = ["glora_A.zeros", "glora_B.zeros", "glora_A.Xd", "glora_B.Xd"]

@@ -44,7 +44,7 @@ fn parse_targets(s: &str) -> Result<TargetModules, String> {
 /// The run settings that can come from a recipe file or from flags (flags win).
 #[derive(clap::Args, Debug, Default)]
 pub(crate) struct SpecFlags {
-    /// A recipe TOML file with [model], [adapter], [data] and [train] tables (see docs/training.md).
+    /// A recipe TOML file with `[model]`, `[adapter]`, `[data]` and `[train]` tables (see docs/training.md).
     #[arg(long, value_name = "FILE.toml")]
     pub(crate) config: Option<PathBuf>,
     /// The base model: a GGUF file or a Hugging Face folder.

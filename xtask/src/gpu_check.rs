@@ -18,7 +18,7 @@ use rankfold_kernels::{CudaRuntime, GemmConfig, GemmDType, GpuBuffer, GpuRuntime
 
 /// The integration-test filters that select the kernel tests.
 const TEST_FILTERS: [&str; 5] = ["elementwise", "softmax", "gemm", "ptxsim", "nf4_gpu"];
-/// The bench files (benches/<name>.rs) of the kernel families, run when present.
+/// The bench files (`benches/<name>.rs`) of the kernel families, run when present.
 const BENCHES: [&str; 4] = ["elementwise", "softmax", "gemm", "nf4_gpu"];
 /// The criterion filter (a regex) that selects the GPU rows of those benches.
 const BENCH_FILTER: &str = "cuda|cublas";

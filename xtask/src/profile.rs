@@ -3,11 +3,11 @@
 //! with a CUDA GPU it also times the same launch with CUDA events.
 //!
 //! Workloads by family (the shape flag's form in brackets, defaults in parentheses):
-//! - `gemm_*` [`MxNxK`] (256x256x256): A, B bf16, C bf16 or f32 per the kernel; minimum traffic
+//! - `gemm_*` `MxNxK` (256x256x256): A, B bf16, C bf16 or f32 per the kernel; minimum traffic
 //!   `2(mk + nk) + s_c·mn`, FLOPs `2mnk`, against the bf16 tensor-core peak.
-//! - `softmax_*` [`ROWSxCOLS`] (4096x1024, or x4096 for the `_long` kernels): minimum `2·rows·cols·s` forward,
+//! - `softmax_*` `ROWSxCOLS` (4096x1024, or x4096 for the `_long` kernels): minimum `2·rows·cols·s` forward,
 //!   `3·rows·cols·s` backward; FLOPs as counted by the simulator; f32 peak.
-//! - `elementwise_*` [`N`] (1048576): contiguous inputs; minimum `(inputs + 1)·n·s`.
+//! - `elementwise_*` `N` (1048576): contiguous inputs; minimum `(inputs + 1)·n·s`.
 //! - `nf4_*`: see `profile_nf4.rs` (the GEMV report adds a line for its weight stream alone).
 //!
 //! The simulator counts every global load, so a tiled kernel's re-reads of an operand (which a GPU mostly serves

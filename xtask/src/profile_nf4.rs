@@ -1,8 +1,8 @@
 //! The NF4 family in `cargo xtask profile`: default shapes, minimum traffic, random operands built through
 //! `nf4::launch`, and for the GEMV a line that isolates the weight stream from the other global traffic.
 //!
-//! Shapes: quantize / dequantize [`N`] (1048576, blocksize 64, a bf16/f16/f32 side as the kernel says); double
-//! (de)quantize [`NBLOCKS`] (65536); GEMV [`MxNxK`] (1x1024x4096, blocksize 64; M must fit the kernel's `_m<R>`).
+//! Shapes: quantize / dequantize `N` (1048576, blocksize 64, a bf16/f16/f32 side as the kernel says); double
+//! (de)quantize `NBLOCKS` (65536); GEMV `MxNxK` (1x1024x4096, blocksize 64; M must fit the kernel's `_m<R>`).
 
 use std::sync::Arc;
 

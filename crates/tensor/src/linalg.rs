@@ -26,7 +26,7 @@ pub struct SvdF64 {
     pub n: usize,
     /// [m, k] row-major, orthonormal columns.
     pub u: Vec<f64>,
-    /// [k], non-negative, sorted descending.
+    /// `[k]`, non-negative, sorted descending.
     pub s: Vec<f64>,
     /// [k, n] row-major, orthonormal rows.
     pub vt: Vec<f64>,
@@ -39,7 +39,7 @@ impl SvdF64 {
     }
 }
 
-/// The thin SVD of a tensor: `u` [m, k], `s` [k] (descending), `vt` [k, n], all in the input's dtype.
+/// The thin SVD of a tensor: `u` `[m, k]`, `s` `[k]` (descending), `vt` `[k, n]`, all in the input's dtype.
 #[derive(Debug, Clone)]
 pub struct Svd {
     pub u: Tensor,
@@ -49,7 +49,7 @@ pub struct Svd {
 
 impl Tensor {
     /// The thin singular value decomposition of a 2-D float tensor, computed in f64 by one-sided Jacobi
-    /// (see the module docs): `self ≈ u · diag(s) · vt` with `u` [m, k], `s` [k] sorted descending, `vt` [k, n],
+    /// (see the module docs): `self ≈ u · diag(s) · vt` with `u` `[m, k]`, `s` `[k]` sorted descending, `vt` `[k, n]`,
     /// k = min(m, n), returned in `self`'s dtype and detached from autograd. Errors for a tensor that is not a
     /// matrix, a non-float dtype, or a matrix holding NaN or ±inf.
     pub fn svd(&self) -> Result<Svd> {

@@ -19,9 +19,9 @@ pub struct CrossEntropyOpts {
 /// The two common layouts of rotary embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
-    /// Rotates (x[i], x[i + d/2]) — Llama in transformers, GPT-NeoX.
+    /// Rotates `(x[i], x[i + d/2])` — Llama in transformers, GPT-NeoX.
     RotateHalf,
-    /// Rotates (x[2i], x[2i+1]) — the original Meta Llama code and GPT-J.
+    /// Rotates `(x[2i], x[2i+1])` — the original Meta Llama code and GPT-J.
     Interleaved,
 }
 
@@ -162,7 +162,7 @@ impl Tensor {
         let bw = BackwardOp::Norm { x: self.detach(), w: w.map(Tensor::detach), mean, rstd, eps, rms };
         Ok(y.view(y.layout().clone(), Some((bw, e))))
     }
-    /// Layer norm over the last dimension with optional weight and bias ([d] each).
+    /// Layer norm over the last dimension with optional weight and bias (`[d]` each).
     pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         self.norm_impl(weight, bias, eps, false)
     }

@@ -4,7 +4,7 @@
 //!
 //! Layout (little-endian): magic `GGUF`, u32 version, u64 tensor count, u64 metadata count; the metadata
 //! key/value pairs (u64-length UTF-8 key, u32 value type, value; arrays are u32 element type, u64 count,
-//! elements); the tensor infos (name, u32 n_dims ≤ 4, u64 dims with dims[0] the fastest-varying, u32 ggml type,
+//! elements); the tensor infos (name, u32 n_dims ≤ 4, u64 dims with `dims[0]` the fastest-varying, u32 ggml type,
 //! u64 offset); padding to `general.alignment` (default 32); the data section, where each tensor's offset is
 //! relative to its start and a multiple of the alignment.
 
