@@ -30,6 +30,15 @@ fn chat_data(path: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// A scratch folder for test `tag` with the tiny model (and its tokenizer) and `n` chat records in it.
+fn setup(tag: &str, n: usize) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    let tmp = scratch(tag)?;
+    let model = model_with_tokenizer(&tmp)?;
+    let data = tmp.join("chat.jsonl");
+    chat_data(&data, n)?;
+    Ok((tmp, model, data))
+}
+
 /// The per-step losses in a run's metrics.jsonl, as bit patterns.
 fn losses(metrics: &Path) -> Result<Vec<u64>> {
     let text = std::fs::read_to_string(metrics).with_context(|| metrics.display().to_string())?;
@@ -53,10 +62,7 @@ fn common<'a>(model: &'a Path, data: &'a Path) -> Vec<&'a str> {
 
 #[test]
 fn train_json_summary_names_what_the_run_wrote_and_eval_reproduces_its_accuracy() -> Result<()> {
-    let tmp = scratch("train-json")?;
-    let model = model_with_tokenizer(&tmp)?;
-    let data = tmp.join("chat.jsonl");
-    chat_data(&data, 30)?;
+    let (tmp, model, data) = setup("train-json", 30)?;
     let out = tmp.join("run");
     let mut args = vec!["train"];
     args.extend(common(&model, &data));
@@ -84,10 +90,7 @@ fn train_json_summary_names_what_the_run_wrote_and_eval_reproduces_its_accuracy(
 
 #[test]
 fn ctrl_c_checkpoints_and_resume_reaches_the_straight_runs_losses() -> Result<()> {
-    let tmp = scratch("train-sigint")?;
-    let model = model_with_tokenizer(&tmp)?;
-    let data = tmp.join("chat.jsonl");
-    chat_data(&data, 120)?;
+    let (tmp, model, data) = setup("train-sigint", 120)?;
     let run_args = |out: &Path| -> Vec<String> {
         let mut a: Vec<String> = vec!["train".into()];
         a.extend(common(&model, &data).into_iter().map(String::from));
@@ -143,10 +146,7 @@ fn ctrl_c_checkpoints_and_resume_reaches_the_straight_runs_losses() -> Result<()
 
 #[test]
 fn the_same_run_gives_the_same_losses_in_two_processes_and_with_one_or_two_threads() -> Result<()> {
-    let tmp = scratch("train-determinism")?;
-    let model = model_with_tokenizer(&tmp)?;
-    let data = tmp.join("chat.jsonl");
-    chat_data(&data, 40)?;
+    let (tmp, model, data) = setup("train-determinism", 40)?;
     let mut curves = Vec::new();
     for (i, threads) in ["1", "2", "2"].into_iter().enumerate() {
         let out = tmp.join(format!("run{i}"));
@@ -167,10 +167,7 @@ fn the_same_run_gives_the_same_losses_in_two_processes_and_with_one_or_two_threa
 
 #[test]
 fn inspect_of_a_checkpoint_reports_its_optimizer_and_state_bytes() -> Result<()> {
-    let tmp = scratch("train-inspect-optim")?;
-    let model = model_with_tokenizer(&tmp)?;
-    let data = tmp.join("chat.jsonl");
-    chat_data(&data, 30)?;
+    let (tmp, model, data) = setup("train-inspect-optim", 30)?;
     let mut want_per = Vec::new();
     for optim in ["adamw_torch", "adamw_8bit"] {
         let out = tmp.join(optim);
